@@ -1,0 +1,56 @@
+"""Exception types. Every message names the subject, the field or file, and the problem."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class PyableTioError(Exception):
+    """Base class of the errors raised by pyable-tio."""
+
+
+class ManifestError(PyableTioError, ValueError):
+    """A manifest is malformed or lists files that cannot be used.
+
+    Several problems found in one pass are reported together, one per line.
+
+    Example:
+        >>> raise ManifestError.from_problems(['subject "a": field "images": list is empty'])
+        Traceback (most recent call last):
+        ...
+        pyable_tio.errors.ManifestError: 1 problem in the manifest:
+          - subject "a": field "images": list is empty
+    """
+
+    def __init__(self, message: str, problems: Iterable[str] = ()):
+        super().__init__(message)
+        self.problems = list(problems) or [message]
+
+    @classmethod
+    def from_problems(cls, problems: Iterable[str]) -> ManifestError:
+        problems = list(problems)
+        noun = 'problem' if len(problems) == 1 else 'problems'
+        lines = '\n'.join(f'  - {p}' for p in problems)
+        return cls(f'{len(problems)} {noun} in the manifest:\n{lines}', problems)
+
+
+class LoadError(PyableTioError, RuntimeError):
+    """A file could not be loaded, transformed or resampled at read time."""
+
+
+def describe(subject_id: str | None, where: str | None, problem: str) -> str:
+    """One line that names the subject, the field or file, and the problem."""
+    parts = []
+    if subject_id is not None:
+        parts.append(f'subject "{subject_id}"')
+    if where:
+        parts.append(where)
+    parts.append(problem)
+    return ': '.join(parts)
+
+
+def short_error(error: Exception) -> str:
+    """The informative line of a (often multi-line) SimpleITK/ITK exception."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if 'rror' in line or 'not' in line.lower()]
+    return (useful or lines or ['unknown error'])[-1][:300]

@@ -1,0 +1,192 @@
+"""Sampling grids and the conversions between SimpleITK's x,y,z and pyable's Z,Y,X.
+
+Everything that knows about axis order lives here. SimpleITK (and pyable's getters) list
+``size``, ``spacing``, ``origin`` in x,y,z order and ``direction`` as a row-major matrix whose
+columns are the x,y,z index axes in LPS space. Arrays and tensors are Z,Y,X (C x D x H x W).
+TorchIO wants a voxel-to-RAS affine whose columns follow the tensor's axes, so ours are the
+columns of the usual x,y,z affine in reverse order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .constants import GRID_TOLERANCE
+
+#: LPS (ITK) to RAS (NIfTI/TorchIO) world coordinates.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A sampling grid in SimpleITK's x,y,z order (2-D or 3-D).
+
+    Args:
+        size: Number of voxels along x, y (, z).
+        spacing: Voxel size in mm along x, y (, z).
+        origin: LPS position in mm of the first voxel's centre.
+        direction: Row-major direction cosine matrix (4 or 9 numbers).
+
+    Example:
+        >>> grid = Grid((4, 5, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> grid.shape_zyx
+        (6, 5, 4)
+    """
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        dim = len(self.size)
+        if dim not in (2, 3):
+            raise ValueError(f'grids must be 2-D or 3-D, got size {self.size}')
+        if len(self.spacing) != dim or len(self.origin) != dim or len(self.direction) != dim * dim:
+            raise ValueError(
+                f'inconsistent grid: size {self.size}, spacing {self.spacing},'
+                f' origin {self.origin}, direction {self.direction}'
+            )
+        if any(n < 1 for n in self.size) or any(s <= 0 for s in self.spacing):
+            raise ValueError(f'size must be >= 1 and spacing > 0, got {self.size} and {self.spacing}')
+        object.__setattr__(self, 'size', tuple(int(n) for n in self.size))
+        for name in ('spacing', 'origin', 'direction'):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+
+    @classmethod
+    def from_image(cls, image: sitk.Image | sitk.ImageFileReader) -> Grid:
+        """The grid of a SimpleITK image or of a reader after ``ReadImageInformation``."""
+        return cls(
+            tuple(image.GetSize()),
+            tuple(image.GetSpacing()),
+            tuple(image.GetOrigin()),
+            tuple(image.GetDirection()),
+        )
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Sequence[float]]) -> Grid:
+        """A grid from ``{"size", "spacing", "origin"?, "direction"?}`` in x,y,z order."""
+        missing = [key for key in ('size', 'spacing') if key not in spec]
+        if missing:
+            raise ValueError(f'reference space dict lacks {missing}; it needs size and spacing')
+        unknown = set(spec) - {'size', 'spacing', 'origin', 'direction'}
+        if unknown:
+            raise ValueError(f'reference space dict has unknown keys {sorted(unknown)}')
+        dim = len(spec['size'])
+        origin = spec.get('origin', (0.0,) * dim)
+        direction = spec.get('direction', tuple(np.eye(dim).ravel()))
+        return cls(tuple(spec['size']), tuple(spec['spacing']), tuple(origin), tuple(direction))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """JSON-ready ``size``, ``spacing``, ``origin``, ``direction`` (x,y,z order)."""
+        return {
+            'size': list(self.size),
+            'spacing': list(self.spacing),
+            'origin': list(self.origin),
+            'direction': list(self.direction),
+        }
+
+    @property
+    def dimension(self) -> int:
+        return len(self.size)
+
+    @property
+    def num_voxels(self) -> int:
+        return math.prod(self.size)
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        """Spatial shape of the tensors on this grid: (D, H, W); D is 1 for 2-D grids."""
+        size3 = self.as_3d().size
+        return size3[2], size3[1], size3[0]
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction).reshape(self.dimension, self.dimension)
+
+    def as_3d(self) -> Grid:
+        """This grid, with a 2-D grid embedded as one slice of 1 mm at z = 0."""
+        if self.dimension == 3:
+            return self
+        direction = np.eye(3)
+        direction[:2, :2] = self.direction_matrix
+        return Grid(
+            (*self.size, 1),
+            (*self.spacing, 1.0),
+            (*self.origin, 0.0),
+            tuple(direction.ravel()),
+        )
+
+    def affine_xyz(self) -> np.ndarray:
+        """4 x 4 voxel (x,y,z index) to RAS world matrix, as TorchIO builds for its own reader."""
+        grid = self.as_3d()
+        matrix = LPS_TO_RAS @ grid.direction_matrix @ np.diag(grid.spacing)
+        affine = np.eye(4)
+        affine[:3, :3] = matrix
+        affine[:3, 3] = LPS_TO_RAS @ np.asarray(grid.origin)
+        return affine
+
+    def affine_zyx(self) -> np.ndarray:
+        """4 x 4 voxel (z,y,x index) to RAS world matrix: the affine of our Z,Y,X tensors."""
+        return self.affine_xyz()[:, [2, 1, 0, 3]]
+
+    def orientation(self) -> str:
+        """Closest orientation code in ITK's convention, e.g. ``"LPS"`` or ``"RAI"``."""
+        direction = self.as_3d().direction
+        return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(direction)
+
+    def is_axis_aligned(self, tolerance: float = GRID_TOLERANCE) -> bool:
+        matrix = np.abs(self.direction_matrix)
+        return bool(np.all((matrix < tolerance) | (np.abs(matrix - 1) < tolerance)))
+
+    def matches(self, other: Grid, tolerance: float = GRID_TOLERANCE) -> bool:
+        """True when both grids sample the same points (same size, within ``tolerance``)."""
+        return (
+            self.size == other.size
+            and np.allclose(self.spacing, other.spacing, atol=tolerance, rtol=0)
+            and np.allclose(self.origin, other.origin, atol=tolerance, rtol=0)
+            and np.allclose(self.direction, other.direction, atol=tolerance, rtol=0)
+        )
+
+    def physical_point(self, index_xyz: Sequence[float]) -> np.ndarray:
+        """LPS point of a continuous x,y,z index."""
+        scaled = np.asarray(self.spacing) * np.asarray(index_xyz, dtype=float)
+        return np.asarray(self.origin) + self.direction_matrix @ scaled
+
+    def physical_point_zyx(self, index_zyx: Sequence[float]) -> np.ndarray:
+        """LPS point of a (z, y, x) tensor index (2-D grids take (0, y, x))."""
+        index_xyz = list(index_zyx)[::-1][: self.dimension]
+        return self.physical_point(index_xyz)
+
+    def empty_image(self, pixel_id: int = sitk.sitkUInt8) -> sitk.Image:
+        """A blank SimpleITK image on this grid (a resampling target)."""
+        image = sitk.Image(list(self.size), pixel_id)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+def read_header(path: str | Path) -> sitk.ImageFileReader:
+    """Read a file's header only (no voxel data). Raises ``RuntimeError`` if unreadable."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
+def ras_affine_to_grid(affine_zyx: np.ndarray, shape_zyx: Sequence[int]) -> Grid:
+    """Inverse of :meth:`Grid.affine_zyx` for a 3-D tensor of spatial shape (D, H, W)."""
+    affine_xyz = np.asarray(affine_zyx, dtype=float)[:, [2, 1, 0, 3]]
+    matrix = LPS_TO_RAS @ affine_xyz[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    direction = matrix / spacing
+    origin = LPS_TO_RAS @ affine_xyz[:3, 3]
+    size = tuple(int(n) for n in shape_zyx[::-1])
+    return Grid(size, tuple(spacing), tuple(origin), tuple(direction.ravel()))

@@ -1,0 +1,135 @@
+"""Parsing of single manifest values: list cells, references, reference spaces, transforms.
+
+CSV cells arrive as strings; JSON and dict manifests as Python values. Both go through the
+same functions, which raise ``ValueError`` with a short reason; the caller adds the subject
+and field. Nothing here ever evaluates code: list literals go through ``ast.literal_eval``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from ..constants import REFERENCE_FIRST, REFERENCE_LARGEST
+from ..geometry import Grid
+from .records import FileEntry, ReferenceValue, TransformEntry
+
+
+def is_blank(value: Any) -> bool:
+    """True for None, NaN and empty or whitespace-only strings."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def parse_list(value: Any) -> list[Any]:
+    """A JSON list, a Python-style list literal, a single value, or nothing.
+
+    Example:
+        >>> parse_list("['a.nii', 'b.nii']"), parse_list('a.nii'), parse_list('')
+        (['a.nii', 'b.nii'], ['a.nii'], [])
+    """
+    if is_blank(value):
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if not isinstance(value, str):
+        return [value]
+    text = value.strip()
+    if not text.startswith(('[', '(')):
+        return [text]
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as error:
+            raise ValueError(f'cannot read {text!r} as a list ({type(error).__name__})') from None
+    if not isinstance(parsed, (list, tuple)):
+        raise ValueError(f'{text!r} is not a list')
+    return list(parsed)
+
+
+def resolve_path(value: Any, root: Path) -> Path:
+    """An absolute path; relative paths resolve against ``root``."""
+    if not isinstance(value, (str, Path)) or is_blank(str(value)):
+        raise ValueError(f'expected a path, got {value!r}')
+    path = Path(str(value).strip()).expanduser()
+    return path if path.is_absolute() else (root / path)
+
+
+def parse_transform(value: Any, root: Path) -> TransformEntry:
+    """A path, ``{"path": ..., "invert": bool}`` or an in-memory ``sitk.Transform``."""
+    if isinstance(value, sitk.Transform):
+        return TransformEntry(value)
+    if isinstance(value, Mapping):
+        unknown = set(value) - {'path', 'invert'}
+        if unknown or 'path' not in value:
+            raise ValueError(f'a transform entry takes "path" and "invert", got {dict(value)!r}')
+        invert = value.get('invert', False)
+        if not isinstance(invert, bool):
+            raise ValueError(f'"invert" must be true or false, got {invert!r}')
+        source = value['path']
+        if isinstance(source, sitk.Transform):
+            return TransformEntry(source, invert)
+        return TransformEntry(resolve_path(source, root), invert)
+    return TransformEntry(resolve_path(value, root))
+
+
+def parse_transforms(value: Any, root: Path) -> tuple[TransformEntry, ...]:
+    return tuple(parse_transform(item, root) for item in parse_list(value))
+
+
+def parse_file_entry(value: Any, root: Path, name: str | None = None) -> FileEntry:
+    """A path, or ``{"path": ..., "transforms": [...], "name": ...}``."""
+    if isinstance(value, Mapping):
+        unknown = set(value) - {'path', 'transforms', 'name'}
+        if unknown or 'path' not in value:
+            raise ValueError(
+                f'a file entry takes "path", "transforms" and "name", got {dict(value)!r}'
+            )
+        transforms = parse_transforms(value.get('transforms'), root)
+        return FileEntry(resolve_path(value['path'], root), transforms, value.get('name', name))
+    return FileEntry(resolve_path(value, root), (), name)
+
+
+def parse_reference(value: Any, root: Path) -> ReferenceValue | None:
+    """An index, ``"first"``/``"largest"``, a path, or None when blank."""
+    if is_blank(value):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f'expected an index, a path, "first" or "largest", got {value!r}')
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = str(value).strip()
+    if text.lstrip('-').isdigit():
+        return int(text)
+    if text in (REFERENCE_FIRST, REFERENCE_LARGEST):
+        return text
+    return resolve_path(text, root)
+
+
+def parse_reference_space(value: Any, root: Path) -> Path | Grid | None:
+    """A grid dict (or its JSON text), a ``Grid``, an image path, or None when blank."""
+    if is_blank(value):
+        return None
+    if isinstance(value, Grid):
+        return value
+    if isinstance(value, str) and value.strip().startswith('{'):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f'cannot read {value!r} as JSON: {error.msg}') from None
+    if isinstance(value, Mapping):
+        return Grid.from_dict(value)
+    return resolve_path(value, root)

@@ -1,0 +1,185 @@
+"""Front ends: each manifest format becomes a list of raw rows ``{"id": ..., field: value}``.
+
+Rows still hold manifest values (strings, lists, dicts); ``builder`` turns them into records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..constants import CSV_LIST_COLUMNS, FIELD_IMAGES, FIELD_LABELMAPS, FIELD_ROIS
+from ..errors import ManifestError, describe
+from .cells import is_blank
+
+RawRow = dict[str, Any]
+
+#: Multi-CSV tables, recognised by their columns: (name column, manifest field).
+MULTI_CSV_TABLES = {
+    'sequence': FIELD_IMAGES,
+    'roi_type': FIELD_ROIS,
+    'label_type': FIELD_LABELMAPS,
+}
+
+
+def rows_from_mapping(mapping: Mapping[str, Any]) -> list[RawRow]:
+    """``{id: {images: [...], ...}}`` (or ``{id: [image, ...]}``) to rows."""
+    rows = []
+    for subject_id, entry in mapping.items():
+        if isinstance(entry, Mapping):
+            rows.append({'id': subject_id, **entry})
+        elif isinstance(entry, (list, tuple, str)):
+            rows.append({'id': subject_id, FIELD_IMAGES: entry})
+        else:
+            problem = f'expected a dict of fields or a list of images, got {type(entry).__name__}'
+            raise ManifestError.from_problems([describe(str(subject_id), None, problem)])
+    return rows
+
+
+def rows_from_paths(paths: Sequence[Any]) -> list[RawRow]:
+    """One subject per image path; ids are file stems (full paths if stems collide)."""
+    stems = [_stem(p) for p in paths]
+    unique = len(set(stems)) == len(stems)
+    return [
+        {'id': stem if unique else str(path), FIELD_IMAGES: [path]}
+        for stem, path in zip(stems, paths)
+    ]
+
+
+def rows_from_json(path: Path) -> list[RawRow]:
+    content = _load_json(path)
+    if isinstance(content, Mapping):
+        return rows_from_mapping(content)
+    if isinstance(content, list) and all(isinstance(p, str) for p in content):
+        return rows_from_paths(content)
+    raise ManifestError.from_problems([
+        describe(None, f'file {path}', 'expected {subject_id: {...}} or a list of image paths')
+    ])
+
+
+def rows_from_csv(path: Path) -> list[RawRow]:
+    """A single CSV: ``id,image_paths,roi_paths,labelmap_paths,reference,reference_space``."""
+    table = _read_csv(path)
+    if 'image_paths' not in table.columns:
+        found = ', '.join(table.columns)
+        raise ManifestError.from_problems([
+            describe(None, f'file {path}', f'needs an "image_paths" column; found: {found}')
+        ])
+    rows = []
+    for record in table.to_dict(orient='records'):
+        row = {CSV_LIST_COLUMNS.get(k, k): v for k, v in record.items()}
+        rows.append({k: v for k, v in row.items() if not is_blank(v)})
+    return rows
+
+
+def rows_from_multi_csv(paths: Sequence[Path]) -> list[RawRow]:
+    """``images.csv`` (id,sequence,path,is_reference), ``rois.csv``, ``labelmaps.csv``.
+
+    Tables are recognised by their columns; a table with ``id`` and none of the name columns
+    adds per-subject fields. Channels are ordered by sequence name, as are ROIs and label maps.
+    """
+    rows: dict[str, RawRow] = {}
+    problems: list[str] = []
+    for path in paths:
+        table = _read_csv(path)
+        kind = next((col for col in MULTI_CSV_TABLES if col in table.columns), None)
+        if kind is None:
+            _merge_extra_table(table, path, rows, problems)
+            continue
+        required = {'id', kind, 'path'}
+        if not required <= set(table.columns):
+            missing = sorted(required - set(table.columns))
+            problems.append(describe(None, f'file {path}', f'missing columns {missing}'))
+            continue
+        field = MULTI_CSV_TABLES[kind]
+        table = table.sort_values([kind], kind='stable')
+        for record in table.to_dict(orient='records'):
+            subject_id = str(record['id'])
+            row = rows.setdefault(subject_id, {'id': subject_id})
+            entry: dict[str, Any] = {'path': record['path'], 'name': str(record[kind])}
+            if not is_blank(record.get('transforms')):
+                entry['transforms'] = record['transforms']
+            names = [e['name'] for e in row.get(field, [])]
+            if entry['name'] in names:
+                where = f'file {path}'
+                problems.append(describe(subject_id, where, f'{kind} "{entry["name"]}" listed twice'))
+            row.setdefault(field, []).append(entry)
+            if field == FIELD_IMAGES and _truthy(record.get('is_reference')):
+                row.setdefault('_reference_names', []).append(entry['name'])
+    if problems:
+        raise ManifestError.from_problems(problems)
+    _check_same_names(rows, problems)
+    if problems:
+        raise ManifestError.from_problems(problems)
+    for row in rows.values():
+        flagged = row.pop('_reference_names', [])
+        if len(flagged) > 1:
+            problems.append(describe(row['id'], 'is_reference', f'several references: {flagged}'))
+        elif flagged:
+            row['reference'] = [e['name'] for e in row[FIELD_IMAGES]].index(flagged[0])
+    if problems:
+        raise ManifestError.from_problems(problems)
+    return list(rows.values())
+
+
+def _check_same_names(rows: Mapping[str, RawRow], problems: list[str]) -> None:
+    """Channels must mean the same thing for every subject, or batches mix sequences."""
+    for field in (FIELD_IMAGES, FIELD_ROIS, FIELD_LABELMAPS):
+        expected = None
+        for row in rows.values():
+            names = [e['name'] for e in row.get(field, [])]
+            if expected is None:
+                expected, first = names, row['id']
+            elif names != expected:
+                problem = f'has {names}, but subject "{first}" has {expected}'
+                problems.append(describe(row['id'], field, problem))
+
+
+def _merge_extra_table(table: pd.DataFrame, path: Path, rows: dict, problems: list) -> None:
+    if 'id' not in table.columns:
+        problems.append(describe(None, f'file {path}', 'has neither an "id" column nor a known table'))
+        return
+    for record in table.to_dict(orient='records'):
+        row = rows.setdefault(str(record['id']), {'id': str(record['id'])})
+        row.update({k: v for k, v in record.items() if k != 'id' and not is_blank(v)})
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values=[''], dtype={'id': str})
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise ManifestError.from_problems([describe(None, f'file {path}', f'unreadable CSV: {error}')])
+    table.columns = [str(c).strip() for c in table.columns]
+    if 'id' not in table.columns:
+        raise ManifestError.from_problems([describe(None, f'file {path}', 'has no "id" column')])
+    return table
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        with open(path, encoding='utf-8') as file:
+            return json.load(file)
+    except json.JSONDecodeError as error:
+        where = f'file {path}'
+        problem = f'invalid JSON at line {error.lineno} column {error.colno}: {error.msg}'
+        raise ManifestError.from_problems([describe(None, where, problem)]) from None
+
+
+def _truthy(value: Any) -> bool:
+    if is_blank(value):
+        return False
+    if isinstance(value, str):
+        return value.strip().lower() in ('1', 'true', 'yes', 'y', 't')
+    return bool(value)
+
+
+def _stem(path: Any) -> str:
+    name = Path(str(path)).name
+    for suffix in ('.nii.gz', '.nii', '.mha', '.mhd', '.nrrd', '.nhdr'):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem

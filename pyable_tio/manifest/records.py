@@ -1,0 +1,114 @@
+"""Typed records that every manifest format is parsed into."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import SimpleITK as sitk
+
+from ..geometry import Grid
+
+#: A reference as written in a manifest: an index, a file, or "first"/"largest".
+ReferenceValue = Union[int, Path, str]
+
+
+@dataclass(frozen=True)
+class TransformEntry:
+    """One registration transform: a file SimpleITK reads, or an in-memory transform.
+
+    Args:
+        source: Path of a transform file (``.tfm``, ``.txt``, ``.mat``, ``.h5``), of a
+            displacement field image, or a ``sitk.Transform``.
+        invert: Use the inverse of what ``source`` holds.
+    """
+
+    source: Path | sitk.Transform
+    invert: bool = False
+
+    def describe(self) -> str:
+        if isinstance(self.source, Path):
+            what = str(self.source)
+        else:
+            what = f'in-memory {self.source.GetName()}'
+        return f'{what} (inverted)' if self.invert else what
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One image, ROI or label map file of a subject.
+
+    Args:
+        path: Absolute path of the file.
+        transforms: Transforms that belong to this file only, applied after the subject's.
+        name: Optional name (a multi-CSV ``sequence``, ``roi_type`` or ``label_type``).
+    """
+
+    path: Path
+    transforms: tuple[TransformEntry, ...] = ()
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class SubjectRecord:
+    """Everything a manifest says about one subject, with paths resolved.
+
+    Args:
+        id: Subject identifier, unique in its manifest.
+        images: Image files; one channel each (vector images give several).
+        rois: Binary region-of-interest files.
+        labelmaps: Integer label map files.
+        reference: Index into ``images``, a path, ``"first"``/``"largest"`` or ``None``
+            (use the selector given when building subjects).
+        reference_space: A grid (or the file whose grid it is) for this subject.
+        transforms: Transforms applied to every file of the subject.
+        extra: Any other fields (class label, age, ...), copied into the subject.
+    """
+
+    id: str
+    images: tuple[FileEntry, ...]
+    rois: tuple[FileEntry, ...] = ()
+    labelmaps: tuple[FileEntry, ...] = ()
+    reference: ReferenceValue | None = None
+    reference_space: Path | Grid | None = None
+    transforms: tuple[TransformEntry, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def entries(self) -> Iterator[tuple[str, FileEntry]]:
+        """``(field, entry)`` for every image, ROI and label map file."""
+        for name in ('images', 'rois', 'labelmaps'):
+            for entry in getattr(self, name):
+                yield name, entry
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed manifest: subjects in manifest order.
+
+    Example:
+        >>> manifest = read_manifest('manifest.json')  # doctest: +SKIP
+        >>> manifest['sub-01'].images[0].path  # doctest: +SKIP
+    """
+
+    subjects: tuple[SubjectRecord, ...]
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __iter__(self) -> Iterator[SubjectRecord]:
+        return iter(self.subjects)
+
+    def __getitem__(self, key: int | str) -> SubjectRecord:
+        if isinstance(key, int):
+            return self.subjects[key]
+        for record in self.subjects:
+            if record.id == key:
+                return record
+        raise KeyError(f'no subject "{key}" in manifest {self.source or ""}'.strip())
+
+    @property
+    def ids(self) -> list[str]:
+        return [record.id for record in self.subjects]
