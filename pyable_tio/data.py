@@ -63,7 +63,8 @@ def queue_from_manifest(
             defaults to the first label map, else the first ROI.
         num_workers: Worker processes loading subjects.
         transform: TorchIO transform applied to each subject before sampling.
-        shuffle_subjects: Shuffle the subjects each epoch.
+        shuffle_subjects: Shuffle the subjects each epoch (ignored with ``subject_sampler``,
+            which then sets the order).
         shuffle_patches: Shuffle the patches in the queue.
         subject_sampler: A ``torch.utils.data.Sampler`` over subjects (e.g. distributed).
         **kwargs: Passed to :func:`pyable_tio.subjects_from_manifest`.
@@ -90,7 +91,8 @@ def queue_from_manifest(
         samples_per_volume=samples_per_volume,
         sampler=patch_sampler,
         num_workers=num_workers,
-        shuffle_subjects=shuffle_subjects,
+        # tio.Queue refuses both; a subject sampler (e.g. distributed) shuffles on its own.
+        shuffle_subjects=shuffle_subjects and subject_sampler is None,
         shuffle_patches=shuffle_patches,
         subject_sampler=subject_sampler,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Union
 
@@ -69,7 +70,7 @@ def choose_reference(
     record: SubjectRecord,
     headers: Sequence[ImageHeader],
     selector: ReferenceSelector = REFERENCE_FIRST,
-    reference_space: ReferenceSpace | None = None,
+    reference_space: ReferenceSpace | Reference | None = None,
 ) -> Reference:
     """The subject's reference grid.
 
@@ -81,8 +82,10 @@ def choose_reference(
         headers: Headers of ``record.images``, in order.
         selector: ``"first"``, ``"largest"`` (most voxels), an index, or a callable given
             the image headers that returns an index.
-        reference_space: A grid for every subject.
+        reference_space: A grid for every subject (or an already resolved :class:`Reference`).
     """
+    if isinstance(reference_space, Reference):
+        return reference_space
     space = reference_space if reference_space is not None else record.reference_space
     if space is not None:
         grid, used = grid_of_space(space, record.id)
@@ -104,11 +107,13 @@ def _index(choice: Any, headers: Sequence[ImageHeader], subject_id: str) -> int:
         return sizes.index(max(sizes))
     if callable(choice):
         index = choice(list(headers))
-    elif isinstance(choice, int) and not isinstance(choice, bool):
+    elif isinstance(choice, Integral) and not isinstance(choice, bool):
         index = choice
     else:
         problem = f'expected "first", "largest", an index, a path or a callable, got {choice!r}'
         raise ManifestError.from_problems([describe(subject_id, 'reference', problem)])
+    if isinstance(index, Integral) and not isinstance(index, bool):
+        index = int(index)  # e.g. numpy.argmax's np.int64
     if not isinstance(index, int) or not 0 <= index < len(headers):
         problem = f'index {index!r} out of range for {len(headers)} image(s)'
         raise ManifestError.from_problems([describe(subject_id, 'reference', problem)])

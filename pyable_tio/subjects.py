@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,12 @@ from .reference import choose_reference, grid_of_space
 #: What to do when subjects list different numbers of ROIs or label maps.
 MISSING_ERROR = 'error'
 MISSING_EMPTY = 'empty'
+
+#: ``tio.Subject`` methods that an extra field of the same name would hide (``subject.load``).
+_SUBJECT_METHODS = frozenset(
+    name for name in dir(tio.Subject)
+    if not name.startswith('_') and callable(inspect.getattr_static(tio.Subject, name))
+)
 
 _FIELD_ROLE = {'images': backend.ROLE_IMAGE, 'rois': backend.ROLE_ROI, 'labelmaps': backend.ROLE_LABELMAP}
 
@@ -106,7 +113,8 @@ def subjects_from_manifest(
     backend.interpolator_for(backend.ROLE_IMAGE, interpolator)
     global_space = None
     if reference_space is not None:
-        global_space, _ = grid_of_space(reference_space)
+        # Read once; keep its description (a path stays a path in meta['reference_used']).
+        global_space = Reference(*grid_of_space(reference_space))
     plans, problems = [], []
     for record in tqdm(manifest, desc='reading headers', disable=not progress, unit='subject'):
         try:
@@ -129,7 +137,7 @@ def subjects_from_manifest(
 def plan_subject(
     record: SubjectRecord,
     selector: ReferenceSelector = REFERENCE_FIRST,
-    reference_space: ReferenceSpace | None = None,
+    reference_space: ReferenceSpace | Reference | None = None,
 ) -> SubjectPlan:
     """Read the subject's headers, choose its reference and check dimensions.
 
@@ -183,6 +191,9 @@ def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> 
 
     def reader(role: str, entries: Sequence[FileEntry]) -> GridReader:
         transforms = {str(e.path): subject_transforms + e.transforms for e in entries}
+        # default_value is for images: labels outside the field of view are background.
+        if role != backend.ROLE_IMAGE:
+            return GridReader(grid, role, record.id, transforms=transforms, **{**options, 'default_value': 0.0})
         return GridReader(grid, role, record.id, transforms=transforms, **options)
 
     images: dict[str, tio.Image] = {}
@@ -200,10 +211,10 @@ def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> 
             images[f'{prefix}{i}'] = tio.LabelMap(entry.path, reader=reader(role, [entry]))
         for i in range(len(entries), counts[name]):
             images[f'{prefix}{i}'] = tio.LabelMap(record.images[0].path, reader=EmptyLabelReader(grid))
-    reserved = set(images) | {ID, META}
+    reserved = set(images) | {ID, META} | _SUBJECT_METHODS
     clashes = sorted(reserved & set(record.extra))
     if clashes:
-        problem = f'extra fields {clashes} clash with names pyable-tio uses'
+        problem = f'extra fields {clashes} clash with names pyable-tio or tio.Subject use'
         raise ManifestError.from_problems([describe(record.id, 'fields', problem)])
     return tio.Subject(**images, **{ID: record.id, META: _meta(plan)}, **record.extra)
 

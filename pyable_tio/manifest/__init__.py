@@ -105,7 +105,7 @@ def _rows(source: Any) -> tuple[list[formats.RawRow], Path, str | None]:
         paths = [Path(p) for p in source if isinstance(p, (str, os.PathLike))]
         if len(paths) != len(source):
             raise ManifestError.from_problems(['a list manifest must hold only paths'])
-        if all(p.suffix.lower() == '.csv' for p in paths):
+        if all(p.suffix.lower() in ('.csv', '.tsv') for p in paths):
             missing = [p for p in paths if not p.is_file()]
             if missing:
                 raise ManifestError.from_problems(

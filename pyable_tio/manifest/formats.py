@@ -6,6 +6,8 @@ Rows still hold manifest values (strings, lists, dicts); ``builder`` turns them 
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ def rows_from_mapping(mapping: Mapping[str, Any]) -> list[RawRow]:
     for subject_id, entry in mapping.items():
         if isinstance(entry, Mapping):
             rows.append({'id': subject_id, **entry})
-        elif isinstance(entry, (list, tuple, str)):
+        elif isinstance(entry, (list, tuple, str, os.PathLike)):
             rows.append({'id': subject_id, FIELD_IMAGES: entry})
         else:
             problem = f'expected a dict of fields or a list of images, got {type(entry).__name__}'
@@ -143,14 +145,20 @@ def _merge_extra_table(table: pd.DataFrame, path: Path, rows: dict, problems: li
     if 'id' not in table.columns:
         problems.append(describe(None, f'file {path}', 'has neither an "id" column nor a known table'))
         return
+    # images/rois/labelmaps come from their own tables; a column of that name would replace them.
+    clashes = sorted(set(table.columns) & set(MULTI_CSV_TABLES.values()))
     for record in table.to_dict(orient='records'):
         row = rows.setdefault(str(record['id']), {'id': str(record['id'])})
-        row.update({k: v for k, v in record.items() if k != 'id' and not is_blank(v)})
+        for column in clashes:
+            problem = f'column "{column}" clashes with the {column} table; rename it'
+            problems.append(describe(row['id'], f'file {path}', problem))
+        row.update({k: v for k, v in record.items() if k not in ('id', *clashes) and not is_blank(v)})
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
-        table = pd.read_csv(path, keep_default_na=False, na_values=[''], dtype={'id': str})
+        sep = '\t' if path.suffix.lower() == '.tsv' else ','
+        table = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[''], dtype={'id': str})
     except (OSError, ValueError, pd.errors.ParserError) as error:
         raise ManifestError.from_problems([describe(None, f'file {path}', f'unreadable CSV: {error}')])
     table.columns = [str(c).strip() for c in table.columns]
@@ -160,13 +168,28 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _load_json(path: Path) -> Any:
+    duplicates: list[list[str]] = []  # per JSON object, innermost first, top level last
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # json.load would silently keep the last of two subjects with the same id.
+        counts = Counter(key for key, _ in pairs)
+        duplicates.append(sorted(key for key, count in counts.items() if count > 1))
+        return dict(pairs)
+
+    where = f'file {path}'
     try:
         with open(path, encoding='utf-8') as file:
-            return json.load(file)
+            content = json.load(file, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
-        where = f'file {path}'
         problem = f'invalid JSON at line {error.lineno} column {error.colno}: {error.msg}'
         raise ManifestError.from_problems([describe(None, where, problem)]) from None
+    if any(duplicates):
+        top = duplicates.pop() if isinstance(content, Mapping) else []
+        problems = [describe(key, where, 'duplicate subject id') for key in top]
+        nested = sorted({key for keys in duplicates for key in keys})
+        problems += [describe(None, where, f'key "{key}" listed twice in one object') for key in nested]
+        raise ManifestError.from_problems(problems)
+    return content
 
 
 def _truthy(value: Any) -> bool:
