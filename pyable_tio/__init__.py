@@ -8,34 +8,65 @@ Example:
 
 from __future__ import annotations
 
+from .alignment import Alignment, align_subject
 from .backend import active_backend, pyable_available
-from .data import dataset_from_manifest, make_sampler, queue_from_manifest
+from .cache import CacheStats, VolumeCache
+from .collate import PadCollate, collate
+from .data import QueueSampler, dataset_from_manifest, make_sampler, queue_from_manifest, set_epoch
 from .errors import LoadError, ManifestError, PyableTioError
-from .geometry import Grid
+from .geometry import Grid, axis_aligned_grid, reorient_grid
+from .inference import GridInference, SubjectGridAggregator, inference_loader, predict_subject
 from .manifest import FileEntry, Manifest, SubjectRecord, TransformEntry, read_manifest
+from .native import NativeSpaceError, native_grid, save_prediction, to_native
+from .patches import PatchQueue
+from .pyable_dataset import PyableDataset
 from .reader import GridReader
 from .reference import ImageHeader
 from .subjects import EmptyLabelReader, subjects_from_manifest
+from . import transforms
+from .transforms import ToZYX
 
 __version__ = '0.1.0'
 
 __all__ = [
+    'Alignment',
+    'CacheStats',
     'EmptyLabelReader',
     'FileEntry',
     'Grid',
+    'GridInference',
     'GridReader',
     'ImageHeader',
     'LoadError',
     'Manifest',
     'ManifestError',
+    'NativeSpaceError',
+    'PadCollate',
+    'PatchQueue',
+    'PyableDataset',
     'PyableTioError',
+    'QueueSampler',
+    'SubjectGridAggregator',
     'SubjectRecord',
+    'ToZYX',
     'TransformEntry',
+    'VolumeCache',
     'active_backend',
+    'align_subject',
+    'axis_aligned_grid',
+    'collate',
     'dataset_from_manifest',
+    'inference_loader',
     'make_sampler',
+    'native_grid',
+    'predict_subject',
     'pyable_available',
     'queue_from_manifest',
     'read_manifest',
+    'reorient_grid',
+    'save_prediction',
+    'set_epoch',
     'subjects_from_manifest',
+    'to_native',
+    'transforms',
 ]

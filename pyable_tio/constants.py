@@ -36,6 +36,14 @@ NEAREST = 'nearest'
 BSPLINE = 'bspline'
 INTERPOLATORS = (LINEAR, NEAREST, BSPLINE, 'gaussian', 'lanczos')
 
+#: Environment variable choosing the backend: ``auto`` (pyable when importable), ``pyable``
+#: (required) or ``simpleitk`` (forced).
+BACKEND_ENV_VAR = 'PYABLE_TIO_BACKEND'
+BACKEND_AUTO = 'auto'
+BACKEND_PYABLE = 'pyable'
+BACKEND_SIMPLEITK = 'simpleitk'
+BACKENDS = (BACKEND_AUTO, BACKEND_PYABLE, BACKEND_SIMPLEITK)
+
 #: Value given to voxels of the reference grid outside a file's field of view.
 DEFAULT_BACKGROUND = 0.0
 
@@ -44,3 +52,39 @@ GRID_TOLERANCE = 1e-5
 
 #: Version of the on-disk cache layout; bump when the stored format changes.
 CACHE_FORMAT_VERSION = 1
+#: File names inside a cache folder: ``<key[:2]>/<key>.npy`` + ``<key>.json``; temporaries
+#: end in ``.tmp``; source-file digests live in ``sources/``.
+CACHE_ARRAY_SUFFIX = '.npy'
+CACHE_SIDECAR_SUFFIX = '.json'
+CACHE_TEMP_SUFFIX = '.tmp'
+CACHE_SOURCES_FOLDER = 'sources'
+
+#: Keys of the items of ``PyableDataset`` (the seed's dict API) and of their batches.
+ITEM_IMAGES = 'images'
+ITEM_ROIS = 'rois'
+ITEM_LABELMAPS = 'labelmaps'
+#: Axis order of ``meta`` spacing/origin/direction/size (SimpleITK's x,y,z); ``meta['axis_order']``.
+META_AXIS_ORDER = 'xyz'
+#: Batch keys added by ``PadCollate``: valid-region mask, per-item (D, H, W), entry presence.
+MASK = 'mask'
+SPATIAL_SHAPES = 'spatial_shapes'
+PRESENT_SUFFIX = '_present'
+#: Values ``PadCollate`` pads images and ROIs/label maps with.
+IMAGE_PAD_VALUE = 0.0
+LABEL_PAD_VALUE = 0
+
+#: ``align=`` modes of ``subjects_from_manifest`` and the cache sub-folder of their ``.tfm`` files.
+ALIGN_RIGID = 'rigid'
+ALIGN_AFFINE = 'affine'
+ALIGN_MODES = (ALIGN_RIGID, ALIGN_AFFINE)
+ALIGNMENT_FOLDER = 'alignment'
+
+#: Overlap modes of grid inference (``inference_loader``), as in ``tio.GridAggregator``.
+OVERLAP_MODES = ('crop', 'average', 'hann')
+#: Value ``to_native`` gives to native voxels outside the subject grid's field of view.
+NATIVE_DEFAULT_VALUE = 0.0
+
+#: Largest deviation of |cos| from 1 accepted between an image axis and a Z,Y,X axis (layout guard).
+LAYOUT_AXIS_TOLERANCE = 1e-3
+#: World (RAS) axis normal to 2-D slices: 2-D grids are embedded at z = 0 (``Grid.as_3d``).
+SLICE_NORMAL_AXIS = 2

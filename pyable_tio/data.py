@@ -6,11 +6,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torchio as tio
+from torch.utils.data import SequentialSampler
 
 from .constants import META
 from .errors import ManifestError, describe
 from .manifest import ManifestSource
+from .patches import PatchQueue
 from .subjects import subjects_from_manifest
+from .transforms.layout import with_layout_guard
 
 SAMPLERS = ('uniform', 'label', 'weighted')
 
@@ -25,13 +28,17 @@ def dataset_from_manifest(
     Args:
         source: Anything :func:`pyable_tio.read_manifest` accepts.
         transform: A TorchIO transform applied to each subject when it is loaded.
+            It is followed by :class:`pyable_tio.transforms.ToZYX`: samples are always Z,Y,X
+            (axis reorderings such as ``tio.ToCanonical`` are undone; a resampling onto a grid
+            that is not a permutation of the subject's raises ``LayoutError``).
         **kwargs: Passed to :func:`pyable_tio.subjects_from_manifest`.
 
     Example:
         >>> dataset = dataset_from_manifest('manifest.json', transform=tio.RandomFlip())  # doctest: +SKIP
         >>> dataset[0]['images'].data.shape  # C x D x H x W  # doctest: +SKIP
     """
-    return tio.SubjectsDataset(subjects_from_manifest(source, **kwargs), transform=transform)
+    # The guard (ToZYX) keeps samples Z,Y,X whatever the user's transform reordered.
+    return tio.SubjectsDataset(subjects_from_manifest(source, **kwargs), transform=with_layout_guard(transform))
 
 
 def queue_from_manifest(
@@ -47,6 +54,9 @@ def queue_from_manifest(
     shuffle_subjects: bool = True,
     shuffle_patches: bool = True,
     subject_sampler: Any = None,
+    distributed: bool = False,
+    seed: int = 0,
+    fast_patches: bool | None = None,
     **kwargs: Any,
 ) -> tio.Queue:
     """A ``tio.Queue`` of patches from the manifest's subjects.
@@ -62,11 +72,19 @@ def queue_from_manifest(
         label_name: Subject key of the label map or ROI for the label/weighted samplers;
             defaults to the first label map, else the first ROI.
         num_workers: Worker processes loading subjects.
-        transform: TorchIO transform applied to each subject before sampling.
+        transform: TorchIO transform applied to each subject before sampling, followed by
+            :class:`pyable_tio.transforms.ToZYX` so patches are always Z,Y,X (D, H, W).
         shuffle_subjects: Shuffle the subjects each epoch (ignored with ``subject_sampler``,
             which then sets the order).
         shuffle_patches: Shuffle the patches in the queue.
         subject_sampler: A ``torch.utils.data.Sampler`` over subjects (e.g. distributed).
+        distributed: Shard the subjects over the ranks of the initialised
+            ``torch.distributed`` process group with a ``DistributedSampler`` (shuffled with
+            ``shuffle_subjects``); call :func:`set_epoch` at the start of every epoch.
+        seed: Shuffling seed of the distributed sampler (the same on every rank).
+        fast_patches: Return a :class:`pyable_tio.PatchQueue` (workers cut the patches and,
+            without a transform, read only the patch regions, e.g. from the cache's memory
+            maps) instead of a ``tio.Queue``. ``None`` (default): when ``transform`` is None.
         **kwargs: Passed to :func:`pyable_tio.subjects_from_manifest`.
 
     Raises:
@@ -83,9 +101,12 @@ def queue_from_manifest(
     patch = _patch_size(patch_size)
     if transform is None:
         _check_patch_fits(subjects, patch)
-    dataset = tio.SubjectsDataset(subjects, transform=transform)
+    dataset = tio.SubjectsDataset(subjects, transform=with_layout_guard(transform))  # patches stay Z,Y,X
     patch_sampler = make_sampler(sampler, patch, label_name, subjects[0])
-    return tio.Queue(
+    if distributed:
+        subject_sampler = _distributed_sampler(dataset, subject_sampler, shuffle_subjects, seed)
+    fast = transform is None if fast_patches is None else fast_patches
+    return (PatchQueue if fast else tio.Queue)(
         dataset,
         max_length=max_length,
         samples_per_volume=samples_per_volume,
@@ -96,6 +117,73 @@ def queue_from_manifest(
         shuffle_patches=shuffle_patches,
         subject_sampler=subject_sampler,
     )
+
+
+def set_epoch(queue: tio.Queue, epoch: int) -> None:
+    """Tell the queue's distributed subject sampler which epoch starts (same value on every rank).
+
+    ``DistributedSampler`` shuffles with ``seed + epoch``: without this call every epoch
+    visits the subjects in the same order. The queue asks its subject sampler for a new
+    order when it starts its next pass over the subjects, i.e. right after this call.
+
+    Args:
+        queue: A queue from :func:`queue_from_manifest` (``distributed=True``) or any
+            ``tio.Queue`` whose ``subject_sampler`` has ``set_epoch``.
+        epoch: The epoch about to start.
+
+    Raises:
+        ValueError: the queue's subject sampler has no ``set_epoch``.
+
+    Example:
+        >>> for epoch in range(num_epochs):  # doctest: +SKIP
+        ...     set_epoch(queue, epoch)
+        ...     for batch in tio.SubjectsLoader(queue, batch_size=4): ...
+    """
+    subject_sampler = getattr(queue, 'subject_sampler', None)
+    if not hasattr(subject_sampler, 'set_epoch'):
+        raise ValueError('set_epoch needs a queue built with distributed=True (its subject sampler has no set_epoch)')
+    subject_sampler.set_epoch(epoch)
+
+
+class QueueSampler(SequentialSampler):
+    """The sampler of a ``tio.SubjectsLoader`` over a queue whose ``set_epoch`` reaches the queue.
+
+    Reads the queue's patches in order (the queue shuffles them itself) and forwards
+    ``set_epoch`` to :func:`set_epoch`, so code that calls ``loader.sampler.set_epoch(epoch)``
+    each epoch, as PyTorch Lightning does, reshuffles the distributed subjects.
+
+    Args:
+        queue: A queue from :func:`queue_from_manifest` (``set_epoch`` does nothing unless
+            it was built with ``distributed=True``).
+
+    Example:
+        >>> loader = tio.SubjectsLoader(queue, batch_size=4, sampler=QueueSampler(queue))  # doctest: +SKIP
+        >>> loader.sampler.set_epoch(1)  # doctest: +SKIP
+    """
+
+    def __init__(self, queue: tio.Queue):
+        super().__init__(queue)
+        self.queue = queue
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward ``epoch`` to :func:`set_epoch` (no-op when the queue is not distributed)."""
+        # No-op without a distributed sampler, so one loader serves single- and multi-GPU runs.
+        if hasattr(getattr(self.queue, 'subject_sampler', None), 'set_epoch'):
+            set_epoch(self.queue, epoch)
+
+
+def _distributed_sampler(dataset: tio.SubjectsDataset, subject_sampler: Any, shuffle: bool, seed: int) -> Any:
+    import torch.distributed as dist
+    from torch.utils.data import DistributedSampler
+
+    if subject_sampler is not None:
+        raise ValueError('pass either distributed=True or subject_sampler, not both')
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            'distributed=True needs an initialised process group: call'
+            ' torch.distributed.init_process_group(...) in each process first'
+        )
+    return DistributedSampler(dataset, shuffle=shuffle, seed=seed)
 
 
 def make_sampler(

@@ -21,6 +21,7 @@ from .subjects import subjects_from_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line of ``python -m pyable_tio.demo``; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--subjects', type=int, default=4)
     parser.add_argument('--workers', type=int, default=2)
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(folder: Path, num_subjects: int, workers: int) -> None:
+    """Write ``num_subjects`` synthetic subjects to ``folder``, build them and stream patches."""
     print(f'backend: {active_backend()}; writing {num_subjects} synthetic subjects to {folder}')
     manifest = synthetic.write_dataset(folder, num_subjects)
     subject = subjects_from_manifest(manifest)[0]

@@ -28,6 +28,7 @@ class ManifestError(PyableTioError, ValueError):
 
     @classmethod
     def from_problems(cls, problems: Iterable[str]) -> ManifestError:
+        """One error whose message lists ``problems``, one per line."""
         problems = list(problems)
         noun = 'problem' if len(problems) == 1 else 'problems'
         lines = '\n'.join(f'  - {p}' for p in problems)

@@ -142,6 +142,7 @@ class Grid:
         return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(direction)
 
     def is_axis_aligned(self, tolerance: float = GRID_TOLERANCE) -> bool:
+        """True when every index axis runs along a world axis (direction cosines 0 or +-1)."""
         matrix = np.abs(self.direction_matrix)
         return bool(np.all((matrix < tolerance) | (np.abs(matrix - 1) < tolerance)))
 
@@ -190,3 +191,103 @@ def ras_affine_to_grid(affine_zyx: np.ndarray, shape_zyx: Sequence[int]) -> Grid
     origin = LPS_TO_RAS @ affine_xyz[:3, 3]
     size = tuple(int(n) for n in shape_zyx[::-1])
     return Grid(size, tuple(spacing), tuple(origin), tuple(direction.ravel()))
+
+
+#: Orientation letters: the LPS axis an index axis runs along and the sign of its direction.
+ORIENTATION_AXES = {
+    'L': (0, 1.0), 'R': (0, -1.0), 'P': (1, 1.0), 'A': (1, -1.0), 'S': (2, 1.0), 'I': (2, -1.0),
+}
+
+
+def check_orientation(code: str) -> str:
+    """A valid 3-letter orientation code (ITK/DICOM convention), upper-cased.
+
+    Each letter names where its index axis (x, y, z in turn) *increases towards*: ``"LPS"``
+    is SimpleITK's identity direction, ``"RAS"`` is NIfTI's (and nibabel's ``RAS+``).
+
+    Raises:
+        ValueError: not three letters from L/R, P/A, S/I, one per world axis.
+
+    Example:
+        >>> check_orientation('ras')
+        'RAS'
+    """
+    text = str(code).upper() if isinstance(code, str) else ''
+    axes = [ORIENTATION_AXES[c][0] for c in text if c in ORIENTATION_AXES]
+    if len(text) != 3 or sorted(axes) != [0, 1, 2]:
+        problem = 'orientation must be 3 letters, one of each L/R, P/A, S/I (e.g. "LPS", "RAS")'
+        raise ValueError(f'{problem}, got {code!r}')
+    return text
+
+
+def reorient_grid(grid: Grid, code: str) -> Grid:
+    """The same voxel centres with index axes permuted and flipped to orientation ``code``.
+
+    No voxel moves in space, so resampling a file from ``grid`` onto the result is a pure
+    permutation of its array (``sitk.DICOMOrient``). An oblique grid stays oblique and gets
+    ``code`` as its closest orientation.
+
+    Args:
+        grid: A 3-D grid (x,y,z order).
+        code: Target orientation, e.g. ``"RAS"`` (see :func:`check_orientation`).
+
+    Raises:
+        ValueError: bad code or a 2-D grid.
+
+    Example:
+        >>> grid = Grid((4, 5, 6), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> ras = reorient_grid(grid, 'RAS')
+        >>> ras.orientation(), ras.origin
+        ('RAS', (3.0, 8.0, 0.0))
+    """
+    code = check_orientation(code)
+    if grid.dimension != 3:
+        raise ValueError(f'orientation applies to 3-D grids, got a {grid.dimension}-D grid')
+    current = grid.orientation()
+    matrix = grid.direction_matrix
+    size, spacing, corner = [], [], [0] * 3
+    direction = np.zeros((3, 3))
+    for j, letter in enumerate(code):
+        axis, sign = ORIENTATION_AXES[letter]
+        i = next(k for k, c in enumerate(current) if ORIENTATION_AXES[c][0] == axis)
+        flip = sign != ORIENTATION_AXES[current[i]][1]
+        direction[:, j] = -matrix[:, i] if flip else matrix[:, i]
+        size.append(grid.size[i])
+        spacing.append(grid.spacing[i])
+        corner[i] = grid.size[i] - 1 if flip else 0
+    origin = grid.physical_point(corner)
+    return Grid(tuple(size), tuple(spacing), tuple(origin), tuple(direction.ravel()))
+
+
+def axis_aligned_grid(grid: Grid, code: str | None = None) -> Grid:
+    """An axis-aligned grid covering ``grid``'s field of view, spacing kept, in ``code``.
+
+    Spacings follow the index axes they replace (via :func:`reorient_grid`); the grid covers
+    the bounding box of ``grid``'s voxel corners and is centred on it.
+
+    Args:
+        grid: A 3-D grid, usually oblique.
+        code: Target orientation; defaults to ``grid``'s closest orientation.
+
+    Example:
+        >>> oblique = Grid((10, 10, 4), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0),
+        ...                (0.8, -0.6, 0, 0.6, 0.8, 0, 0, 0, 1))
+        >>> aligned = axis_aligned_grid(oblique)
+        >>> aligned.is_axis_aligned(), aligned.size, aligned.spacing
+        (True, (14, 14, 4), (1.0, 1.0, 2.0))
+    """
+    permuted = reorient_grid(grid, code or grid.orientation())
+    axes = np.zeros((3, 3))
+    for j, letter in enumerate(permuted.orientation()):
+        axis, sign = ORIENTATION_AXES[letter]
+        axes[axis, j] = sign
+    corners = np.array([
+        grid.physical_point([(n - 0.5) if high else -0.5 for n, high in zip(grid.size, pick)])
+        for pick in np.ndindex(2, 2, 2)
+    ])
+    coords = corners @ axes  # corner coordinates along the new axes
+    low, high = coords.min(axis=0), coords.max(axis=0)
+    spacing = np.asarray(permuted.spacing)
+    size = np.maximum(1, np.ceil((high - low) / spacing - 1e-6)).astype(int)
+    first = (low + high) / 2 - (size - 1) * spacing / 2  # centre of the first voxel
+    return Grid(tuple(size), tuple(spacing), tuple(axes @ first), tuple(axes.ravel()))

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from . import backend, registration
 from .constants import DEFAULT_BACKGROUND, LINEAR
 from .errors import LoadError, describe, short_error
-from .geometry import Grid
+from .geometry import Grid, reorient_grid
 from .manifest.records import TransformEntry
 
 
@@ -82,6 +82,8 @@ class GridReader:
             transform = registration.compose(entries)
         except ValueError as error:
             raise LoadError(describe(self.subject_id, where, str(error))) from None
+        if transform is None:
+            image = self._permuted_onto_grid(image)
         if transform is not None or not Grid.from_image(image).matches(self.grid):
             try:
                 image = backend.resample(
@@ -90,6 +92,18 @@ class GridReader:
             except RuntimeError as error:
                 raise LoadError(describe(self.subject_id, where, f'resampling failed: {short_error(error)}')) from None
         return self._to_array(image)
+
+    def _permuted_onto_grid(self, image: sitk.Image) -> sitk.Image:
+        """``image`` with axes permuted/flipped onto the grid when that is all it takes."""
+        source = Grid.from_image(image)
+        if source.dimension != 3 or source.matches(self.grid):
+            return image
+        code = self.grid.orientation()
+        if not reorient_grid(source, code).matches(self.grid):
+            return image
+        # Same voxel centres in another axis order (orientation option): exact, no interpolation.
+        permuted = backend.reorient(image, code)
+        return permuted if Grid.from_image(permuted).matches(self.grid) else image
 
     def _to_array(self, image: sitk.Image) -> np.ndarray:
         array = sitk.GetArrayFromImage(image)

@@ -8,12 +8,14 @@ with the reference as fixed image writes. A list is applied in list order to eac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from .errors import short_error
+from .geometry import read_header
 from .manifest.records import TransformEntry
 
 #: Files read as displacement fields (vector images) rather than transform files.
@@ -21,6 +23,12 @@ FIELD_SUFFIXES = ('.nii', '.nii.gz', '.mha', '.mhd', '.nrrd', '.nhdr')
 
 
 def is_displacement_field(path: Path) -> bool:
+    """True for image files (read as displacement fields), by suffix.
+
+    Example:
+        >>> is_displacement_field(Path('warp.nii.gz')), is_displacement_field(Path('rigid.tfm'))
+        (True, False)
+    """
     name = path.name.lower()
     return any(name.endswith(suffix) for suffix in FIELD_SUFFIXES)
 
@@ -28,27 +36,100 @@ def is_displacement_field(path: Path) -> bool:
 def load_transform(entry: TransformEntry) -> sitk.Transform:
     """The transform an entry describes, inverted when asked.
 
+    Args:
+        entry: A transform file, displacement field or in-memory ``sitk.Transform``.
+
+    Returns:
+        A new ``sitk.Transform`` (the entry's own object is never modified).
+
     Raises:
-        ValueError: unreadable file, or a transform with no inverse when ``invert`` is set.
+        ValueError: naming the file: unreadable, or no inverse when ``invert`` is set.
+
+    Example:
+        >>> load_transform(TransformEntry(Path('t2_to_t1.tfm'), invert=True))  # doctest: +SKIP
     """
     source = entry.source
+    where = _where(entry)
     if isinstance(source, sitk.Transform):
         transform = sitk.Transform(source)
     elif is_displacement_field(source):
-        transform = _read_displacement_field(source, entry.invert)
-        return transform
+        return _read_displacement_field(source, entry.invert)
     else:
         try:
             transform = sitk.ReadTransform(str(source))
         except RuntimeError as error:
-            raise ValueError(f'unreadable transform file: {short_error(error)}') from None
+            raise ValueError(f'{where}: unreadable transform file: {short_error(error)}') from None
     if entry.invert:
         try:
             transform = transform.GetInverse()
         except RuntimeError:
             name = transform.GetName()
-            raise ValueError(f'{name} has no inverse; provide the opposite transform') from None
+            raise ValueError(f'{where}: {name} has no inverse; provide the opposite transform') from None
     return transform
+
+
+def check_transform(entry: TransformEntry, dimension: int) -> None:
+    """Fail early on a transform the reader could not use on a ``dimension``-D grid.
+
+    Transform files are read (they are small); displacement fields only by header.
+
+    Raises:
+        ValueError: naming the file: unreadable, not invertible, or of another dimension.
+
+    Example:
+        >>> check_transform(TransformEntry(Path('rigid.tfm')), 3)  # doctest: +SKIP
+    """
+    where = _where(entry)
+    if isinstance(entry.source, Path) and is_displacement_field(entry.source):
+        try:
+            header = read_header(entry.source)
+        except RuntimeError as error:
+            raise ValueError(f'{where}: unreadable displacement field: {short_error(error)}') from None
+        found, components = header.GetDimension(), header.GetNumberOfComponents()
+        if components != found:
+            problem = f'a displacement field needs {found} components per voxel, found {components}'
+            raise ValueError(f'{where}: {problem}')
+    else:
+        found = load_transform(entry).GetDimension()
+    if found != dimension:
+        raise ValueError(f'{where}: a {found}-D transform cannot map a {dimension}-D grid')
+
+
+def describe_transform(transform: sitk.Transform) -> str:
+    """A one-line readable summary: type and, for rigid/affine, angles and translation.
+
+    Example:
+        >>> describe_transform(sitk.TranslationTransform(3, (1.0, 0.0, -2.0)))
+        'TranslationTransform: translation (1.00, 0.00, -2.00) mm'
+    """
+    name = transform.GetName()
+    if name == 'CompositeTransform':
+        composite = sitk.CompositeTransform(transform)
+        # A CompositeTransform applies its last transform first: list in order of application.
+        count = composite.GetNumberOfTransforms()
+        parts = [describe_transform(composite.GetNthTransform(i)) for i in range(count)]
+        return 'CompositeTransform of [' + '; then '.join(reversed(parts)) + ']'
+    if name == 'TranslationTransform':
+        offset = sitk.TranslationTransform(transform).GetOffset()
+        return f'{name}: translation {_numbers(offset)} mm'
+    if name in ('Euler3DTransform', 'Euler2DTransform'):
+        if name == 'Euler3DTransform':
+            euler = sitk.Euler3DTransform(transform)
+            angles = [euler.GetAngleX(), euler.GetAngleY(), euler.GetAngleZ()]
+        else:
+            euler = sitk.Euler2DTransform(transform)
+            angles = [euler.GetAngle()]
+        degrees = [math.degrees(a) for a in angles]
+        return f'{name}: rotation {_numbers(degrees)} deg, translation {_numbers(euler.GetTranslation())} mm'
+    if name == 'AffineTransform':
+        affine = sitk.AffineTransform(transform)
+        dim = affine.GetDimension()
+        rows = [_numbers(affine.GetMatrix()[i * dim:(i + 1) * dim], 4) for i in range(dim)]
+        return f'{name}: matrix [{", ".join(rows)}], translation {_numbers(affine.GetTranslation())} mm'
+    if name == 'DisplacementFieldTransform':
+        size = sitk.DisplacementFieldTransform(transform).GetDisplacementField().GetSize()
+        return f'{name}: field of {"x".join(map(str, size))} vectors'
+    return name
 
 
 def compose(entries: Sequence[TransformEntry]) -> sitk.Transform | None:
@@ -66,10 +147,10 @@ def _read_displacement_field(path: Path, invert: bool) -> sitk.Transform:
     try:
         field = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise ValueError(f'unreadable displacement field: {short_error(error)}') from None
+        raise ValueError(f'transform {path}: unreadable displacement field: {short_error(error)}') from None
     if field.GetNumberOfComponentsPerPixel() != field.GetDimension():
         problem = (
-            f'a displacement field needs {field.GetDimension()} components per voxel,'
+            f'transform {path}: a displacement field needs {field.GetDimension()} components per voxel,'
             f' found {field.GetNumberOfComponentsPerPixel()}'
         )
         raise ValueError(problem)
@@ -78,3 +159,12 @@ def _read_displacement_field(path: Path, invert: bool) -> sitk.Transform:
         field = sitk.InvertDisplacementField(field, enforceBoundaryCondition=True)
     return sitk.DisplacementFieldTransform(field)
 
+
+def _where(entry: TransformEntry) -> str:
+    if isinstance(entry.source, Path):
+        return f'transform {entry.source}'
+    return f'in-memory {entry.source.GetName()}'
+
+
+def _numbers(values, digits: int = 2) -> str:
+    return '(' + ', '.join(f'{v:.{digits}f}' for v in values) + ')'

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,12 @@ import torch
 import torchio as tio
 from tqdm.auto import tqdm
 
-from . import backend
+from . import backend, registration
+from .alignment import Alignment, align_subject
 from .constants import (
+    ALIGN_MODES,
     DEFAULT_BACKGROUND,
+    FIELD_TRANSFORMS,
     ID,
     IMAGE_PREFIX,
     IMAGES,
@@ -27,9 +30,9 @@ from .constants import (
     ROI_PREFIX,
 )
 from .errors import ManifestError, describe, short_error
-from .geometry import Grid
+from .geometry import Grid, axis_aligned_grid, check_orientation, reorient_grid
 from .manifest import ManifestSource, SubjectRecord, read_manifest
-from .manifest.records import FileEntry
+from .manifest.records import FileEntry, TransformEntry
 from .reader import GridReader
 from .reference import ImageHeader, Reference, ReferenceSelector, ReferenceSpace
 from .reference import choose_reference, grid_of_space
@@ -54,6 +57,8 @@ class SubjectPlan:
     record: SubjectRecord
     reference: Reference
     channels: int
+    #: ``{str(image path): Alignment}`` found by ``align=`` (applied before manifest transforms).
+    alignments: Mapping[str, Alignment] = field(default_factory=dict)
 
 
 def subjects_from_manifest(
@@ -69,6 +74,10 @@ def subjects_from_manifest(
     cache_dir: str | os.PathLike | None = None,
     root: str | os.PathLike | None = None,
     progress: bool = False,
+    cache_max_bytes: int | None = None,
+    orientation: str | None = None,
+    axis_aligned: bool = False,
+    align: str | None = None,
 ) -> list[tio.Subject]:
     """Build one lazily loaded ``tio.Subject`` per manifest subject.
 
@@ -90,9 +99,19 @@ def subjects_from_manifest(
         default_value: Image value outside a file's field of view (labels get 0).
         missing: ``"error"`` when subjects list different numbers of ROIs/label maps, or
             ``"empty"`` to fill the missing ones with all-zero label maps.
-        cache_dir: Folder for the on-disk cache of resampled volumes (off when None).
+        cache_dir: Folder for the on-disk cache of resampled volumes (off when None), or a
+            :class:`~pyable_tio.cache.VolumeCache`.
         root: Folder that relative manifest paths resolve against.
         progress: Show a progress bar while headers are read.
+        cache_max_bytes: Size limit of ``cache_dir``; least-recently-used entries are evicted.
+        orientation: Reorient every reference grid to this code (``"LPS"``, ``"RAS"``, ...;
+            letters name where the x, y, z index axes increase towards). Axis-aligned grids
+            are permuted/flipped, never resampled. None keeps each grid as it is.
+        axis_aligned: Replace oblique reference grids by axis-aligned ones covering the same
+            field of view with the same spacing (in ``orientation`` or the closest one).
+        align: ``"rigid"`` or ``"affine"`` registers each non-reference image onto the
+            reference image once, here (cached in ``cache_dir/alignment``); None (default)
+            trusts the files' physical space and the manifest transforms.
 
     Returns:
         Subjects with keys ``"id"``, ``"meta"``, the images, ``roi_i``, ``labelmap_i`` and
@@ -111,6 +130,7 @@ def subjects_from_manifest(
         raise ValueError(f'missing must be "{MISSING_ERROR}" or "{MISSING_EMPTY}", got {missing!r}')
     manifest = read_manifest(source, root=root)
     backend.interpolator_for(backend.ROLE_IMAGE, interpolator)
+    _check_geometry_options(orientation, align)
     global_space = None
     if reference_space is not None:
         # Read once; keep its description (a path stays a path in meta['reference_used']).
@@ -124,12 +144,15 @@ def subjects_from_manifest(
     if problems:
         raise ManifestError.from_problems(problems)
     _check_batchable(plans, missing)
+    plans = _prepare_grids(plans, orientation, axis_aligned)
     options = {
         'interpolator': interpolator,
         'dtype': _numpy_dtype(dtype),
         'default_value': float(default_value),
-        'cache': _make_cache(cache_dir),
+        'cache': _make_cache(cache_dir, cache_max_bytes),
     }
+    if align is not None:
+        plans = _align(plans, align, getattr(options['cache'], 'folder', None), progress)
     counts = {name: max(len(getattr(p.record, name)) for p in plans) for name in ('rois', 'labelmaps')}
     return [_to_subject(plan, stack_channels, counts, options) for plan in plans]
 
@@ -185,12 +208,72 @@ def _check_batchable(plans: Sequence[SubjectPlan], missing: str) -> None:
         raise ManifestError.from_problems(problems)
 
 
+def _check_geometry_options(orientation: str | None, align: str | None) -> None:
+    if orientation is not None:
+        check_orientation(orientation)
+    if align is not None and align not in ALIGN_MODES:
+        raise ValueError(f'align must be one of {ALIGN_MODES} or None, got {align!r}')
+
+
+def _prepare_grids(
+    plans: Sequence[SubjectPlan], orientation: str | None, axis_aligned: bool
+) -> list[SubjectPlan]:
+    """Check every manifest transform against its grid, then reorient the grids if asked."""
+    problems: list[str] = []
+    checked: dict[tuple[Any, bool], str | None] = {}
+    prepared = []
+    for plan in plans:
+        record, grid = plan.record, plan.reference.grid
+        entries = list(record.transforms) + [t for _, e in record.entries() for t in e.transforms]
+        for entry in entries:
+            key = (entry.source if isinstance(entry.source, Path) else id(entry.source), entry.invert)
+            if key not in checked:
+                try:
+                    registration.check_transform(entry, grid.dimension)
+                    checked[key] = None
+                except ValueError as error:
+                    checked[key] = str(error)
+            if checked[key] is not None:
+                problems.append(describe(record.id, f'field "{FIELD_TRANSFORMS}"', checked[key]))
+        try:
+            if axis_aligned and grid.dimension == 3 and not grid.is_axis_aligned():
+                grid = axis_aligned_grid(grid, orientation)
+            elif orientation is not None:
+                grid = reorient_grid(grid, orientation)
+        except ValueError as error:
+            problems.append(describe(record.id, f'reference {plan.reference.used}', str(error)))
+        prepared.append(replace(plan, reference=replace(plan.reference, grid=grid)))
+    if problems:
+        raise ManifestError.from_problems(list(dict.fromkeys(problems)))
+    return prepared
+
+
+def _align(plans: Sequence[SubjectPlan], kind: str, folder: Path | None, progress: bool) -> list[SubjectPlan]:
+    """Each plan with its alignments, computed (or read from ``folder``) once per subject."""
+    aligned, problems = [], []
+    for plan in tqdm(plans, desc=f'{kind} alignment', disable=not progress, unit='subject'):
+        try:
+            alignments = align_subject(plan.record, plan.reference, kind, folder)
+        except ManifestError as error:
+            problems.extend(error.problems)
+            continue
+        aligned.append(replace(plan, alignments=alignments))
+    if problems:
+        raise ManifestError.from_problems(problems)
+    return aligned
+
+
+def _aligned(plan: SubjectPlan, entry: FileEntry) -> tuple[TransformEntry, ...]:
+    alignment = plan.alignments.get(str(entry.path))
+    return (alignment.entry,) if alignment is not None else ()
+
+
 def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> tio.Subject:
     record, grid = plan.record, plan.reference.grid
     subject_transforms = record.transforms
 
     def reader(role: str, entries: Sequence[FileEntry]) -> GridReader:
-        transforms = {str(e.path): subject_transforms + e.transforms for e in entries}
+        transforms = {str(e.path): _aligned(plan, e) + subject_transforms + e.transforms for e in entries}
         # default_value is for images: labels outside the field of view are background.
         if role != backend.ROLE_IMAGE:
             return GridReader(grid, role, record.id, transforms=transforms, **{**options, 'default_value': 0.0})
@@ -221,7 +304,9 @@ def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> 
 
 def _meta(plan: SubjectPlan) -> dict[str, Any]:
     record, grid = plan.record, plan.reference.grid
-    applied = [f'all files: {t.describe()}' for t in record.transforms]
+    # Each file's transforms apply in the order its lines appear here.
+    applied = [alignment.describe() for alignment in plan.alignments.values()]
+    applied += [f'all files: {t.describe()}' for t in record.transforms]
     for name, entry in record.entries():
         applied += [f'{entry.path.name}: {t.describe()}' for t in entry.transforms]
     names = {
@@ -263,9 +348,11 @@ def _numpy_dtype(dtype: torch.dtype) -> str:
         raise ValueError(f'dtype {dtype} has no NumPy equivalent; use torch.float32 or float16') from None
 
 
-def _make_cache(cache_dir: str | os.PathLike | None):
+def _make_cache(cache_dir: str | os.PathLike | None, max_bytes: int | None = None):
     if cache_dir is None:
         return None
     from .cache import VolumeCache
 
-    return VolumeCache(cache_dir)
+    if isinstance(cache_dir, VolumeCache):
+        return cache_dir
+    return VolumeCache(cache_dir, max_bytes=max_bytes)

@@ -85,11 +85,20 @@ def parse_transform(value: Any, root: Path) -> TransformEntry:
 
 
 def parse_transforms(value: Any, root: Path) -> tuple[TransformEntry, ...]:
+    """A list cell (or list) of transforms, each as :func:`parse_transform` reads it."""
     return tuple(parse_transform(item, root) for item in parse_list(value))
 
 
 def parse_file_entry(value: Any, root: Path, name: str | None = None) -> FileEntry:
-    """A path, or ``{"path": ..., "transforms": [...], "name": ...}``."""
+    """A path, or ``{"path": ..., "transforms": [...], "name": ...}``.
+
+    The item's ``transforms`` apply to this file only, after the subject's (list order).
+
+    Example:
+        >>> entry = parse_file_entry({'path': 't2.nii.gz', 'transforms': ['t2_to_t1.tfm']}, Path('/data'))
+        >>> entry.path, entry.transforms[0].source
+        (PosixPath('/data/t2.nii.gz'), PosixPath('/data/t2_to_t1.tfm'))
+    """
     if isinstance(value, Mapping):
         unknown = set(value) - {'path', 'transforms', 'name'}
         if unknown or 'path' not in value:

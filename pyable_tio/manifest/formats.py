@@ -53,6 +53,7 @@ def rows_from_paths(paths: Sequence[Any]) -> list[RawRow]:
 
 
 def rows_from_json(path: Path) -> list[RawRow]:
+    """A JSON file: ``{id: {...}}`` or a list of image paths; duplicate ids are errors."""
     content = _load_json(path)
     if isinstance(content, Mapping):
         return rows_from_mapping(content)
@@ -64,7 +65,11 @@ def rows_from_json(path: Path) -> list[RawRow]:
 
 
 def rows_from_csv(path: Path) -> list[RawRow]:
-    """A single CSV: ``id,image_paths,roi_paths,labelmap_paths,reference,reference_space``."""
+    """A single CSV: ``id,image_paths,roi_paths,labelmap_paths,reference,reference_space,transforms``.
+
+    ``transforms`` holds the subject's transforms; per-file transforms go in a ``*_paths`` cell
+    as a JSON list of file items ``{"path": ..., "transforms": [...]}``.
+    """
     table = _read_csv(path)
     if 'image_paths' not in table.columns:
         found = ', '.join(table.columns)
@@ -82,7 +87,9 @@ def rows_from_multi_csv(paths: Sequence[Path]) -> list[RawRow]:
     """``images.csv`` (id,sequence,path,is_reference), ``rois.csv``, ``labelmaps.csv``.
 
     Tables are recognised by their columns; a table with ``id`` and none of the name columns
-    adds per-subject fields. Channels are ordered by sequence name, as are ROIs and label maps.
+    adds per-subject fields (``transforms`` among them). An optional ``transforms`` column of
+    ``images.csv``/``rois.csv``/``labelmaps.csv`` gives the row's own transforms (a path or a
+    JSON list of paths and ``{"path": ..., "invert": true}`` items). Channels are ordered by sequence name, as are ROIs and label maps.
     """
     rows: dict[str, RawRow] = {}
     problems: list[str] = []

@@ -29,6 +29,7 @@ class TransformEntry:
     invert: bool = False
 
     def describe(self) -> str:
+        """Readable text for ``meta['transforms_applied']``: the file, or the in-memory type."""
         if isinstance(self.source, Path):
             what = str(self.source)
         else:

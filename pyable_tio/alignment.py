@@ -1,0 +1,274 @@
+"""Multi-sequence alignment: register each non-reference image of a subject onto its reference.
+
+Runs once per subject when subjects are built (``subjects_from_manifest(align="rigid")``),
+never when images load. SimpleITK's registration (Mattes mutual information, two resolution
+levels, a fixed sampling seed) finds a transform ``A`` that goes *before* the file's manifest
+transforms ``M``: the reader maps each grid point ``p`` to ``M(A(p))`` in the file, one
+interpolation. With a cache folder the transform is written to
+``<cache_dir>/alignment/<key>.tfm``, the key being a digest of both files' contents, their
+manifest transforms and the registration settings, so later runs read it instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from . import registration
+from .constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER
+from .errors import ManifestError, describe, short_error
+from .hashing import digest_of, entries_digest, file_digest
+from .manifest.records import FileEntry, SubjectRecord, TransformEntry
+from .reference import Reference
+
+#: Registration settings; part of every cache key, so changing one recomputes alignments.
+SETTINGS = {
+    'version': 1,
+    'metric': 'mattes',
+    'histogram_bins': 32,
+    'sampling': 'random',
+    'sampling_percentage': 0.25,
+    'max_samples': 50_000,
+    'seed': 7,
+    'optimizer': 'regular_step_gradient_descent',
+    'learning_rate': 1.0,
+    'min_step': 1e-5,
+    'iterations': 100,
+    'shrink_factors': [2, 1],
+    'smoothing_sigmas_voxels': [1.0, 0.0],
+}
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The transform found for one image of a subject.
+
+    Attributes:
+        moving: The image that was registered.
+        fixed: The subject's reference image it was registered onto.
+        kind: ``"rigid"`` or ``"affine"``.
+        entry: What the reader applies first: the cached ``.tfm`` file, or the in-memory
+            transform when there is no cache folder.
+        summary: Readable parameters (see :func:`pyable_tio.registration.describe_transform`).
+        reused: True when read from the cache instead of computed.
+    """
+
+    moving: Path
+    fixed: Path
+    kind: str
+    entry: TransformEntry
+    summary: str
+    reused: bool = False
+
+    def describe(self) -> str:
+        """One line for ``meta["transforms_applied"]``."""
+        text = f'{self.moving.name}: {self.kind} alignment onto {self.fixed.name}, {self.summary}'
+        if isinstance(self.entry.source, Path):
+            text += f' (saved as {self.entry.source})'
+        return text
+
+
+def register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    kind: str = ALIGN_RIGID,
+    fixed_transform: sitk.Transform | None = None,
+    moving_transform: sitk.Transform | None = None,
+) -> sitk.Transform:
+    """Find ``A`` such that ``moving(M(A(p)))`` matches ``fixed(F(p))`` at fixed-image points ``p``.
+
+    ``F`` and ``M`` are the images' own transforms (manifest transforms, ITK convention); the
+    returned transform is only ``A`` (``Euler`` for rigid, ``AffineTransform`` for affine),
+    centred on the fixed image and started from the identity: the images are assumed to be
+    roughly aligned in physical space already, as sequences of one session are.
+
+    Args:
+        fixed: Reference image (scalar).
+        moving: Image to align (scalar).
+        kind: ``"rigid"`` or ``"affine"``.
+        fixed_transform: ``F``, or None for the identity.
+        moving_transform: ``M``, or None for the identity.
+
+    Returns:
+        The transform ``A`` (ITK convention: fixed-space point to moving-space point).
+
+    Raises:
+        ValueError: unknown ``kind``.
+        RuntimeError: SimpleITK's registration failed (e.g. no overlap).
+
+    Example:
+        >>> found = register(sitk.ReadImage('t1.nii.gz'), sitk.ReadImage('t2.nii.gz'))  # doctest: +SKIP
+        >>> sitk.WriteTransform(found, 't2_to_t1.tfm')  # doctest: +SKIP
+    """
+    if kind not in ALIGN_MODES:
+        raise ValueError(f'align must be one of {ALIGN_MODES} or None, got {kind!r}')
+    dim = fixed.GetDimension()
+    if kind == ALIGN_AFFINE:
+        transform = sitk.AffineTransform(dim)
+    else:
+        transform = sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
+    centre = [(n - 1) / 2 for n in fixed.GetSize()]
+    transform.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint(centre))
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(SETTINGS['histogram_bins'])
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    # A fixed budget of points per level keeps large volumes fast (seconds, not minutes).
+    voxels = fixed.GetNumberOfPixels()
+    percentages = [
+        min(SETTINGS['sampling_percentage'], SETTINGS['max_samples'] * factor**dim / voxels)
+        for factor in SETTINGS['shrink_factors']
+    ]
+    method.SetMetricSamplingPercentagePerLevel(percentages, SETTINGS['seed'])
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=SETTINGS['learning_rate'],
+        minStep=SETTINGS['min_step'],
+        numberOfIterations=SETTINGS['iterations'],
+        relaxationFactor=0.5,
+        gradientMagnitudeTolerance=1e-8,
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(SETTINGS['shrink_factors'])
+    method.SetSmoothingSigmasPerLevel(SETTINGS['smoothing_sigmas_voxels'])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    if fixed_transform is not None:
+        method.SetFixedInitialTransform(fixed_transform)
+    if moving_transform is not None:
+        method.SetMovingInitialTransform(moving_transform)
+    # In place: ``transform`` ends up holding A alone, without the initial transforms.
+    method.SetInitialTransform(transform, inPlace=True)
+    method.Execute(_scalar(fixed), _scalar(moving))
+    return transform
+
+
+def align_subject(
+    record: SubjectRecord,
+    reference: Reference,
+    kind: str,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, Alignment]:
+    """Register every image of ``record`` but the reference onto the reference image.
+
+    The reference image is ``record.images[reference.index]``, or the first image when the
+    reference is an outside grid. ROIs and label maps are not aligned: they are taken to be
+    drawn on the reference image (give them per-file transforms otherwise).
+
+    Args:
+        record: The subject.
+        reference: Its chosen reference.
+        kind: ``"rigid"`` or ``"affine"``.
+        cache_dir: Folder whose ``alignment/`` sub-folder keeps the ``.tfm`` files.
+
+    Returns:
+        ``{str(image path): Alignment}`` for every aligned image.
+
+    Raises:
+        ManifestError: naming the subject and file when an image or transform cannot be read
+            or the registration fails.
+
+    Example:
+        >>> plan = plan_subject(read_manifest('manifest.json')[0])  # doctest: +SKIP
+        >>> align_subject(plan.record, plan.reference, 'rigid')  # doctest: +SKIP
+    """
+    index = reference.index if reference.index is not None else 0
+    fixed_entry = record.images[index]
+    fixed_entries = (*record.transforms, *fixed_entry.transforms)
+    fixed_image = fixed_transform = None
+    results: dict[str, Alignment] = {}
+    for i, entry in enumerate(record.images):
+        if i == index or entry.path == fixed_entry.path:
+            continue
+        where = f'field "images": file {entry.path}'
+        moving_entries = (*record.transforms, *entry.transforms)
+        try:
+            path = _cache_path(cache_dir, kind, fixed_entry, fixed_entries, entry, moving_entries)
+            cached = _read_cached(path)
+            if cached is not None:
+                results[str(entry.path)] = _result(entry, fixed_entry, kind, cached, path, reused=True)
+                continue
+            if fixed_image is None:
+                fixed_image = sitk.ReadImage(str(fixed_entry.path))
+                fixed_transform = registration.compose(fixed_entries)
+            moving_image = sitk.ReadImage(str(entry.path))
+            if moving_image.GetDimension() != fixed_image.GetDimension():
+                continue  # reported by plan_subject's dimension check
+            moving_transform = registration.compose(moving_entries)
+            found = register(fixed_image, moving_image, kind, fixed_transform, moving_transform)
+        except ValueError as error:  # a manifest transform
+            raise ManifestError.from_problems([describe(record.id, where, str(error))]) from None
+        except RuntimeError as error:
+            problem = f'{kind} alignment onto {fixed_entry.path.name} failed: {short_error(error)}'
+            raise ManifestError.from_problems([describe(record.id, where, problem)]) from None
+        if path is not None and not _store(found, path):
+            path = None
+        results[str(entry.path)] = _result(entry, fixed_entry, kind, found, path)
+    return results
+
+
+def _result(entry: FileEntry, fixed: FileEntry, kind: str, transform: sitk.Transform, path: Path | None,
+            reused: bool = False) -> Alignment:
+    source = path if path is not None else transform
+    summary = registration.describe_transform(transform)
+    return Alignment(entry.path, fixed.path, kind, TransformEntry(source), summary, reused)
+
+
+def _cache_path(
+    cache_dir: str | os.PathLike | None,
+    kind: str,
+    fixed: FileEntry,
+    fixed_entries: Sequence[TransformEntry],
+    moving: FileEntry,
+    moving_entries: Sequence[TransformEntry],
+) -> Path | None:
+    """``<cache_dir>/alignment/<key>.tfm``; the key depends on contents, never on paths."""
+    if cache_dir is None:
+        return None
+    try:
+        key = digest_of({
+            'kind': kind,
+            'settings': SETTINGS,
+            'fixed': file_digest(fixed.path),
+            'fixed_transforms': entries_digest(fixed_entries),
+            'moving': file_digest(moving.path),
+            'moving_transforms': entries_digest(moving_entries),
+        })
+    except OSError as error:
+        raise RuntimeError(f'cannot read a file to key the alignment: {error}') from None
+    return Path(cache_dir).expanduser() / ALIGNMENT_FOLDER / f'{key}.tfm'
+
+
+def _read_cached(path: Path | None) -> sitk.Transform | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return sitk.ReadTransform(str(path))
+    except RuntimeError:
+        return None  # damaged: computed again and replaced
+
+
+def _store(transform: sitk.Transform, path: Path) -> bool:
+    """Write ``path`` atomically (temporary file, then rename); False if the folder is unwritable."""
+    temporary = path.with_name(f'{path.stem}.{uuid.uuid4().hex}.tmp.tfm')
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteTransform(transform, str(temporary))
+        os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:
+        temporary.unlink(missing_ok=True)
+        problem = f'alignment not cached, {path.parent} is not writable: {short_error(error)}'
+        warnings.warn(problem, stacklevel=3)
+        return False
+    return True
+
+
+def _scalar(image: sitk.Image) -> sitk.Image:
+    # Vector images are registered by their first component.
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return sitk.VectorIndexSelectionCast(image, 0, sitk.sitkFloat32)
+    return sitk.Cast(image, sitk.sitkFloat32)

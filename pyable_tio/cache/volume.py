@@ -1,0 +1,434 @@
+"""``VolumeCache``: the on-disk cache of resampled volumes, keyed by everything they depend on."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+from ..constants import (
+    CACHE_ARRAY_SUFFIX,
+    CACHE_FORMAT_VERSION,
+    CACHE_SIDECAR_SUFFIX,
+    CACHE_SOURCES_FOLDER,
+    CACHE_TEMP_SUFFIX,
+)
+from ..hashing import digest_of, entries_digest, file_digest
+from ..manifest.records import TransformEntry
+from .entry import CacheCorruption, atomic_write, folder_lock, read_entry, write_entry
+
+#: A temporary file older than this (seconds) was left by a killed writer and may be removed.
+STALE_TEMP_SECONDS = 3600.0
+#: An array younger than this (seconds) without its sidecar is probably being written now.
+_IN_FLIGHT_SECONDS = 30.0
+#: A hit refreshes the entry's last-use time at most this often (seconds).
+_TOUCH_INTERVAL = 60.0
+
+#: Lock file taken to publish or remove an entry (never to read one).
+_LOCK_NAME = '.lock'
+#: Entry folders: the first two hex digits of the key.
+_KEY_FOLDERS = '[0-9a-f][0-9a-f]'
+
+# Source-file digests known to this process: stat signature -> sha256.
+_source_digests: dict[tuple[str, int, int, int, int], str] = {}
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Size of a cache folder and what this process did with it.
+
+    Attributes:
+        entries: Valid-looking entries on disk (array and sidecar both present).
+        bytes: Bytes used by every file in the folder (entries, sidecars, temporaries).
+        hits: Entries served from disk by this process.
+        misses: Entries computed by this process (absent, stale key or corrupt).
+        writes: Entries written by this process.
+        recovered: Corrupt or incomplete entries this process discarded and recomputed.
+        evicted: Entries this process removed to stay under ``max_bytes``.
+
+    Example:
+        >>> stats = VolumeCache('/tmp/pyable-cache').stats()  # doctest: +SKIP
+        >>> f'{stats.hits} hits, {stats.misses} misses, {stats.bytes / 2**30:.1f} GiB'  # doctest: +SKIP
+        '24 hits, 0 misses, 1.2 GiB'
+    """
+
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+    writes: int
+    recovered: int
+    evicted: int
+
+    def as_dict(self) -> dict[str, int]:
+        """The statistics as a plain dictionary (JSON-serialisable)."""
+        return asdict(self)
+
+
+class VolumeCache:
+    """Disk cache of resampled volumes for :class:`pyable_tio.GridReader`.
+
+    The key of an entry covers the source file's content (SHA-256, remembered per
+    size+mtime+ctime+inode and re-validated on every call), the reference grid, the
+    transforms' contents, role, interpolator, dtype, default value, the backend and
+    :data:`~pyable_tio.constants.CACHE_FORMAT_VERSION`; changing any of them misses. Hits
+    are returned memory-mapped copy-on-write (``np.load(mmap_mode='c')``): writable for
+    ``torch.from_numpy``, nothing read before it is used, and edits never reach the file.
+
+    The object holds only its settings and counters, so it pickles into DataLoader workers;
+    counters restart at zero in each process that unpickles it.
+
+    Args:
+        cache_dir: Folder of the cache (created if missing).
+        max_bytes: Optional size limit of the folder; least-recently-used entries are
+            evicted after each write to stay under it.
+        verify: ``"checksum"`` (default) checks the CRC-32 of an entry's bytes the first
+            time a process opens it, then only its size; ``"size"`` checks sizes only.
+
+    Example:
+        >>> cache = VolumeCache('/tmp/pyable-cache', max_bytes=20 * 2**30)  # doctest: +SKIP
+        >>> subjects = subjects_from_manifest('manifest.json', cache_dir=cache)  # doctest: +SKIP
+        >>> for subject in subjects: subject.load()  # doctest: +SKIP
+        >>> cache.stats().as_dict()  # doctest: +SKIP
+        {'entries': 12, 'bytes': 503316480, 'hits': 0, 'misses': 12, 'writes': 12, ...}
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        max_bytes: int | None = None,
+        verify: str = 'checksum',
+    ) -> None:
+        if max_bytes is not None and (isinstance(max_bytes, bool) or int(max_bytes) <= 0):
+            raise ValueError(f'max_bytes must be a positive number of bytes or None, got {max_bytes!r}')
+        if verify not in ('checksum', 'size'):
+            raise ValueError(f'verify must be "checksum" or "size", got {verify!r}')
+        self.folder = Path(cache_dir).expanduser().absolute()
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
+        self.verify = verify
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._reset_counters()
+
+    def __repr__(self) -> str:
+        return f'VolumeCache({str(self.folder)!r}, max_bytes={self.max_bytes!r}, verify={self.verify!r})'
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {'folder': self.folder, 'max_bytes': self.max_bytes, 'verify': self.verify}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_counters()
+
+    @property
+    def _lock(self) -> Path:
+        return self.folder / _LOCK_NAME
+
+    @property
+    def _checksum(self) -> str:
+        return 'once' if self.verify == 'checksum' else 'never'
+
+    def _reset_counters(self) -> None:
+        self._counts = {'hits': 0, 'misses': 0, 'writes': 0, 'recovered': 0, 'evicted': 0}
+
+    # ------------------------------------------------------------------ keys
+
+    def key_inputs(self, reader: Any, path: Path, entries: Sequence[TransformEntry]) -> dict[str, Any]:
+        """Everything an entry depends on, as a JSON-serialisable dict.
+
+        Args:
+            reader: The :class:`~pyable_tio.GridReader` (its grid, role, interpolator,
+                dtype and default value are used).
+            path: The source file.
+            entries: Transforms applied to the file, in order.
+        """
+        role = reader.role
+        is_image = role == backend.ROLE_IMAGE
+        return {
+            'format': CACHE_FORMAT_VERSION,
+            'backend': backend.active_backend(),
+            'source': self.source_digest(path),
+            'transforms': entries_digest(entries),
+            # + 0.0 turns -0.0 (common in direction cosines) into 0.0: same grid, same key.
+            'grid': {name: [v + 0.0 for v in values] for name, values in reader.grid.to_dict().items()},
+            'role': role,
+            # Labels are nearest-neighbour in their own type whatever the image options say.
+            'interpolator': backend.interpolator_for(role, reader.interpolator),
+            'dtype': str(np.dtype(reader.dtype)) if is_image else 'native',
+            'default_value': float(reader.default_value),
+        }
+
+    def key(self, reader: Any, path: Path, entries: Sequence[TransformEntry]) -> str:
+        """The entry name (SHA-256 hex of :meth:`key_inputs`)."""
+        return digest_of(self.key_inputs(reader, path, entries))
+
+    def source_digest(self, path: str | os.PathLike) -> str:
+        """SHA-256 of a source file, remembered on disk per (path, size, mtime, ctime, inode).
+
+        Forked DataLoader workers start with an empty memory each epoch; the on-disk memo
+        spares them re-hashing every source file. Any change of the file's stat signature
+        (a rewrite, a copy, ``touch``) re-hashes it.
+        """
+        path = Path(path)
+        stat = path.stat()
+        signature = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+        digest = _source_digests.get(signature)
+        if digest is not None:
+            return digest
+        memo = self.folder / CACHE_SOURCES_FOLDER / f'{digest_of(list(signature))}.txt'
+        try:
+            digest = memo.read_text().strip()
+        except OSError:
+            digest = ''
+        if len(digest) != 64:
+            digest = file_digest(path)
+            try:
+                atomic_write(memo, lambda stream: stream.write(digest.encode()))
+            except OSError:
+                pass  # a read-only cache still works, it just hashes again
+        _source_digests[signature] = digest
+        return digest
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        """The ``.npy`` and sidecar paths of an entry."""
+        folder = self.folder / key[:2]
+        return folder / f'{key}{CACHE_ARRAY_SUFFIX}', folder / f'{key}{CACHE_SIDECAR_SUFFIX}'
+
+    # ------------------------------------------------------------- get / put
+
+    def get_or_compute(
+        self,
+        reader: Any,
+        path: Path,
+        entries: Sequence[TransformEntry],
+        compute: Callable[[], np.ndarray],
+    ) -> np.ndarray:
+        """The cached array of ``path`` as ``reader`` resamples it, computing it on a miss.
+
+        Args:
+            reader: The :class:`~pyable_tio.GridReader` asking.
+            path: Source file.
+            entries: Transforms applied to the file, in order.
+            compute: Called on a miss; returns the C x D x H x W (Z,Y,X) array to store.
+
+        Returns:
+            The array; a copy-on-write memory map on a hit, ``compute()``'s array on a miss.
+
+        Example:
+            >>> array = cache.get_or_compute(reader, path, (), lambda: reader.read(path))  # doctest: +SKIP
+        """
+        try:
+            inputs = self.key_inputs(reader, path, entries)
+        except OSError:
+            # A source or transform file vanished: the reader raises the proper LoadError.
+            return compute()
+        key = digest_of(inputs)
+        array = self.get(key)
+        if array is not None:
+            self._counts['hits'] += 1
+            return array
+        self._counts['misses'] += 1
+        array = np.ascontiguousarray(compute())
+        self.put(key, array, inputs, source=path, grid=reader.grid.to_dict())
+        return array
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The entry ``key`` (copy-on-write memory map), or None when absent.
+
+        A corrupt or incomplete entry is removed with a warning and None is returned.
+        """
+        array_path, sidecar_path = self.paths(key)
+        try:
+            text = sidecar_path.read_bytes()
+        except FileNotFoundError:
+            # An array without its sidecar: a writer died, or another process is writing it
+            # right now. Either way it is a miss; the rewrite replaces both files.
+            try:
+                age = time.time() - array_path.stat().st_mtime
+            except OSError:
+                return None
+            if age > _IN_FLIGHT_SECONDS:
+                self._discard(key, f'entry {array_path.name} has no sidecar (interrupted write)', remove=False)
+            return None
+        except OSError as error:
+            self._discard(key, f'unreadable sidecar {sidecar_path}: {error}')
+            return None
+        try:
+            array = read_entry(array_path, text, self._checksum)
+        except CacheCorruption:
+            # Another process may have replaced or evicted the entry between our two reads.
+            try:
+                array = read_entry(array_path, sidecar_path.read_bytes(), self._checksum)
+            except FileNotFoundError:
+                return None  # its sidecar is gone: removed by another process, a plain miss
+            except (OSError, CacheCorruption) as error:
+                self._discard(key, str(error))
+                return None
+        self._touch(sidecar_path)
+        return array
+
+    def put(
+        self,
+        key: str,
+        array: np.ndarray,
+        inputs: dict[str, Any],
+        source: str | os.PathLike | None = None,
+        grid: dict[str, Any] | None = None,
+    ) -> None:
+        """Store ``array`` under ``key`` atomically (array first, sidecar last).
+
+        Args:
+            key: Entry name, from :meth:`key`.
+            array: Array to store (any non-object dtype).
+            inputs: The key's inputs, recorded in the sidecar.
+            source: Source file, recorded for humans.
+            grid: Geometry of the array (x,y,z order), recorded in the sidecar.
+        """
+        array_path, sidecar_path = self.paths(key)
+        record = {
+            'key': key,
+            'grid': grid,
+            'source': None if source is None else os.fspath(source),
+            'inputs': inputs,
+        }
+        try:
+            write_entry(array_path, sidecar_path, array, record, lock=self._lock)
+        except OSError as error:
+            # A full disk or read-only folder must not stop training: serve from memory.
+            warnings.warn(f'pyable-tio cache: cannot write {array_path}: {error}', RuntimeWarning, stacklevel=3)
+            return
+        self._counts['writes'] += 1
+        if self.max_bytes is not None:
+            self.evict(self.max_bytes)
+
+    # --------------------------------------------------------------- upkeep
+
+    def entries(self) -> Iterator[tuple[str, Path, Path]]:
+        """Yield ``(key, array_path, sidecar_path)`` of every entry with both files present."""
+        for array_path in sorted(self.folder.glob(f'{_KEY_FOLDERS}/*{CACHE_ARRAY_SUFFIX}')):
+            sidecar_path = array_path.with_suffix(CACHE_SIDECAR_SUFFIX)
+            if sidecar_path.exists():
+                yield array_path.stem, array_path, sidecar_path
+
+    def check(self, key: str) -> str | None:
+        """Fully verify one entry (sizes, header and checksum); the problem, or None if valid."""
+        array_path, sidecar_path = self.paths(key)
+        try:
+            text = sidecar_path.read_bytes()
+            array = read_entry(array_path, text, checksum='always')
+        except (OSError, CacheCorruption) as error:
+            return str(error)
+        del array
+        return None
+
+    def evict(self, max_bytes: int | None = None) -> int:
+        """Remove least-recently-used entries until the folder holds at most ``max_bytes``.
+
+        Also removes temporary files older than :data:`STALE_TEMP_SECONDS` (left by killed
+        writers). Returns the number of entries removed.
+        """
+        limit = self.max_bytes if max_bytes is None else int(max_bytes)
+        now = time.time()
+        total, candidates = 0, []
+        for path, stat in self._files():
+            if path.name.endswith(CACHE_TEMP_SUFFIX) and now - stat.st_mtime > STALE_TEMP_SECONDS:
+                path.unlink(missing_ok=True)
+                continue
+            total += stat.st_size
+            if path.suffix == CACHE_SIDECAR_SUFFIX and path.parent.name != CACHE_SOURCES_FOLDER:
+                try:
+                    size = stat.st_size + path.with_suffix(CACHE_ARRAY_SUFFIX).stat().st_size
+                except OSError:
+                    size = stat.st_size  # array gone meanwhile (another process evicting)
+                candidates.append((stat.st_mtime, size, path.stem))
+        removed = 0
+        if limit is None or total <= limit:
+            return removed
+        for _, size, key in sorted(candidates):
+            try:
+                self.remove(key)
+            except OSError as error:  # e.g. mapped by another process on Windows
+                warnings.warn(f'pyable-tio cache: cannot evict {key}: {error}', RuntimeWarning, stacklevel=2)
+                continue
+            removed += 1
+            total -= size
+            if total <= limit:
+                break
+        self._counts['evicted'] += removed
+        return removed
+
+    def remove(self, key: str) -> None:
+        """Delete an entry (sidecar first, so it stops being valid before its array goes)."""
+        array_path, sidecar_path = self.paths(key)
+        with folder_lock(self._lock):
+            sidecar_path.unlink(missing_ok=True)
+            array_path.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Delete every entry, temporary file and source digest (only files the cache owns)."""
+        for path, _ in self._files():
+            path.unlink(missing_ok=True)
+        for folder in [*self.folder.glob(_KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER]:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # not empty (someone else's file) or already gone
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """This process's hits, misses, writes, recovered and evicted, without scanning the folder."""
+        return dict(self._counts)
+
+    def stats(self) -> CacheStats:
+        """Entries and bytes on disk now, and this process's hits, misses, writes, ...
+
+        Example:
+            >>> VolumeCache('/tmp/empty-cache').stats().entries  # doctest: +SKIP
+            0
+        """
+        total = sum(stat.st_size for _, stat in self._files())
+        return CacheStats(entries=sum(1 for _ in self.entries()), bytes=total, **self._counts)
+
+    # -------------------------------------------------------------- helpers
+
+    def _files(self) -> Iterator[tuple[Path, os.stat_result]]:
+        """Files the cache owns (entries, temporaries, source digests), never anything else."""
+        folders = [*self.folder.glob(_KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER]
+        for folder in folders:
+            try:
+                children = list(os.scandir(folder))
+            except OSError:
+                continue
+            for child in children:
+                name = child.name
+                owned = name.endswith((CACHE_ARRAY_SUFFIX, CACHE_SIDECAR_SUFFIX, CACHE_TEMP_SUFFIX, '.txt'))
+                try:
+                    if owned and child.is_file(follow_symlinks=False):
+                        yield Path(child.path), child.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # removed by another process meanwhile
+
+    def _discard(self, key: str, problem: str, remove: bool = True) -> None:
+        warnings.warn(f'pyable-tio cache: {problem}; discarding and recomputing it', RuntimeWarning, stacklevel=4)
+        self._counts['recovered'] += 1
+        if remove:
+            try:
+                self.remove(key)
+            except OSError:
+                pass  # read-only cache: the rewrite will fail too, and warn
+
+    @staticmethod
+    def _touch(sidecar_path: Path) -> None:
+        """Record a use for LRU eviction (throttled; a read-only cache is fine)."""
+        try:
+            if time.time() - sidecar_path.stat().st_mtime > _TOUCH_INTERVAL:
+                os.utime(sidecar_path)
+        except OSError:
+            pass
+

@@ -1,0 +1,455 @@
+"""The ``pyable-tio`` command line: ``validate``, ``cache`` and ``info``.
+
+Exit codes: 0 success, 1 problems found (one line each on stderr), 2 bad command line,
+130 interrupted. User mistakes never print a traceback.
+
+Example:
+    $ pyable-tio validate manifest.json
+    $ pyable-tio cache manifest.json --cache-dir /scratch/cache --workers 4 --max-bytes 50G
+    $ pyable-tio info --cache-dir /scratch/cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import re
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import backend, registration
+from .constants import ALIGN_MODES, INTERPOLATORS, LINEAR, REFERENCE_FIRST, REFERENCE_LARGEST
+from .errors import ManifestError, PyableTioError
+from .manifest import Manifest, read_manifest
+from .manifest import _check_files as check_files_exist
+from .reader import GridReader
+from .reference import ImageHeader, Reference, grid_of_space
+from .subjects import MISSING_EMPTY, MISSING_ERROR, _check_batchable, plan_subject
+
+PROG = 'pyable-tio'
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_SIZE = re.compile(r'^\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]?)(i?b)?\s*$', re.IGNORECASE)
+_DTYPES = ('float16', 'float32', 'float64')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it).
+
+    Example:
+        >>> main(['validate', 'manifest.json'])  # doctest: +SKIP
+        0
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed by argparse
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        resume = '; finished cache entries are kept, run it again to resume' if args.command == 'cache' else ''
+        print(f'{PROG}: interrupted{resume}', file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenExecutor:
+        print(f'{PROG}: error: a worker process died (out of memory?); try fewer --workers', file=sys.stderr)
+        return EXIT_PROBLEMS
+    except ManifestError as error:
+        _print_problems(error.problems)
+        return EXIT_PROBLEMS
+    except (PyableTioError, OSError, ValueError) as error:
+        print(f'{PROG}: error: {error}', file=sys.stderr)
+        return EXIT_PROBLEMS
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"500M"``, ``"20G"``, ``"1.5TiB"``, ``"1e9"`` (K/M/G/T are powers of 1024).
+
+    Example:
+        >>> parse_size('2G')
+        2147483648
+    """
+    match = _SIZE.match(str(text))
+    if not match:
+        raise argparse.ArgumentTypeError(f'not a size: {text!r} (expected e.g. 500M, 20G, 1e9)')
+    number, unit = float(match.group(1)), match.group(2).lower()
+    value = int(number * 1024 ** ' kmgt'.index(unit or ' '))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f'size must be positive, got {text!r}')
+    return value
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected a number of processes >= 0, got {text!r}')
+    return value
+
+
+def _reference(text: str) -> str | int:
+    if text in (REFERENCE_FIRST, REFERENCE_LARGEST):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected first, largest or an index, got {text!r}') from None
+
+
+def format_bytes(count: float) -> str:
+    """A byte count for humans (powers of 1024).
+
+    Example:
+        >>> format_bytes(1536)
+        '1.5 KiB'
+    """
+    for unit in ('B', 'KiB', 'MiB', 'GiB'):
+        if abs(count) < 1024 or unit == 'GiB':
+            return f'{count:.0f} {unit}' if unit == 'B' else f'{count:.1f} {unit}'
+        count /= 1024
+    return f'{count:.1f} TiB'
+
+
+# ------------------------------------------------------------------- validate
+
+
+@dataclass
+class Validation:
+    """What ``validate`` found in one manifest: problems, and a summary of the good subjects.
+
+    Counters map a value (a count per subject, a spacing ``"1 x 1 x 1.5"`` in x,y,z order, an
+    orientation code, a reference size in x,y,z order) to how many subjects or files have it.
+
+    Example:
+        >>> report = validate('manifest.json')  # doctest: +SKIP
+        >>> report.subjects, report.listed, report.orientations.most_common(1)  # doctest: +SKIP
+        (3, 3, [('LPS', 12)])
+    """
+
+    source: str
+    problems: list[str] = field(default_factory=list)
+    listed: int = 0
+    subjects: int = 0
+    counts: dict[str, Counter] = field(default_factory=lambda: {k: Counter() for k in ('images', 'rois', 'labelmaps')})
+    spacings: Counter = field(default_factory=Counter)
+    orientations: Counter = field(default_factory=Counter)
+    reference_sizes: Counter = field(default_factory=Counter)
+
+
+def validate(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    reference: str | int = REFERENCE_FIRST,
+    reference_space: str | None = None,
+    root: str | None = None,
+    missing: str = MISSING_ERROR,
+) -> Validation:
+    """Check a manifest without reading voxels: files exist, headers and transforms read.
+
+    Args:
+        source: Manifest file (JSON or CSV), or a list of CSV files (multi-CSV).
+        reference: ``"first"``, ``"largest"`` or an index (a subject's own reference wins).
+        reference_space: Optional image whose grid every subject uses.
+        root: Folder that relative manifest paths resolve against.
+        missing: ``"error"`` or ``"empty"``, as in :func:`pyable_tio.subjects_from_manifest`.
+
+    Returns:
+        The problems (one line each) and a summary of the subjects without problems.
+
+    Example:
+        >>> validate('manifest.json').problems  # doctest: +SKIP
+        []
+    """
+    report = Validation(_label(source))
+    try:
+        manifest = read_manifest(source, root=root, check_files=False)
+        space = Reference(*grid_of_space(reference_space)) if reference_space else None
+    except ManifestError as error:
+        report.problems.extend(error.problems)
+        return report
+    plans = []
+    report.listed = len(manifest)
+    for record in manifest:
+        try:
+            check_files_exist(Manifest((record,)))
+            _check_transforms(record)
+            plan = plan_subject(record, reference, space)
+        except ManifestError as error:
+            report.problems.extend(error.problems)
+            continue
+        plans.append(plan)
+        _summarise(report, plan)
+    if plans:
+        try:
+            _check_batchable(plans, missing)
+        except ManifestError as error:
+            report.problems.extend(error.problems)
+    return report
+
+
+def _check_transforms(record) -> None:
+    entries = list(record.transforms) + [t for _, e in record.entries() for t in e.transforms]
+    problems = []
+    for entry in dict.fromkeys(entries):
+        try:
+            registration.load_transform(entry)
+        except ValueError as error:
+            problems.append(f'subject "{record.id}": field "transforms": {error}')
+    if problems:
+        raise ManifestError.from_problems(problems)
+
+
+def _summarise(report: Validation, plan) -> None:
+    record = plan.record
+    report.subjects += 1
+    for name, counter in report.counts.items():
+        counter[len(getattr(record, name))] += 1
+    for _, entry in record.entries():
+        grid = ImageHeader.read(entry.path).grid
+        report.spacings[' x '.join(f'{s:g}' for s in grid.spacing)] += 1
+        report.orientations[grid.orientation()] += 1
+    report.reference_sizes[' x '.join(map(str, plan.reference.grid.size))] += 1
+
+
+def _print_validation(report: Validation) -> None:
+    def top(counter: Counter, noun: str, limit: int = 4) -> str:
+        items = [f'{value} ({count} {noun})' for value, count in counter.most_common(limit)]
+        more = len(counter) - limit
+        return ', '.join(items) + (f', ... {more} more' if more > 0 else '') if items else '-'
+
+    print(f'{report.source}')
+    rows = [('subjects', f'{report.subjects} valid of {report.listed} listed')]
+    if report.subjects:
+        rows += [(f'{name} per subject', top(counter, 'subj.')) for name, counter in report.counts.items()]
+        rows += [
+            ('spacings x,y,z (mm)', top(report.spacings, 'files')),
+            ('orientations', top(report.orientations, 'files')),
+            ('reference sizes x,y,z', top(report.reference_sizes, 'subj.')),
+        ]
+    rows.append(('problems', str(len(report.problems))))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f'  {name:<{width}}  {value}')
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    options = (args.reference, args.reference_space, args.root, args.missing)
+    reports = [validate(source, *options) for source in _sources(args)]
+    for report in reports:
+        _print_validation(report)
+        sys.stdout.flush()
+        _print_problems(report.problems, prefix=f'{report.source}: ')
+    total = sum(len(r.problems) for r in reports)
+    if total:
+        noun = 'problem' if total == 1 else 'problems'
+        print(f'{total} {noun} found', file=sys.stderr)
+        tables = all(Path(m).suffix.lower() in ('.csv', '.tsv') for m in args.manifests)
+        if tables and len(args.manifests) > 1 and not args.multi_csv:
+            print('hint: tables of one multi-CSV manifest need --multi-csv', file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(f'OK: {sum(r.subjects for r in reports)} subject(s), no problems')
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- cache
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from .cache import VolumeCache
+    from .subjects import subjects_from_manifest
+
+    import torch
+
+    cache = VolumeCache(args.cache_dir, max_bytes=args.max_bytes)
+    jobs, problems = [], []
+    for source in _sources(args):
+        try:
+            subjects = subjects_from_manifest(
+                source, reference=args.reference, reference_space=args.reference_space,
+                interpolator=args.interpolator, default_value=args.default_value, orientation=args.orientation,
+                axis_aligned=args.axis_aligned, align=args.align,
+                dtype=getattr(torch, args.dtype), missing=args.missing, root=args.root, cache_dir=cache,
+            )
+        except ManifestError as error:
+            problems += [f'{_label(source)}: {p}' for p in error.problems]
+            continue
+        for subject in subjects:
+            for image in subject.get_images(intensity_only=False):
+                if isinstance(image.reader, GridReader):
+                    paths = image.path if isinstance(image.path, list) else [image.path]
+                    jobs += [(image.reader, str(path)) for path in paths]
+    totals: Counter = Counter()
+    bar = tqdm(total=len(jobs), desc='caching', unit='volume', disable=args.no_progress or not jobs)
+    for outcome in _fill(jobs, args.workers):
+        if isinstance(outcome, str):
+            problems.append(outcome)
+        else:
+            totals.update(outcome)
+        bar.update()
+    bar.close()
+    stats = cache.stats()
+    print(
+        f'{len(jobs)} volume(s): {totals["hits"]} hit(s), {totals["misses"]} miss(es),'
+        f' {totals["recovered"]} recovered, {format_bytes(totals["written_bytes"])} written;'
+        f' cache {cache.folder}: {stats.entries} entries, {format_bytes(stats.bytes)}'
+    )
+    if problems:
+        _print_problems(problems)
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def _fill(jobs: list[tuple[GridReader, str]], workers: int):
+    """Yield each job's counts (or its problem line), in completion order."""
+    if workers <= 1 or len(jobs) <= 1:
+        for reader, path in jobs:
+            yield _fill_one(reader, path)
+        return
+    import multiprocessing
+
+    # ITK's thread pool does not survive fork: workers come from a fresh server process
+    # (forkserver, which imports pyable-tio once for all of them) or are spawned.
+    if 'forkserver' in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context('forkserver')
+        context.set_forkserver_preload(['pyable_tio.reader'])
+    else:
+        context = multiprocessing.get_context('spawn')
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = [pool.submit(_fill_one, reader, path) for reader, path in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _init_worker(threads: int) -> None:
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _fill_one(reader: GridReader, path: str) -> dict[str, int] | str:
+    """Load one volume through the cache; its hit/miss counts, or one problem line."""
+    before = reader.cache.counts
+    try:
+        array, _ = reader(path)
+    except (PyableTioError, OSError) as error:
+        return str(error)
+    after = reader.cache.counts
+    counts = {name: after[name] - before[name] for name in after}
+    counts['written_bytes'] = array.nbytes if counts['writes'] else 0
+    return counts
+
+
+# ----------------------------------------------------------------------- info
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages pyable-tio uses (``"not installed"`` if absent).
+
+    Example:
+        >>> versions()['pyable-tio']  # doctest: +SKIP
+        '0.1.0'
+    """
+    found = {'python': platform.python_version()}
+    for name in ('pyable-tio', 'torch', 'torchio', 'SimpleITK', 'numpy', 'pandas', 'monai', 'pyable'):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = 'not installed'
+    return found
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    rows = list(versions().items())
+    rows.append(('pyable importable', 'yes' if backend.pyable_available() else 'no'))
+    rows.append(('active backend', backend.active_backend()))
+    problems = []
+    if args.cache_dir is not None:
+        from .cache import VolumeCache
+
+        if not Path(args.cache_dir).is_dir():
+            raise ValueError(f'cache folder {args.cache_dir} does not exist')
+        cache = VolumeCache(args.cache_dir)
+        stats = cache.stats()
+        rows += [('cache folder', str(cache.folder)), ('cache entries', str(stats.entries)),
+                 ('cache size', format_bytes(stats.bytes))]
+        if args.check:
+            problems = [f'cache entry {key}: {p}' for key, _, _ in cache.entries() if (p := cache.check(key))]
+            rows.append(('cache check', f'{len(problems)} bad entr{"y" if len(problems) == 1 else "ies"}'))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f'{name:<{width}}  {value}')
+    if problems:
+        _print_problems(problems)
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------- parsing
+
+
+def _sources(args: argparse.Namespace) -> list:
+    """Each manifest argument on its own, or all of them as one multi-CSV manifest."""
+    return [list(args.manifests)] if args.multi_csv else list(args.manifests)
+
+
+def _label(source) -> str:
+    return ', '.join(map(str, source)) if isinstance(source, (list, tuple)) else str(source)
+
+
+def _print_problems(problems: Sequence[str], prefix: str = '') -> None:
+    for problem in problems:
+        print(f'{prefix}{problem}', file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description='Manifests of medical images for TorchIO.')
+    commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    def manifest_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument('manifests', nargs='+', metavar='MANIFEST', help='manifest file(s), JSON or CSV')
+        command.add_argument('--multi-csv', action='store_true',
+                             help='the MANIFEST files are the tables of ONE multi-CSV manifest')
+        command.add_argument('--reference', type=_reference, default=REFERENCE_FIRST,
+                             help='reference image of each subject: first (default), largest or an index')
+        command.add_argument('--reference-space', metavar='PATH', help='image whose grid every subject uses')
+        command.add_argument('--root', metavar='DIR', help='folder relative manifest paths resolve against')
+        command.add_argument('--missing', choices=(MISSING_ERROR, MISSING_EMPTY), default=MISSING_ERROR,
+                             help='subjects with fewer ROIs/label maps: error (default) or fill with empty ones')
+
+    validate_ = commands.add_parser('validate', help='check manifests (headers only) and summarise them')
+    manifest_options(validate_)
+    validate_.set_defaults(run=_run_validate)
+
+    cache = commands.add_parser('cache', help='fill the cache of resampled volumes (resumable)')
+    manifest_options(cache)
+    cache.add_argument('--cache-dir', required=True, metavar='DIR')
+    cache.add_argument('--workers', type=_workers, default=min(4, os.cpu_count() or 1), metavar='N',
+                       help='parallel processes (default: min(4, CPUs)); 0 or 1 runs in this process')
+    cache.add_argument('--max-bytes', type=parse_size, metavar='SIZE', help='size limit, e.g. 50G (LRU eviction)')
+    cache.add_argument('--interpolator', choices=INTERPOLATORS, default=LINEAR)
+    cache.add_argument('--dtype', choices=_DTYPES, default='float32', help='image dtype')
+    cache.add_argument('--default-value', type=float, default=0.0, help='image value outside a file')
+    cache.add_argument('--orientation', metavar='CODE', help='reorient reference grids, e.g. LPS or RAS')
+    cache.add_argument('--axis-aligned', action='store_true', help='axis-aligned grids instead of oblique ones')
+    cache.add_argument('--align', choices=ALIGN_MODES, help='register images onto the reference first')
+    cache.add_argument('--no-progress', action='store_true', help='no progress bar')
+    cache.set_defaults(run=_run_cache)
+
+    info = commands.add_parser('info', help='versions, backend and cache statistics')
+    info.add_argument('--cache-dir', metavar='DIR')
+    info.add_argument('--check', action='store_true', help='verify every cache entry (reads them all)')
+    info.set_defaults(run=_run_info)
+    return parser

@@ -1,0 +1,241 @@
+"""The Z,Y,X layout guard: put every image of a subject back in pyable's Z,Y,X order.
+
+Our tensors are C x D x H x W with D, H, W the reference grid's z, y, x index axes, and the
+affine's columns follow that order. TorchIO transforms that reorder axes (``ToCanonical``,
+``ToOrientation``, ``Transpose``) leave a physically correct image in another layout. The guard
+undoes that with permutations and flips of the data and of the affine's columns only: no
+resampling, so values (and labels) are moved, never interpolated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import torchio as tio
+
+from ..constants import ID, LAYOUT_AXIS_TOLERANCE, META
+from ..errors import PyableTioError, describe
+from ..geometry import Grid
+
+class LayoutError(PyableTioError, ValueError):
+    """An image cannot be put back in Z,Y,X order by permuting and flipping its axes."""
+
+
+def zyx_directions(subject: tio.Subject) -> np.ndarray:
+    """Unit RAS directions (3 x 3, one column per D, H, W axis) of the subject's Z,Y,X layout.
+
+    They come from the reference grid stored in ``subject['meta']`` by
+    :func:`pyable_tio.subjects_from_manifest`.
+
+    Raises:
+        LayoutError: the subject has no ``meta`` grid.
+
+    Example:
+        >>> zyx_directions(subject)[:, 0]  # RAS direction of the D (z) axis  # doctest: +SKIP
+    """
+    meta = subject.get(META) if isinstance(subject, dict) else None
+    if not isinstance(meta, dict) or not all(k in meta for k in ('size', 'spacing', 'origin', 'direction')):
+        problem = (
+            'no "meta" reference grid (size, spacing, origin, direction);'
+            ' build subjects with subjects_from_manifest'
+        )
+        raise LayoutError(describe(_subject_id(subject), None, problem))
+    grid = Grid(tuple(meta['size']), tuple(meta['spacing']), tuple(meta['origin']), tuple(meta['direction']))
+    matrix = grid.affine_zyx()[:3, :3]
+    return matrix / np.linalg.norm(matrix, axis=0)
+
+
+def axis_mapping(affine: np.ndarray, directions: np.ndarray) -> tuple[tuple[int, ...], tuple[bool, ...]] | None:
+    """How to reach ``directions`` from ``affine``'s axes by permuting and flipping.
+
+    Args:
+        affine: 4 x 4 voxel-to-RAS matrix of the current tensor axes.
+        directions: 3 x 3 unit RAS directions wanted for the output axes (columns).
+
+    Returns:
+        ``(permutation, flips)``: output axis ``j`` is input axis ``permutation[j]``, reversed
+        when ``flips[j]``; ``None`` when the axes are not a permutation of the wanted ones
+        (e.g. after resampling onto another, oblique grid).
+
+    Example:
+        >>> axis_mapping(np.diag([1.0, 2.0, 3.0, 1.0]), np.eye(3)[:, ::-1])
+        ((2, 1, 0), (False, False, False))
+    """
+    columns = np.asarray(affine, float)[:3, :3]
+    norms = np.linalg.norm(columns, axis=0)
+    if np.any(norms == 0):
+        return None
+    cosines = (columns / norms).T @ directions  # [input axis, output axis]
+    permutation = tuple(int(i) for i in np.argmax(np.abs(cosines), axis=0))
+    if sorted(permutation) != [0, 1, 2]:
+        return None
+    best = np.array([cosines[i, j] for j, i in enumerate(permutation)])
+    if np.any(np.abs(np.abs(best) - 1) > LAYOUT_AXIS_TOLERANCE):
+        return None
+    return permutation, tuple(bool(c < 0) for c in best)
+
+
+def reorder(
+    data: torch.Tensor,
+    affine: np.ndarray,
+    permutation: tuple[int, ...],
+    flips: tuple[bool, ...],
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Permute and flip the spatial axes of a C x I x J x K tensor and its affine, exactly.
+
+    Returns:
+        The reordered tensor (a copy) and the affine mapping its voxels to the same RAS points.
+
+    Example:
+        >>> data, affine = reorder(torch.zeros(1, 2, 3, 4), np.eye(4), (2, 1, 0), (False,) * 3)
+        >>> tuple(data.shape)
+        (1, 4, 3, 2)
+    """
+    affine = np.asarray(affine, float)
+    data = data.permute(0, *(p + 1 for p in permutation))
+    new_affine = np.eye(4)
+    new_affine[:3, 3] = affine[:3, 3]
+    flip_dims = []
+    for j, (axis, flip) in enumerate(zip(permutation, flips)):
+        column = affine[:3, axis]
+        if flip:
+            # The new first voxel is the old last one along this axis.
+            new_affine[:3, 3] += column * (data.shape[j + 1] - 1)
+            column = -column
+            flip_dims.append(j + 1)
+        new_affine[:3, j] = column
+    if flip_dims:
+        data = torch.flip(data, flip_dims)
+    return data.contiguous(), new_affine
+
+
+def is_zyx(subject: tio.Subject) -> bool:
+    """True when every image of the subject is in its Z,Y,X layout (axes not reordered)."""
+    directions = zyx_directions(subject)
+    identity = ((0, 1, 2), (False, False, False))
+    return all(axis_mapping(image.affine, directions) == identity for image in subject.get_images(intensity_only=False))
+
+
+def check_zyx(subject: tio.Subject) -> None:
+    """Raise :class:`LayoutError` unless every image of the subject is in Z,Y,X layout.
+
+    Example:
+        >>> check_zyx(dataset[0])  # doctest: +SKIP
+    """
+    directions = zyx_directions(subject)
+    for name, image in subject.get_images_dict(intensity_only=False).items():
+        mapping = axis_mapping(image.affine, directions)
+        if mapping != ((0, 1, 2), (False, False, False)):
+            raise LayoutError(_layout_problem(subject, name, image, mapping))
+
+
+class ToZYX(tio.SpatialTransform):
+    """Put every image back in the subject's Z,Y,X layout, by permuting and flipping axes only.
+
+    Undoes ``tio.ToCanonical``, ``tio.ToOrientation``, ``tio.Transpose`` (and any other pure
+    reordering): data and affine columns are permuted/flipped so that axis 0, 1, 2 are again the
+    reference grid's z, y, x (D, H, W) with the same directions. Nothing is resampled. Images
+    already in Z,Y,X are left untouched, and a guard that changed nothing is not recorded in the
+    subject's history.
+
+    Args:
+        **kwargs: See ``tio.Transform``.
+
+    Raises:
+        LayoutError: the subject has no ``meta`` grid, or an image's axes are not a permutation
+            of the Z,Y,X axes (e.g. it was resampled onto an oblique grid); the message names the
+            subject, the image and the orientations.
+
+    Example:
+        >>> import torchio as tio
+        >>> from pyable_tio.transforms import ToZYX
+        >>> transform = tio.Compose([tio.ToCanonical(), ToZYX()])  # doctest: +SKIP
+        >>> transform(subject)['images'].data.shape == subject['images'].data.shape  # doctest: +SKIP
+        True
+    """
+
+    _reordered = False
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        self._reordered = False
+        directions = zyx_directions(subject)
+        for name, image in subject.get_images_dict(intensity_only=False).items():  # all of them, always
+            mapping = axis_mapping(image.affine, directions)
+            if mapping is None:
+                raise LayoutError(_layout_problem(subject, name, image, mapping))
+            if mapping == ((0, 1, 2), (False, False, False)):
+                continue
+            data, affine = reorder(image.data, image.affine, *mapping)
+            image.set_data(data)
+            image.affine = affine
+            self._reordered = True
+        return subject
+
+    def _add_transform_to_subject_history(self, subject: tio.Subject) -> None:
+        # A no-op guard stays out of the history, so apply_inverse_transform does not warn about it.
+        if self._reordered:
+            super()._add_transform_to_subject_history(subject)
+
+    def is_invertible(self) -> bool:
+        """False: the guard is not undone by ``Subject.apply_inverse_transform``."""
+        return False
+
+
+def with_layout_guard(transform: Callable | None) -> Callable | None:
+    """``transform`` followed by :class:`ToZYX`, so its outputs are always Z,Y,X.
+
+    Args:
+        transform: A TorchIO transform or any callable taking and returning a subject; ``None``.
+
+    Returns:
+        ``None`` for ``None``; a ``tio.Compose`` for TorchIO transforms (history kept); else a
+        picklable callable.
+
+    Example:
+        >>> guarded = with_layout_guard(tio.ToCanonical())  # doctest: +SKIP
+    """
+    if transform is None or isinstance(transform, ToZYX):
+        return transform
+    if isinstance(transform, tio.Transform):
+        return tio.Compose([transform, ToZYX()])
+    return _Guarded(transform)
+
+
+class _Guarded:
+    """A plain callable followed by the layout guard (picklable for DataLoader workers)."""
+
+    def __init__(self, transform: Callable[[Any], Any]):
+        self.transform = transform
+        self.guard = ToZYX()
+
+    def __call__(self, subject: tio.Subject) -> tio.Subject:
+        return self.guard(self.transform(subject))
+
+
+def _subject_id(subject: Any) -> str | None:
+    return subject.get(ID) if isinstance(subject, dict) else None
+
+
+def _layout_problem(subject: tio.Subject, name: str, image: tio.Image, mapping: Any) -> str:
+    found = ''.join(nib.aff2axcodes(image.affine))
+    wanted = ''.join(nib_orientation(zyx_directions(subject)))
+    if mapping is None:
+        problem = (
+            f'axes with orientation {found} are not a permutation of the Z,Y,X axes ({wanted}); '
+            'the transform resampled it onto another grid, so ToZYX cannot restore it without '
+            'interpolation: resample onto the subject grid instead (e.g. tio.Resample(<image of the subject>))'
+        )
+    else:
+        problem = f'axes are in orientation {found}, not Z,Y,X ({wanted}); append pyable_tio.transforms.ToZYX()'
+    return describe(_subject_id(subject), f'image "{name}"', problem)
+
+
+def nib_orientation(directions: np.ndarray) -> tuple[str, ...]:
+    """Orientation codes (RAS convention, e.g. ``('S', 'A', 'R')``) of unit direction columns."""
+    affine = np.eye(4)
+    affine[:3, :3] = directions
+    return tuple(nib.aff2axcodes(affine))

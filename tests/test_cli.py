@@ -1,0 +1,317 @@
+"""The pyable-tio command line: validate, cache and info; exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import pyable_tio as pt
+from pyable_tio import cli, synthetic
+from pyable_tio.cache import VolumeCache
+
+SIZE = (20, 18, 12)  # x, y, z
+
+
+@pytest.fixture(scope='module')
+def manifest(tmp_path_factory) -> Path:
+    """Three subjects: T1 (reference), oblique thick-slice T2, labels and a ROI."""
+    return synthetic.write_dataset(tmp_path_factory.mktemp('data'), num_subjects=3, size=SIZE)
+
+
+@pytest.fixture
+def bad_manifest(manifest, tmp_path) -> Path:
+    """A missing file, a garbage header, a 2-D ROI, a bad transform, unbatchable ROI counts."""
+    folder = manifest.parent
+    records = json.loads(manifest.read_text())
+    records = {k: {**v, 'images': [str(folder / p) for p in v['images']],
+                   'rois': [str(folder / p) for p in v['rois']],
+                   'labelmaps': [str(folder / p) for p in v['labelmaps']]} for k, v in records.items()}
+    (tmp_path / 'garbage.nii.gz').write_bytes(b'not an image')
+    sitk.WriteImage(sitk.Image([8, 8], sitk.sitkUInt8), str(tmp_path / 'flat.nii.gz'))
+    (tmp_path / 'bad.tfm').write_text('#Insight Transform File V1.0\nnonsense\n')
+    records['good'] = dict(records['sub-02'])
+    records['extra'] = {**records['sub-02'], 'rois': []}  # fine alone, but not batchable with 'good'
+    records['tfm'] = {**records['sub-02'], 'transforms': [str(tmp_path / 'bad.tfm')]}
+    records['sub-00']['images'][1] = str(tmp_path / 'missing.nii.gz')
+    records['sub-01']['labelmaps'] = [str(tmp_path / 'garbage.nii.gz')]
+    records['sub-02']['rois'] = [str(tmp_path / 'flat.nii.gz')]
+    path = tmp_path / 'bad.json'
+    path.write_text(json.dumps(records))
+    return path
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore::DeprecationWarning'}
+    return subprocess.run([sys.executable, '-m', 'pyable_tio', *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+# ------------------------------------------------------------------- validate
+
+
+def test_validate_good_manifest_prints_a_summary(manifest, capsys):
+    assert cli.main(['validate', str(manifest)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ''
+    assert '3 valid of 3 listed' in out
+    assert '2 (3 subj.)' in out  # two images per subject
+    assert '1 x 1 x 1.5 (9 files)' in out and '1 x 1 x 3 (3 files)' in out  # T2 slices are thicker
+    assert 'LPS (12 files)' in out
+    assert f'{SIZE[0]} x {SIZE[1]} x {SIZE[2]} (3 subj.)' in out
+    assert out.strip().endswith('OK: 3 subject(s), no problems')
+
+
+def test_validate_reports_each_problem_on_one_line(bad_manifest, capsys):
+    assert cli.main(['validate', str(bad_manifest)]) == 1
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert lines[-1] == '5 problems found'
+    problems = lines[:-1]
+    assert all(line.startswith(f'{bad_manifest}: ') for line in problems)
+    expected = {
+        'sub-00': ('missing.nii.gz', 'file not found'),
+        'sub-01': ('garbage.nii.gz', 'unreadable image header'),
+        'sub-02': ('flat.nii.gz', 'mismatched dimensions'),
+        'tfm': ('bad.tfm', 'unreadable transform'),
+    }
+    for subject_id, (name, problem) in expected.items():
+        assert any(f'subject "{subject_id}"' in l and name in l and problem in l for l in problems), subject_id
+    assert any('different numbers of rois' in line for line in problems)  # "extra" has no ROI
+    assert 'Traceback' not in out + err
+    assert '2 valid of 6 listed' in out  # "good" and "extra" are fine on their own
+
+
+@pytest.mark.parametrize('content, message', [
+    ('{"s": {"images": [', 'invalid JSON'),
+    (None, 'manifest not found'),
+    ('{"s": {"images": []}}', 'images'),
+])
+def test_validate_unreadable_manifests(tmp_path, capsys, content, message):
+    path = tmp_path / 'manifest.json'
+    if content is not None:
+        path.write_text(content)
+    assert cli.main(['validate', str(path)]) == 1
+    _, err = capsys.readouterr()
+    assert message in err and str(path) in err and 'Traceback' not in err
+
+
+def test_validate_several_manifests_and_a_reference_space(manifest, tmp_path, capsys):
+    space = tmp_path / 'space.nii.gz'
+    sitk.WriteImage(synthetic.phantom(size=(10, 9, 8), spacing=(2.0, 2.0, 2.0)), str(space))
+    assert cli.main(['validate', str(manifest), str(manifest), '--reference-space', str(space)]) == 0
+    out, _ = capsys.readouterr()
+    assert out.count('3 valid of 3 listed') == 2
+    assert '10 x 9 x 8 (3 subj.)' in out
+    assert cli.main(['validate', str(manifest), '--reference-space', str(tmp_path / 'nope.nii.gz')]) == 1
+    assert 'reference_space' in capsys.readouterr().err
+
+
+def test_validate_and_cache_a_multi_csv_manifest(manifest, tmp_path, capsys):
+    records = json.loads(manifest.read_text())
+    folder = manifest.parent
+    images = ['id,sequence,path'] + [f'{k},{name},{folder / p}' for k, v in records.items()
+                                     for name, p in zip(('t1', 't2'), v['images'])]
+    labels = ['id,label_type,path'] + [f'{k},tissue,{folder / v["labelmaps"][0]}' for k, v in records.items()]
+    (tmp_path / 'images.csv').write_text('\n'.join(images) + '\n')
+    (tmp_path / 'labelmaps.csv').write_text('\n'.join(labels) + '\n')
+    tables = [str(tmp_path / 'images.csv'), str(tmp_path / 'labelmaps.csv')]
+    assert cli.main(['validate', '--multi-csv', *tables]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(', '.join(tables)) and '3 valid of 3 listed' in out
+    args = ['cache', '--multi-csv', *tables, '--cache-dir', str(tmp_path / 'cache'), '--workers', '0', '--no-progress']
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.startswith('9 volume(s): ')  # 3 subjects x (t1, t2, labels)
+    # Without --multi-csv each table is a manifest of its own: the label table alone is not one.
+    assert cli.main(['validate', *tables]) == 1
+    err = capsys.readouterr().err
+    assert 'need --multi-csv' in err and 'Traceback' not in err
+
+
+# ---------------------------------------------------------------------- cache
+
+
+def test_cache_fills_then_hits_and_resumes(manifest, tmp_path, capsys):
+    cache_dir = tmp_path / 'cache'
+    args = ['cache', str(manifest), '--cache-dir', str(cache_dir), '--workers', '0', '--no-progress']
+    assert cli.main(args) == 0
+    out, _ = capsys.readouterr()
+    cache = VolumeCache(cache_dir)
+    entries = cache.stats().entries
+    assert entries > 0
+    assert out.startswith('12 volume(s): ')  # 3 subjects x (t1, t2, roi, labels)
+    hits = int(out.split(' hit(s)')[0].split()[-1])
+    misses = int(out.split(' miss(es)')[0].split()[-1])
+    assert hits + misses == 12 and misses == entries  # identical label files share one entry
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.startswith('12 volume(s): 12 hit(s), 0 miss(es), 0 recovered, 0 B written')
+    # Interrupted run: some entries missing. The next run computes only those.
+    removed = [key for key, _, _ in cache.entries()][:2]
+    for key in removed:
+        cache.remove(key)
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert ' 2 miss(es)' in out and f'{entries} entries' in out
+    # Training finds every volume the command cached, equal to what it computes without cache.
+    training_cache = VolumeCache(cache_dir)
+    warm = pt.subjects_from_manifest(manifest, cache_dir=training_cache)
+    cold = pt.subjects_from_manifest(manifest)
+    for a, b in zip(warm, cold):
+        for name, image in a.get_images_dict(intensity_only=False).items():
+            assert np.array_equal(image.data.numpy(), b[name].data.numpy())
+    assert training_cache.counts['misses'] == 0 and training_cache.counts['hits'] == 12
+
+
+def test_cache_options_match_the_training_options(manifest, tmp_path, capsys):
+    cache_dir = tmp_path / 'cache'
+    args = ['cache', str(manifest), '--cache-dir', str(cache_dir), '--workers', '0', '--no-progress',
+            '--reference', '1', '--interpolator', 'bspline', '--dtype', 'float16', '--default-value', '-5',
+            '--orientation', 'RAS']
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    cache = VolumeCache(cache_dir)
+    subjects = pt.subjects_from_manifest(manifest, cache_dir=cache, reference=1, interpolator='bspline',
+                                         dtype=torch.float16, default_value=-5, orientation='RAS')
+    for subject in subjects:
+        subject.load()
+    assert cache.counts['misses'] == 0
+    assert subjects[0]['images'].data.dtype == torch.float16
+    meta = subjects[0]['meta']
+    assert meta['reference_used'] == meta['source_paths']['images'][1]  # the T2's grid
+    assert subjects[0]['images'].data.shape[1:] == tuple(meta['size'][::-1])
+
+
+def test_cache_respects_max_bytes(manifest, tmp_path, capsys):
+    cache_dir = tmp_path / 'cache'
+    limit = 40_000  # fewer bytes than the 12 volumes need
+    args = ['cache', str(manifest), '--cache-dir', str(cache_dir), '--workers', '1', '--no-progress',
+            '--max-bytes', str(limit)]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    stats = VolumeCache(cache_dir).stats()
+    assert 0 < stats.bytes <= limit
+
+
+def test_cache_bad_manifest_exits_1_with_one_line_per_problem(bad_manifest, tmp_path, capsys):
+    code = cli.main(['cache', str(bad_manifest), '--cache-dir', str(tmp_path / 'c'), '--workers', '0'])
+    assert code == 1
+    _, err = capsys.readouterr()
+    assert 'missing.nii.gz: file not found' in err and 'Traceback' not in err
+
+
+def test_cache_lists_files_that_fail_to_load_and_caches_the_rest(tmp_path, capsys):
+    folder = tmp_path / 'data'
+    manifest = synthetic.write_dataset(folder, num_subjects=2, size=SIZE, second_image=False)
+    # A readable header whose voxel file is missing: validate passes, loading fails.
+    sitk.WriteImage(sitk.ReadImage(str(folder / 'sub-01_labels.nii.gz')), str(folder / 'labels.mhd'))
+    (folder / 'labels.raw').unlink()
+    records = json.loads(manifest.read_text())
+    records['sub-01']['labelmaps'] = ['labels.mhd']
+    manifest.write_text(json.dumps(records))
+    args = ['cache', str(manifest), '--cache-dir', str(tmp_path / 'cache'), '--workers', '0', '--no-progress']
+    assert cli.main(args) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith('6 volume(s): ')
+    assert err.count('\n') == 1 and 'subject "sub-01"' in err and 'labels.mhd' in err
+    assert 'Traceback' not in err
+    assert VolumeCache(tmp_path / 'cache').stats().entries >= 4
+
+
+def test_cache_interrupted_or_with_a_dead_worker_exits_cleanly(manifest, tmp_path, capsys, monkeypatch):
+    args = ['cache', str(manifest), '--cache-dir', str(tmp_path / 'cache'), '--workers', '0', '--no-progress']
+    calls = []
+
+    def interrupted(reader, path):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(path)
+        return real(reader, path)
+
+    real = cli._fill_one
+    monkeypatch.setattr(cli, '_fill_one', interrupted)
+    assert cli.main(args) == 130
+    assert 'run it again to resume' in capsys.readouterr().err
+    assert VolumeCache(tmp_path / 'cache').stats().entries == 1  # the finished entry is kept
+    monkeypatch.setattr(cli, '_fill_one', real)
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    entries = VolumeCache(tmp_path / 'cache').stats().entries
+    assert f' {entries - 1} miss(es)' in out  # only what the interrupted run had not finished
+
+    def broken(jobs, workers):
+        raise BrokenProcessPool('a child process terminated abruptly')
+        yield
+
+    monkeypatch.setattr(cli, '_fill', broken)
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert 'worker process died' in err and 'Traceback' not in err
+
+
+def test_cache_in_parallel_through_python_m(manifest, tmp_path):
+    cache_dir = tmp_path / 'cache'
+    result = run_module('cache', str(manifest), '--cache-dir', str(cache_dir), '--workers', '2', '--no-progress')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('12 volume(s): ')
+    cache = VolumeCache(cache_dir)
+    assert cache.stats().entries > 0
+    assert all(cache.check(key) is None for key, _, _ in cache.entries())
+    assert not list(cache_dir.rglob('*.tmp'))
+
+
+# ----------------------------------------------------------------------- info
+
+
+def test_info_lists_versions_backend_and_cache(manifest, tmp_path, capsys):
+    assert cli.main(['info']) == 0
+    out = capsys.readouterr().out
+    for name in ('torch', 'torchio', 'SimpleITK', 'numpy', 'pyable', 'active backend'):
+        assert name in out
+    assert pt.active_backend() in out
+    cache_dir = tmp_path / 'cache'
+    cli.main(['cache', str(manifest), '--cache-dir', str(cache_dir), '--workers', '0', '--no-progress'])
+    capsys.readouterr()
+    entries = VolumeCache(cache_dir).stats().entries
+    assert cli.main(['info', '--cache-dir', str(cache_dir), '--check']) == 0
+    out = capsys.readouterr().out
+    assert f'cache entries      {entries}' in out and '0 bad entries' in out
+    _, array_path, _ = next(VolumeCache(cache_dir).entries())
+    array_path.write_bytes(array_path.read_bytes()[:-8])
+    assert cli.main(['info', '--cache-dir', str(cache_dir), '--check']) == 1
+    out, err = capsys.readouterr()
+    assert '1 bad entry' in out and 'truncated' in err
+    assert cli.main(['info', '--cache-dir', str(tmp_path / 'nope')]) == 1
+    assert 'does not exist' in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- command line
+
+
+def test_usage_errors_exit_2(capsys):
+    assert cli.main([]) == 2
+    assert cli.main(['cache', 'm.json']) == 2  # --cache-dir is required
+    assert cli.main(['cache', 'm.json', '--cache-dir', 'c', '--max-bytes', 'lots']) == 2
+    assert cli.main(['cache', 'm.json', '--cache-dir', 'c', '--workers', '-1']) == 2
+    assert cli.main(['--help']) == 0
+    err = capsys.readouterr().err
+    assert 'not a size' in err and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('text, expected', [('1000', 1000), ('2K', 2048), ('1.5M', 1572864), ('20G', 20 * 2**30),
+                                            ('3GiB', 3 * 2**30), ('1e9', 10**9)])
+def test_parse_size(text, expected):
+    assert cli.parse_size(text) == expected
+
+
+def test_python_m_pyable_tio_reports_problems_without_traceback(bad_manifest):
+    bad = run_module('validate', str(bad_manifest))
+    assert bad.returncode == 1
+    assert 'missing.nii.gz: file not found' in bad.stderr and 'Traceback' not in bad.stderr
