@@ -20,19 +20,16 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import backend, registration
+from . import backend
 from .constants import ALIGN_MODES, INTERPOLATORS, LINEAR, REFERENCE_FIRST, REFERENCE_LARGEST
 from .errors import ManifestError, PyableTioError
-from .manifest import Manifest, read_manifest
-from .manifest import _check_files as check_files_exist
 from .reader import GridReader
-from .reference import ImageHeader, Reference, grid_of_space
-from .subjects import MISSING_EMPTY, MISSING_ERROR, _check_batchable, plan_subject
+from .subjects import MISSING_EMPTY, MISSING_ERROR
+from .validation import Validation, _label, validate
 
 PROG = 'pyable-tio'
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -119,103 +116,6 @@ def format_bytes(count: float) -> str:
 
 
 # ------------------------------------------------------------------- validate
-
-
-@dataclass
-class Validation:
-    """What ``validate`` found in one manifest: problems, and a summary of the good subjects.
-
-    Counters map a value (a count per subject, a spacing ``"1 x 1 x 1.5"`` in x,y,z order, an
-    orientation code, a reference size in x,y,z order) to how many subjects or files have it.
-
-    Example:
-        >>> report = validate('manifest.json')  # doctest: +SKIP
-        >>> report.subjects, report.listed, report.orientations.most_common(1)  # doctest: +SKIP
-        (3, 3, [('LPS', 12)])
-    """
-
-    source: str
-    problems: list[str] = field(default_factory=list)
-    listed: int = 0
-    subjects: int = 0
-    counts: dict[str, Counter] = field(default_factory=lambda: {k: Counter() for k in ('images', 'rois', 'labelmaps')})
-    spacings: Counter = field(default_factory=Counter)
-    orientations: Counter = field(default_factory=Counter)
-    reference_sizes: Counter = field(default_factory=Counter)
-
-
-def validate(
-    source: str | os.PathLike | Sequence[str | os.PathLike],
-    reference: str | int = REFERENCE_FIRST,
-    reference_space: str | None = None,
-    root: str | None = None,
-    missing: str = MISSING_ERROR,
-) -> Validation:
-    """Check a manifest without reading voxels: files exist, headers and transforms read.
-
-    Args:
-        source: Manifest file (JSON or CSV), or a list of CSV files (multi-CSV).
-        reference: ``"first"``, ``"largest"`` or an index (a subject's own reference wins).
-        reference_space: Optional image whose grid every subject uses.
-        root: Folder that relative manifest paths resolve against.
-        missing: ``"error"`` or ``"empty"``, as in :func:`pyable_tio.subjects_from_manifest`.
-
-    Returns:
-        The problems (one line each) and a summary of the subjects without problems.
-
-    Example:
-        >>> validate('manifest.json').problems  # doctest: +SKIP
-        []
-    """
-    report = Validation(_label(source))
-    try:
-        manifest = read_manifest(source, root=root, check_files=False)
-        space = Reference(*grid_of_space(reference_space)) if reference_space else None
-    except ManifestError as error:
-        report.problems.extend(error.problems)
-        return report
-    plans = []
-    report.listed = len(manifest)
-    for record in manifest:
-        try:
-            check_files_exist(Manifest((record,)))
-            _check_transforms(record)
-            plan = plan_subject(record, reference, space)
-        except ManifestError as error:
-            report.problems.extend(error.problems)
-            continue
-        plans.append(plan)
-        _summarise(report, plan)
-    if plans:
-        try:
-            _check_batchable(plans, missing)
-        except ManifestError as error:
-            report.problems.extend(error.problems)
-    return report
-
-
-def _check_transforms(record) -> None:
-    entries = list(record.transforms) + [t for _, e in record.entries() for t in e.transforms]
-    problems = []
-    for entry in dict.fromkeys(entries):
-        try:
-            registration.load_transform(entry)
-        except ValueError as error:
-            problems.append(f'subject "{record.id}": field "transforms": {error}')
-    if problems:
-        raise ManifestError.from_problems(problems)
-
-
-def _summarise(report: Validation, plan) -> None:
-    record = plan.record
-    report.subjects += 1
-    for name, counter in report.counts.items():
-        counter[len(getattr(record, name))] += 1
-    for _, entry in record.entries():
-        grid = ImageHeader.read(entry.path).grid
-        report.spacings[' x '.join(f'{s:g}' for s in grid.spacing)] += 1
-        report.orientations[grid.orientation()] += 1
-    report.reference_sizes[' x '.join(map(str, plan.reference.grid.size))] += 1
 
 
 def _print_validation(report: Validation) -> None:
@@ -403,10 +303,6 @@ def _run_info(args: argparse.Namespace) -> int:
 def _sources(args: argparse.Namespace) -> list:
     """Each manifest argument on its own, or all of them as one multi-CSV manifest."""
     return [list(args.manifests)] if args.multi_csv else list(args.manifests)
-
-
-def _label(source) -> str:
-    return ', '.join(map(str, source)) if isinstance(source, (list, tuple)) else str(source)
 
 
 def _print_problems(problems: Sequence[str], prefix: str = '') -> None:

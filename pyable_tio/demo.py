@@ -59,7 +59,7 @@ def run(folder: Path, num_subjects: int, workers: int) -> None:
         x, y = batch['images'][tio.DATA], batch['labelmap_0'][tio.DATA]
         assert torch.isfinite(x).all()
         count += x.shape[0]
-        print(f'  batch images {tuple(x.shape)} (B, C, D, H, W); labels {sorted(y.unique().tolist())}')
+        print(f'  batch images {tuple(x.shape)} (B, C, D, H, W); label values {sorted(int(v) for v in y.unique())}')
     print(f'{count} patches in {time.perf_counter() - start:.2f} s')
 
 

@@ -12,6 +12,10 @@ the probability map of a weighted/label sampler is the only volume read whole. T
 mostly copying (NumPy releases the GIL), so it runs in threads of the main process: no
 process start, pickling or shared-memory copy per patch. Any other sampler or a transform
 loads the subject as ``tio.Queue`` does, in worker processes.
+
+Measured with ``benchmarks/bench_queue.py`` (8 subjects of 256 x 256 x 160, 96^3 patches, 2
+workers, warm cache): about 10x the patches/s of ``tio.Queue`` over plain TorchIO and 2x
+MONAI's warm ``PersistentDataset``.
 """
 
 from __future__ import annotations

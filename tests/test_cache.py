@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -387,6 +389,24 @@ def test_two_processes_filling_the_same_keys_leave_only_valid_entries(manifest, 
         assert cache.stats().misses == 0
 
 
+def test_threads_filling_the_same_keys(tmp_path):
+    """Patch threads of one process share the cache (and its lock) safely."""
+    paths = [write(synthetic.phantom(size=(12, 10, 8), seed=20 + i), tmp_path / f'{i}.nii.gz') for i in range(3)]
+    grid = Grid((10, 9, 8), (1.1, 1.1, 1.0), (0.3, 0.2, 0.0), synthetic.oblique_direction(10.0))
+    for max_bytes in (None, 10_000):  # 2 of the 3 entries fit: the second round evicts as others write
+        cache = VolumeCache(tmp_path / f'cache-{max_bytes}', max_bytes=max_bytes)
+        reader = image_reader(paths[0], cache, grid=grid)
+        expected = [reader.read(path) for path in paths]
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            with ThreadPoolExecutor(4) as pool:
+                results = list(pool.map(lambda i: (i % 3, reader(paths[i % 3])[0]), range(24)))
+        assert all(np.array_equal(array, expected[i]) for i, array in results)
+        assert_all_entries_valid(cache)
+        if max_bytes:
+            assert cache.stats().bytes <= max_bytes and cache.counts['evicted'] > 0
+
+
 # ----------------------------------------------------------------- eviction
 
 
@@ -455,6 +475,16 @@ def test_cache_pickles_with_fresh_counters_and_rejects_bad_options(tmp_path):
     for bad in ({'max_bytes': 0}, {'max_bytes': -5}, {'verify': 'maybe'}):
         with pytest.raises(ValueError):
             VolumeCache(tmp_path / 'other', **bad)
+
+
+def test_counters_see_loads_of_deep_copied_subjects(manifest, tmp_path):
+    """TorchIO deep-copies a subject (and its readers) before loading it."""
+    cache = VolumeCache(tmp_path / 'cache')
+    assert copy.deepcopy(cache) is cache
+    dataset = pt.dataset_from_manifest(manifest, cache_dir=cache)
+    dataset[0]
+    dataset[0]
+    assert cache.counts['misses'] == 4 and cache.counts['hits'] == 4  # t1, t2, roi, labels
 
 
 def test_subject_images_through_the_cache_keep_their_geometry(manifest, tmp_path):

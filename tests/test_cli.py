@@ -17,6 +17,7 @@ import torch
 import pyable_tio as pt
 from pyable_tio import cli, synthetic
 from pyable_tio.cache import VolumeCache
+from pyable_tio.validation import validate
 
 SIZE = (20, 18, 12)  # x, y, z
 
@@ -88,6 +89,14 @@ def test_validate_reports_each_problem_on_one_line(bad_manifest, capsys):
     assert any('different numbers of rois' in line for line in problems)  # "extra" has no ROI
     assert 'Traceback' not in out + err
     assert '2 valid of 6 listed' in out  # "good" and "extra" are fine on their own
+
+
+def test_validate_from_python(manifest, bad_manifest):
+    report = validate(manifest)
+    assert (report.problems, report.subjects, report.listed) == ([], 3, 3)
+    assert report.orientations == {'LPS': 12} and report.counts['images'] == {2: 3}
+    bad = validate(bad_manifest, missing='empty')  # ROI counts may now differ
+    assert bad.subjects == 2 and len(bad.problems) == 4
 
 
 @pytest.mark.parametrize('content, message', [

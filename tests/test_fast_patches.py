@@ -270,3 +270,12 @@ def test_torchio_default_reader_and_stacked_files(tmp_path):
         assert patch['t'].data.shape == (2, *PATCH)
         assert torch.equal(patch['t'].data, expected['t'].data)
         np.testing.assert_array_equal(patch['t'].affine, expected['t'].affine)
+
+
+def test_a_worker_thread_error_reaches_the_training_loop(tmp_path):
+    manifest = synthetic.write_dataset(tmp_path, num_subjects=2, size=(20, 18, 12))
+    subjects = pt.subjects_from_manifest(manifest)
+    (tmp_path / 'sub-01_t2.nii.gz').write_bytes(b'not an image')  # broken after the headers were read
+    queue = pt.PatchQueue(tio.SubjectsDataset(subjects), 4, 2, tio.UniformSampler(PATCH), num_workers=2)
+    with pytest.raises(pt.LoadError, match=r'sub-01.*sub-01_t2\.nii\.gz.*unreadable'):
+        list(tio.SubjectsLoader(queue, batch_size=2))

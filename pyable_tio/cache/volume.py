@@ -12,17 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
-from ..constants import (
-    CACHE_ARRAY_SUFFIX,
-    CACHE_FORMAT_VERSION,
-    CACHE_SIDECAR_SUFFIX,
-    CACHE_SOURCES_FOLDER,
-    CACHE_TEMP_SUFFIX,
-)
-from ..hashing import digest_of, entries_digest, file_digest
+from ..constants import CACHE_ARRAY_SUFFIX, CACHE_SIDECAR_SUFFIX, CACHE_SOURCES_FOLDER, CACHE_TEMP_SUFFIX
+from ..hashing import digest_of
 from ..manifest.records import TransformEntry
-from .entry import CacheCorruption, atomic_write, folder_lock, read_entry, write_entry
+from .entry import CacheCorruption, folder_lock, read_entry, write_entry
+from .keys import key_inputs, source_digest
 
 #: A temporary file older than this (seconds) was left by a killed writer and may be removed.
 STALE_TEMP_SECONDS = 3600.0
@@ -35,9 +29,6 @@ _TOUCH_INTERVAL = 60.0
 _LOCK_NAME = '.lock'
 #: Entry folders: the first two hex digits of the key.
 _KEY_FOLDERS = '[0-9a-f][0-9a-f]'
-
-# Source-file digests known to this process: stat signature -> sha256.
-_source_digests: dict[tuple[str, int, int, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -83,7 +74,8 @@ class VolumeCache:
     ``torch.from_numpy``, nothing read before it is used, and edits never reach the file.
 
     The object holds only its settings and counters, so it pickles into DataLoader workers;
-    counters restart at zero in each process that unpickles it.
+    counters restart at zero in each process that unpickles it. ``copy.deepcopy`` returns the
+    object itself (TorchIO deep-copies subjects, and their readers, before loading them).
 
     Args:
         cache_dir: Folder of the cache (created if missing).
@@ -126,6 +118,14 @@ class VolumeCache:
         self.__dict__.update(state)
         self._reset_counters()
 
+    def __copy__(self) -> VolumeCache:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> VolumeCache:
+        # A handle on a folder: TorchIO deep-copies subjects (and their readers) before
+        # loading them, and the copies must count into this process's statistics.
+        return self
+
     @property
     def _lock(self) -> Path:
         return self.folder / _LOCK_NAME
@@ -140,60 +140,16 @@ class VolumeCache:
     # ------------------------------------------------------------------ keys
 
     def key_inputs(self, reader: Any, path: Path, entries: Sequence[TransformEntry]) -> dict[str, Any]:
-        """Everything an entry depends on, as a JSON-serialisable dict.
-
-        Args:
-            reader: The :class:`~pyable_tio.GridReader` (its grid, role, interpolator,
-                dtype and default value are used).
-            path: The source file.
-            entries: Transforms applied to the file, in order.
-        """
-        role = reader.role
-        is_image = role == backend.ROLE_IMAGE
-        return {
-            'format': CACHE_FORMAT_VERSION,
-            'backend': backend.active_backend(),
-            'source': self.source_digest(path),
-            'transforms': entries_digest(entries),
-            # + 0.0 turns -0.0 (common in direction cosines) into 0.0: same grid, same key.
-            'grid': {name: [v + 0.0 for v in values] for name, values in reader.grid.to_dict().items()},
-            'role': role,
-            # Labels are nearest-neighbour in their own type whatever the image options say.
-            'interpolator': backend.interpolator_for(role, reader.interpolator),
-            'dtype': str(np.dtype(reader.dtype)) if is_image else 'native',
-            'default_value': float(reader.default_value),
-        }
+        """Everything an entry depends on, as a JSON-serialisable dict (see :func:`keys.key_inputs`)."""
+        return key_inputs(reader, self.source_digest(path), entries)
 
     def key(self, reader: Any, path: Path, entries: Sequence[TransformEntry]) -> str:
         """The entry name (SHA-256 hex of :meth:`key_inputs`)."""
         return digest_of(self.key_inputs(reader, path, entries))
 
     def source_digest(self, path: str | os.PathLike) -> str:
-        """SHA-256 of a source file, remembered on disk per (path, size, mtime, ctime, inode).
-
-        Forked DataLoader workers start with an empty memory each epoch; the on-disk memo
-        spares them re-hashing every source file. Any change of the file's stat signature
-        (a rewrite, a copy, ``touch``) re-hashes it.
-        """
-        path = Path(path)
-        stat = path.stat()
-        signature = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-        digest = _source_digests.get(signature)
-        if digest is not None:
-            return digest
-        memo = self.folder / CACHE_SOURCES_FOLDER / f'{digest_of(list(signature))}.txt'
-        try:
-            digest = memo.read_text().strip()
-        except OSError:
-            digest = ''
-        if len(digest) != 64:
-            digest = file_digest(path)
-            try:
-                atomic_write(memo, lambda stream: stream.write(digest.encode()))
-            except OSError:
-                pass  # a read-only cache still works, it just hashes again
-        _source_digests[signature] = digest
-        return digest
+        """SHA-256 of a source file, memoised in ``<folder>/sources/`` (:func:`keys.source_digest`)."""
+        return source_digest(path, self.folder / CACHE_SOURCES_FOLDER)
 
     def paths(self, key: str) -> tuple[Path, Path]:
         """The ``.npy`` and sidecar paths of an entry."""

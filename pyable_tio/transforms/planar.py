@@ -121,7 +121,21 @@ def _without_depth_axis(axes: tuple) -> tuple:
     return kept
 
 
-class RandomAnisotropy(tio.RandomAnisotropy):
+class _InPlaneAxes:
+    """Mixin: on 2-D Z,Y,X subjects, run the transform with the singleton D axis removed from ``axes``."""
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        if slice_normal_axis(subject) is None:
+            return super().apply_transform(subject)
+        axes = self.axes
+        self.axes = _without_depth_axis(tuple(axes))
+        try:
+            return super().apply_transform(subject)
+        finally:
+            self.axes = axes
+
+
+class RandomAnisotropy(_InPlaneAxes, tio.RandomAnisotropy):
     """``tio.RandomAnisotropy`` that never picks the singleton D axis of 2-D Z,Y,X subjects.
 
     Same arguments as ``tio.RandomAnisotropy`` (``axes`` are tensor axes: 0 = D, 1 = H, 2 = W);
@@ -132,18 +146,8 @@ class RandomAnisotropy(tio.RandomAnisotropy):
         >>> augmented = RandomAnisotropy(downsampling=(1.5, 4))(subject_2d)  # doctest: +SKIP
     """
 
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        if slice_normal_axis(subject) is None:
-            return super().apply_transform(subject)
-        axes = self.axes
-        self.axes = _without_depth_axis(tuple(axes))
-        try:
-            return super().apply_transform(subject)
-        finally:
-            self.axes = axes
 
-
-class RandomGhosting(tio.RandomGhosting):
+class RandomGhosting(_InPlaneAxes, tio.RandomGhosting):
     """``tio.RandomGhosting`` that never picks the singleton D axis of 2-D Z,Y,X subjects.
 
     Same arguments as ``tio.RandomGhosting`` (integer ``axes`` are tensor axes: 0 = D, 1 = H,
@@ -153,16 +157,6 @@ class RandomGhosting(tio.RandomGhosting):
         >>> from pyable_tio.transforms import RandomGhosting
         >>> augmented = RandomGhosting(num_ghosts=(2, 6))(subject_2d)  # doctest: +SKIP
     """
-
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        if slice_normal_axis(subject) is None:
-            return super().apply_transform(subject)
-        axes = self.axes
-        self.axes = _without_depth_axis(tuple(axes))
-        try:
-            return super().apply_transform(subject)
-        finally:
-            self.axes = axes
 
 
 class RandomMotion(tio.RandomMotion):

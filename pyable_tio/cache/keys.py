@@ -1,0 +1,90 @@
+"""Cache keys: what a resampled volume depends on, and content digests of source files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+from ..constants import CACHE_FORMAT_VERSION
+from ..hashing import digest_of, entries_digest, file_digest
+from ..manifest.records import TransformEntry
+from .entry import atomic_write
+
+# Source-file digests known to this process: stat signature -> sha256.
+_source_digests: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def key_inputs(reader: Any, source: str, entries: Sequence[TransformEntry]) -> dict[str, Any]:
+    """Everything a cached volume depends on, as a JSON-serialisable dict.
+
+    Args:
+        reader: The :class:`~pyable_tio.GridReader` (its grid, role, interpolator, dtype and
+            default value are used).
+        source: SHA-256 of the source file (:func:`source_digest`).
+        entries: Transforms applied to the file, in order (their contents are hashed).
+
+    Returns:
+        Format version, backend, source and transforms digests, grid (x,y,z order), role,
+        interpolator, dtype and default value.
+
+    Example:
+        >>> key_inputs(reader, source_digest('t2.nii.gz', folder), ())['interpolator']  # doctest: +SKIP
+        'linear'
+    """
+    role = reader.role
+    is_image = role == backend.ROLE_IMAGE
+    return {
+        'format': CACHE_FORMAT_VERSION,
+        'backend': backend.active_backend(),
+        'source': source,
+        'transforms': entries_digest(entries),
+        # + 0.0 turns -0.0 (common in direction cosines) into 0.0: same grid, same key.
+        'grid': {name: [v + 0.0 for v in values] for name, values in reader.grid.to_dict().items()},
+        'role': role,
+        # Labels are nearest-neighbour in their own type whatever the image options say.
+        'interpolator': backend.interpolator_for(role, reader.interpolator),
+        'dtype': str(np.dtype(reader.dtype)) if is_image else 'native',
+        'default_value': float(reader.default_value),
+    }
+
+
+def source_digest(path: str | os.PathLike, memo_folder: Path | None = None) -> str:
+    """SHA-256 of a file's bytes, remembered per (path, size, mtime, ctime, inode).
+
+    The stat signature is re-read on every call, so any rewrite, copy or ``touch`` of the
+    file hashes it again. The memo lives in this process and, when ``memo_folder`` is given,
+    on disk: forked DataLoader workers start each epoch with an empty memory, and the disk
+    memo spares them re-hashing every source file.
+
+    Raises:
+        OSError: when the file cannot be read.
+
+    Example:
+        >>> source_digest('t1.nii.gz', Path('/tmp/pyable-cache/sources'))  # doctest: +SKIP
+        '9f86d081884c7d65...'
+    """
+    path = Path(path)
+    stat = path.stat()
+    signature = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    digest = _source_digests.get(signature)
+    if digest is not None:
+        return digest
+    memo = None if memo_folder is None else memo_folder / f'{digest_of(list(signature))}.txt'
+    try:
+        digest = memo.read_text().strip() if memo is not None else ''
+    except OSError:
+        digest = ''
+    if len(digest) != 64:
+        digest = file_digest(path)
+        if memo is not None:
+            try:
+                atomic_write(memo, lambda stream: stream.write(digest.encode()))
+            except OSError:
+                pass  # a read-only cache still works, it just hashes again
+    _source_digests[signature] = digest
+    return digest

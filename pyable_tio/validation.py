@@ -1,0 +1,127 @@
+"""Check manifests without reading voxels: files, headers, transforms, batchability.
+
+``pyable-tio validate`` prints what :func:`validate` returns; use it from Python to gate a
+training job on a manifest.
+
+Example:
+    >>> report = validate('manifest.json')  # doctest: +SKIP
+    >>> report.problems  # doctest: +SKIP
+    []
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import registration
+from .constants import REFERENCE_FIRST
+from .errors import ManifestError
+from .manifest import Manifest, read_manifest
+from .manifest import _check_files as check_files_exist
+from .manifest.records import SubjectRecord
+from .reference import ImageHeader, Reference, grid_of_space
+from .subjects import MISSING_ERROR, SubjectPlan, _check_batchable, plan_subject
+
+
+@dataclass
+class Validation:
+    """What ``validate`` found in one manifest: problems, and a summary of the good subjects.
+
+    Counters map a value (a count per subject, a spacing ``"1 x 1 x 1.5"`` in x,y,z order, an
+    orientation code, a reference size in x,y,z order) to how many subjects or files have it.
+
+    Example:
+        >>> report = validate('manifest.json')  # doctest: +SKIP
+        >>> report.subjects, report.listed, report.orientations.most_common(1)  # doctest: +SKIP
+        (3, 3, [('LPS', 12)])
+    """
+
+    source: str
+    problems: list[str] = field(default_factory=list)
+    listed: int = 0
+    subjects: int = 0
+    counts: dict[str, Counter] = field(default_factory=lambda: {k: Counter() for k in ('images', 'rois', 'labelmaps')})
+    spacings: Counter = field(default_factory=Counter)
+    orientations: Counter = field(default_factory=Counter)
+    reference_sizes: Counter = field(default_factory=Counter)
+
+
+def validate(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    reference: str | int = REFERENCE_FIRST,
+    reference_space: str | None = None,
+    root: str | None = None,
+    missing: str = MISSING_ERROR,
+) -> Validation:
+    """Check a manifest without reading voxels: files exist, headers and transforms read.
+
+    Args:
+        source: Manifest file (JSON or CSV), or a list of CSV files (multi-CSV).
+        reference: ``"first"``, ``"largest"`` or an index (a subject's own reference wins).
+        reference_space: Optional image whose grid every subject uses.
+        root: Folder that relative manifest paths resolve against.
+        missing: ``"error"`` or ``"empty"``, as in :func:`pyable_tio.subjects_from_manifest`.
+
+    Returns:
+        The problems (one line each) and a summary of the subjects without problems.
+
+    Example:
+        >>> validate('manifest.json').problems  # doctest: +SKIP
+        []
+    """
+    report = Validation(_label(source))
+    try:
+        manifest = read_manifest(source, root=root, check_files=False)
+        space = Reference(*grid_of_space(reference_space)) if reference_space else None
+    except ManifestError as error:
+        report.problems.extend(error.problems)
+        return report
+    plans = []
+    report.listed = len(manifest)
+    for record in manifest:
+        try:
+            check_files_exist(Manifest((record,)))
+            _check_transforms(record)
+            plan = plan_subject(record, reference, space)
+        except ManifestError as error:
+            report.problems.extend(error.problems)
+            continue
+        plans.append(plan)
+        _summarise(report, plan)
+    if plans:
+        try:
+            _check_batchable(plans, missing)
+        except ManifestError as error:
+            report.problems.extend(error.problems)
+    return report
+
+
+def _check_transforms(record: SubjectRecord) -> None:
+    entries = list(record.transforms) + [t for _, e in record.entries() for t in e.transforms]
+    problems = []
+    for entry in dict.fromkeys(entries):
+        try:
+            registration.load_transform(entry)
+        except ValueError as error:
+            problems.append(f'subject "{record.id}": field "transforms": {error}')
+    if problems:
+        raise ManifestError.from_problems(problems)
+
+
+def _summarise(report: Validation, plan: SubjectPlan) -> None:
+    record = plan.record
+    report.subjects += 1
+    for name, counter in report.counts.items():
+        counter[len(getattr(record, name))] += 1
+    for _, entry in record.entries():
+        grid = ImageHeader.read(entry.path).grid
+        report.spacings[' x '.join(f'{s:g}' for s in grid.spacing)] += 1
+        report.orientations[grid.orientation()] += 1
+    report.reference_sizes[' x '.join(map(str, plan.reference.grid.size))] += 1
+
+
+def _label(source: object) -> str:
+    return ', '.join(map(str, source)) if isinstance(source, (list, tuple)) else str(source)
