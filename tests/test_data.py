@@ -9,31 +9,13 @@ import torch
 import torchio as tio
 
 import pyable_tio as pt
+from conftest import crop
 from pyable_tio import synthetic
 
 PATCH = (4, 8, 6)  # D, H, W
 LABELS = set(synthetic.LABEL_VALUES)
 
 
-@pytest.fixture(scope='module')
-def manifest(tmp_path_factory):
-    """Three subjects: oblique T2 resampled onto a 20 x 18 x 12 (x,y,z) T1, labels and a ROI."""
-    folder = tmp_path_factory.mktemp('dataset')
-    return synthetic.write_dataset(folder, num_subjects=3, size=(20, 18, 12), spacing=(1.0, 1.1, 1.8))
-
-
-@pytest.fixture(scope='module')
-def full_subjects(manifest):
-    """The whole volumes, loaded once, by subject id."""
-    subjects = pt.subjects_from_manifest(manifest)
-    for subject in subjects:
-        subject.load()
-    return {subject['id']: subject for subject in subjects}
-
-
-def crop(tensor: torch.Tensor, location) -> torch.Tensor:
-    d0, h0, w0, d1, h1, w1 = (int(v) for v in location)
-    return tensor[:, d0:d1, h0:h1, w0:w1]
 
 
 @pytest.mark.parametrize('sampler', ['uniform', 'label', 'weighted'])

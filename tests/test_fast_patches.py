@@ -9,6 +9,7 @@ import torch
 import torchio as tio
 
 import pyable_tio as pt
+from conftest import crop
 from pyable_tio import synthetic
 from pyable_tio.patches import SubjectPatches
 
@@ -17,23 +18,6 @@ LABELS = set(synthetic.LABEL_VALUES)
 SHAPE = (12, 18, 20)  # D, H, W of the synthetic T1
 
 
-@pytest.fixture(scope='module')
-def manifest(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('dataset')
-    return synthetic.write_dataset(folder, num_subjects=3, size=(20, 18, 12), spacing=(1.0, 1.1, 1.8))
-
-
-@pytest.fixture(scope='module')
-def full_subjects(manifest):
-    subjects = pt.subjects_from_manifest(manifest)
-    for subject in subjects:
-        subject.load()
-    return {subject['id']: subject for subject in subjects}
-
-
-def crop(tensor: torch.Tensor, location) -> torch.Tensor:
-    d0, h0, w0, d1, h1, w1 = (int(v) for v in location)
-    return tensor[:, d0:d1, h0:h1, w0:w1]
 
 
 def test_queue_from_manifest_chooses_the_fast_queue_without_transform(manifest):
@@ -279,3 +263,13 @@ def test_a_worker_thread_error_reaches_the_training_loop(tmp_path):
     queue = pt.PatchQueue(tio.SubjectsDataset(subjects), 4, 2, tio.UniformSampler(PATCH), num_workers=2)
     with pytest.raises(pt.LoadError, match=r'sub-01.*sub-01_t2\.nii\.gz.*unreadable'):
         list(tio.SubjectsLoader(queue, batch_size=2))
+
+
+def test_more_patches_per_subject_than_the_queue_holds(manifest):
+    subjects = pt.subjects_from_manifest(manifest)
+    queue = pt.PatchQueue(tio.SubjectsDataset(subjects), 3, 7, tio.UniformSampler(PATCH), num_workers=2,
+                          shuffle_subjects=False, shuffle_patches=False)
+    assert len(queue) == 21
+    for _ in range(2):
+        ids = [batch['id'][0] for batch in tio.SubjectsLoader(queue, batch_size=1)]
+        assert ids == ['sub-00'] * 7 + ['sub-01'] * 7 + ['sub-02'] * 7

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +31,8 @@ _LOCK_NAME = '.lock'
 #: Entry folders: the first two hex digits of the key.
 _KEY_FOLDERS = '[0-9a-f][0-9a-f]'
 
+
+_COUNTS_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class CacheStats:
@@ -134,6 +137,11 @@ class VolumeCache:
     def _checksum(self) -> str:
         return 'once' if self.verify == 'checksum' else 'never'
 
+    def _count(self, name: str, amount: int = 1) -> None:
+        # PatchQueue's threads share one cache; a lock keeps the counters exact.
+        with _COUNTS_LOCK:
+            self._counts[name] += amount
+
     def _reset_counters(self) -> None:
         self._counts = {'hits': 0, 'misses': 0, 'writes': 0, 'recovered': 0, 'evicted': 0}
 
@@ -187,9 +195,9 @@ class VolumeCache:
         key = digest_of(inputs)
         array = self.get(key)
         if array is not None:
-            self._counts['hits'] += 1
+            self._count('hits', 1)
             return array
-        self._counts['misses'] += 1
+        self._count('misses', 1)
         array = np.ascontiguousarray(compute())
         self.put(key, array, inputs, source=path, grid=reader.grid.to_dict())
         return array
@@ -259,7 +267,7 @@ class VolumeCache:
             # A full disk or read-only folder must not stop training: serve from memory.
             warnings.warn(f'pyable-tio cache: cannot write {array_path}: {error}', RuntimeWarning, stacklevel=3)
             return
-        self._counts['writes'] += 1
+        self._count('writes', 1)
         if self.max_bytes is not None:
             self.evict(self.max_bytes)
 
@@ -316,7 +324,7 @@ class VolumeCache:
             total -= size
             if total <= limit:
                 break
-        self._counts['evicted'] += removed
+        self._count('evicted', removed)
         return removed
 
     def remove(self, key: str) -> None:
@@ -372,7 +380,7 @@ class VolumeCache:
 
     def _discard(self, key: str, problem: str, remove: bool = True) -> None:
         warnings.warn(f'pyable-tio cache: {problem}; discarding and recomputing it', RuntimeWarning, stacklevel=4)
-        self._counts['recovered'] += 1
+        self._count('recovered', 1)
         if remove:
             try:
                 self.remove(key)
