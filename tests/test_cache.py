@@ -501,3 +501,34 @@ def test_subject_images_through_the_cache_keep_their_geometry(manifest, tmp_path
     np.testing.assert_allclose(warm['images'].data.numpy()[1], expected, atol=1e-5)
     np.testing.assert_allclose(warm['images'].affine, Grid.from_image(t1).affine_zyx(), atol=1e-9)
     assert isinstance(warm['images'], tio.ScalarImage)
+
+
+def test_untouched_entry_skips_the_checksum_in_a_new_process_but_a_rewrite_does_not(tmp_path, monkeypatch):
+    from pyable_tio.cache import entry
+
+    cache = VolumeCache(tmp_path / 'cache')
+    image = synthetic.phantom(size=(12, 10, 8), seed=7)
+    path = write(image, tmp_path / 'a.nii.gz')
+    grid = Grid((11, 9, 7), (1.1, 1.1, 1.1), (0.5, 0.5, 0.5), synthetic.oblique_direction(12.0))
+    reader = image_reader(path, cache, grid=grid)
+    expected, _ = reader(path)
+    _, array_path, _ = only_entry(cache)
+    monkeypatch.setattr(entry, '_verified', set())  # as in a fresh process
+    original_crc = entry.crc32
+
+    def no_crc(array):
+        raise AssertionError('checksum computed for an untouched entry')
+
+    monkeypatch.setattr(entry, 'crc32', no_crc)
+    hit, _ = reader(path)
+    assert np.array_equal(hit, expected)
+    monkeypatch.setattr(entry, 'crc32', original_crc)
+    # The same bytes written again (a new mtime): the stamp no longer vouches for them.
+    array_path.write_bytes(array_path.read_bytes())
+    checked = []
+    monkeypatch.setattr(entry, '_verified', set())
+    original = entry.crc32
+    monkeypatch.setattr(entry, 'crc32', lambda array: checked.append(1) or original(array))
+    again, _ = reader(path)
+    assert np.array_equal(again, expected) and checked
+
