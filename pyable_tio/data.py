@@ -8,8 +8,9 @@ from typing import Any
 import torchio as tio
 from torch.utils.data import SequentialSampler
 
-from .constants import META
+from .constants import LABELMAP_PREFIX, META
 from .errors import ManifestError, describe
+from .geometry import grid_from_meta
 from .manifest import ManifestSource
 from .patches import PatchQueue
 from .subjects import subjects_from_manifest
@@ -201,7 +202,7 @@ def make_sampler(
         return tio.UniformSampler(patch_size)
     label_maps = [k for k, v in subject.get_images_dict(intensity_only=False).items() if isinstance(v, tio.LabelMap)]
     if label_name is None:
-        preferred = sorted(label_maps, key=lambda k: (not k.startswith('labelmap_'), k))
+        preferred = sorted(label_maps, key=lambda k: (not k.startswith(LABELMAP_PREFIX), k))
         if not preferred:
             raise ValueError(f'sampler "{sampler}" needs a label map or ROI, and the subjects have none')
         label_name = preferred[0]
@@ -224,8 +225,7 @@ def _patch_size(patch_size: int | Sequence[int]) -> tuple[int, int, int]:
 def _check_patch_fits(subjects: Sequence[tio.Subject], patch: tuple[int, int, int]) -> None:
     problems = []
     for subject in subjects:
-        size_xyz = subject[META]['size']
-        shape = (size_xyz[2] if len(size_xyz) == 3 else 1, size_xyz[1], size_xyz[0])
+        shape = grid_from_meta(subject[META]).shape_zyx
         if any(p > s for p, s in zip(patch, shape)):
             problem = f'grid shape (D, H, W) {shape} is smaller than patch_size {patch}'
             problems.append(describe(subject['id'], 'patch_size', problem))

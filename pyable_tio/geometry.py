@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -191,6 +192,61 @@ def ras_affine_to_grid(affine_zyx: np.ndarray, shape_zyx: Sequence[int]) -> Grid
     origin = LPS_TO_RAS @ affine_xyz[:3, 3]
     size = tuple(int(n) for n in shape_zyx[::-1])
     return Grid(size, tuple(spacing), tuple(origin), tuple(direction.ravel()))
+
+
+#: The grid's entries in a subject's ``meta`` (x,y,z order), as ``subjects_from_manifest`` writes them.
+META_GRID_KEYS = ('size', 'spacing', 'origin', 'direction')
+
+
+def grid_from_meta(meta: object) -> Grid | None:
+    """The reference grid stored in a subject's ``meta``; ``None`` if ``meta`` holds no grid.
+
+    Unlike :meth:`Grid.from_dict`, other keys (``orientation``, ``source_paths``...) are ignored.
+
+    Args:
+        meta: ``subject['meta']`` (any value: not a dict, or a dict lacking one of
+            :data:`META_GRID_KEYS`, gives ``None``).
+
+    Example:
+        >>> grid_from_meta({'size': (4, 5, 6), 'spacing': (1, 1, 2), 'origin': (0, 0, 0),
+        ...                 'direction': (1, 0, 0, 0, 1, 0, 0, 0, 1), 'orientation': 'LPS'}).shape_zyx
+        (6, 5, 4)
+    """
+    if not isinstance(meta, Mapping) or not all(key in meta for key in META_GRID_KEYS):
+        return None
+    return Grid(*(tuple(meta[key]) for key in META_GRID_KEYS))
+
+
+def planar_grid(grid: Grid) -> Grid | None:
+    """The 2-D grid of a one-slice 3-D grid lying in the x-y plane; ``None`` for other grids.
+
+    The reverse of :meth:`Grid.as_3d` (the slice's z spacing and z origin are dropped): a
+    C x 1 x H x W tensor whose affine stayed in its plane is described in 2-D, like its files.
+
+    Example:
+        >>> planar_grid(Grid((4, 5), (1.0, 2.0), (3.0, 4.0), (0, 1, 1, 0)).as_3d())
+        Grid(size=(4, 5), spacing=(1.0, 2.0), origin=(3.0, 4.0), direction=(0.0, 1.0, 1.0, 0.0))
+    """
+    if grid.dimension != 3 or grid.size[2] != 1:
+        return None
+    matrix = grid.direction_matrix
+    if not np.allclose(matrix[2], (0, 0, 1)) or not np.allclose(matrix[:, 2], (0, 0, 1)):
+        return None
+    return Grid(grid.size[:2], grid.spacing[:2], grid.origin[:2], tuple(matrix[:2, :2].ravel()))
+
+
+def affine_orientation(affine: np.ndarray) -> str:
+    """Orientation code of a 4 x 4 voxel-to-RAS affine, one letter per column (nibabel's).
+
+    Letters name where each index axis increases towards; for our Z,Y,X affines the first
+    letter is the D axis's (``Grid.orientation()`` lists x, y, z instead).
+
+    Example:
+        >>> grid = Grid((4, 5, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        >>> affine_orientation(grid.affine_zyx()), grid.orientation()
+        ('SPL', 'LPS')
+    """
+    return ''.join(nib.aff2axcodes(np.asarray(affine, dtype=float)))
 
 
 #: Orientation letters: the LPS axis an index axis runs along and the sign of its direction.

@@ -2,7 +2,8 @@
 
 A digest depends on what a file holds, not where it is: renaming a file keeps its digest,
 rewriting its bytes changes it. Hashing a 50 MB volume costs a fraction of a second, so a
-process remembers the digest of a file while its size and modification time stay the same.
+process remembers the digest of a file while its stat signature (size, mtime, ctime, inode)
+stays the same.
 """
 
 from __future__ import annotations
@@ -19,27 +20,70 @@ import SimpleITK as sitk
 from .manifest.records import TransformEntry
 
 _CHUNK = 1 << 20
-# (path, size, mtime_ns) -> sha256; the stat triple is re-checked on every call.
-_memo: dict[tuple[str, int, int], str] = {}
+#: A file's stat signature: (resolved path, size, mtime_ns, ctime_ns, inode).
+FileSignature = tuple[str, int, int, int, int]
+# signature -> sha256; the signature is re-read on every call.
+_memo: dict[FileSignature, str] = {}
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (hex), remembered while its size and mtime are unchanged.
+def file_signature(path: str | os.PathLike) -> FileSignature:
+    """What identifies one version of a file: any rewrite, replacement or ``touch`` of it changes it.
+
+    Raises:
+        OSError: when the file cannot be read.
+
+    Example:
+        >>> file_signature('t1.nii.gz')  # doctest: +SKIP
+        ('/data/t1.nii.gz', 1048576, 1700000000000000000, 1700000000000000000, 123456)
+    """
+    path = Path(path)
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+def known_digest(signature: FileSignature) -> str | None:
+    """The digest this process already knows for ``signature``, or None.
+
+    Example:
+        >>> known_digest(file_signature('t1.nii.gz'))  # doctest: +SKIP
+        '9f86d081884c7d65...'
+    """
+    return _memo.get(signature)
+
+
+def remember_digest(signature: FileSignature, digest: str) -> None:
+    """Record ``digest`` for ``signature`` (e.g. read back from an on-disk memo).
+
+    Example:
+        >>> remember_digest(file_signature('t1.nii.gz'), '9f86d081884c7d65...')  # doctest: +SKIP
+    """
+    _memo[signature] = digest
+
+
+def file_digest(path: str | os.PathLike, signature: FileSignature | None = None) -> str:
+    """SHA-256 of a file's bytes (hex), remembered while its :func:`file_signature` is unchanged.
+
+    Args:
+        path: The file.
+        signature: Its :func:`file_signature`, when the caller already has it.
+
+    Raises:
+        OSError: when the file cannot be read.
 
     Example:
         >>> file_digest('t1.nii.gz')  # doctest: +SKIP
         '9f86d081884c7d65...'
     """
     path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    digest = _memo.get(key)
+    if signature is None:
+        signature = file_signature(path)
+    digest = _memo.get(signature)
     if digest is None:
         sha = hashlib.sha256()
         with path.open('rb') as stream:
             for chunk in iter(lambda: stream.read(_CHUNK), b''):
                 sha.update(chunk)
-        digest = _memo[key] = sha.hexdigest()
+        digest = _memo[signature] = sha.hexdigest()
     return digest
 
 

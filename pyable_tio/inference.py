@@ -48,9 +48,11 @@ class SubjectGridAggregator(tio.GridAggregator):
             return
         batch = batch_tensor.detach().cpu()
         rows = locations.cpu().numpy().astype(int)
-        for patch, (i0, j0, k0, i1, j1, k1) in zip(batch, rows):
+        # Check every patch before adding any, so a bad batch leaves the sums untouched.
+        for patch, row in zip(batch, rows):
+            i0, j0, k0, i1, j1, k1 = row
             if tuple(patch.shape[1:]) != (i1 - i0, j1 - j0, k1 - k0):
-                raise RuntimeError(f'patch shape {tuple(patch.shape[1:])} does not match its location {rows[0]}')
+                raise RuntimeError(f'patch shape {tuple(patch.shape[1:])} does not match its location {row.tolist()}')
         if self._sum is None:
             self._sum = torch.zeros(batch.shape[1], *self.spatial_shape, dtype=torch.float64)
             self._weights = torch.zeros(1, *self.spatial_shape, dtype=torch.float64)

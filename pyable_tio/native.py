@@ -21,20 +21,20 @@ import torchio as tio
 from torchio.transforms.preprocessing.label.label_transform import LabelTransform
 
 from . import registration
-from .backend import ROLE_IMAGE, SITK_INTERPOLATORS
+from .backend import ROLE_IMAGE, ROLE_LABELMAP, SITK_INTERPOLATORS
 from .constants import (
     ID,
-    IMAGE_PREFIX,
     IMAGES,
-    LABELMAP_PREFIX,
+    ITEM_IMAGES,
+    ITEM_LABELMAPS,
+    ITEM_ROIS,
     LINEAR,
     META,
     NATIVE_DEFAULT_VALUE,
     NEAREST,
-    ROI_PREFIX,
 )
 from .errors import PyableTioError, describe, short_error
-from .geometry import Grid, ras_affine_to_grid, read_header
+from .geometry import Grid, grid_from_meta, planar_grid, ras_affine_to_grid, read_header
 from .reader import GridReader
 
 #: A prediction on the subject's grid: C x D x H x W tensor or array, or a ``tio.Image``.
@@ -49,7 +49,8 @@ GEOMETRY_IN_AFFINE = frozenset(
     {'Resample', 'Resize', 'ToCanonical', 'ToOrientation', 'EnsureShapeMultiple', 'Crop', 'Pad', 'CropOrPad', 'ToZYX'}
 )
 
-_FIELD_PREFIX = {'images': IMAGE_PREFIX, 'rois': ROI_PREFIX, 'labelmaps': LABELMAP_PREFIX}
+#: The fields of ``meta['source_paths']`` a ``(field, index)`` target may name.
+_FIELDS = (ITEM_IMAGES, ITEM_ROIS, ITEM_LABELMAPS)
 
 
 class NativeSpaceError(PyableTioError, ValueError):
@@ -218,7 +219,8 @@ def _grid_reader(
         if found is not None and isinstance(found[2].reader, GridReader):
             return found[2].reader
     meta = subject.get(META)
-    if not isinstance(meta, dict) or not {'size', 'spacing', 'origin', 'direction'} <= set(meta):
+    grid = grid_from_meta(meta)
+    if grid is None:
         raise NativeSpaceError(describe(subject_id, where, 'not a pyable-tio subject (no GridReader, no meta grid)'))
     if meta.get('transforms_applied'):
         problem = (
@@ -226,13 +228,12 @@ def _grid_reader(
             ' manifest lists registration transforms; pass original= the subject before transforms'
         )
         raise NativeSpaceError(describe(subject_id, where, problem))
-    grid = Grid(tuple(meta['size']), tuple(meta['spacing']), tuple(meta['origin']), tuple(meta['direction']))
-    role = 'labelmap' if isinstance(image, tio.LabelMap) else ROLE_IMAGE
+    role = ROLE_LABELMAP if isinstance(image, tio.LabelMap) else ROLE_IMAGE
     return GridReader(grid, role, subject_id)
 
 
 def _by_field(subject: tio.Subject, images: dict, target: tuple) -> tuple[str, Path, tio.Image] | None:
-    if len(target) != 2 or target[0] not in _FIELD_PREFIX:
+    if len(target) != 2 or target[0] not in _FIELDS:
         return None
     field, index = target
     paths = subject.get(META, {}).get('source_paths', {}).get(field, [])
@@ -324,11 +325,11 @@ def _prediction_grid(tensor: torch.Tensor, affine: np.ndarray, grid: Grid, subje
         return grid if found.matches(grid) else found
     if found.matches(grid.as_3d()):
         return grid
-    matrix = found.direction_matrix
-    if spatial[0] != 1 or not np.allclose(matrix[2], (0, 0, 1)) or not np.allclose(matrix[:, 2], (0, 0, 1)):
+    planar = planar_grid(found)
+    if planar is None:
         problem = f'prediction of shape {tuple(tensor.shape)} is not a C x 1 x H x W slice of the 2-D grid'
         raise NativeSpaceError(describe(subject_id, None, problem))
-    return Grid(found.size[:2], found.spacing[:2], found.origin[:2], tuple(matrix[:2, :2].ravel()))
+    return planar
 
 
 def _to_sitk(tensor: torch.Tensor, grid: Grid) -> sitk.Image:

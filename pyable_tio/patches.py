@@ -98,13 +98,15 @@ class SubjectPatches(Dataset):
                       generator: torch.Generator | None) -> list[tio.Subject]:
         volumes = {name: _Volume.of(image) for name, image in subject.get_images_dict(intensity_only=False).items()}
         shapes = {v.shape for v in volumes.values()}
+        subject_id = subject.get(ID, '')
         if len(shapes) != 1:
-            raise RuntimeError(f'images of subject {subject.get(ID, "")!r} have different spatial'
+            raise RuntimeError(f'images of subject {subject_id!r} have different spatial'
                                f' shapes {sorted(shapes)}; they must share one grid to be cut into patches')
         shape = np.array(shapes.pop())
         patch_size = self.sampler.patch_size.astype(int)
         if np.any(patch_size > shape):
-            raise RuntimeError(f'Patch size {tuple(patch_size)} cannot be larger than image size {tuple(shape)}')
+            raise RuntimeError(f'subject {subject_id!r}: Patch size {tuple(patch_size)} cannot be larger'
+                               f' than image size {tuple(shape)}')
         draw = self._location_drawer(subject, volumes, shape, generator)
         patches = []
         for _ in range(num_patches):
@@ -231,7 +233,6 @@ def _cut(subject: tio.Subject, volumes: dict[str, _Volume], start: tuple, size: 
             if key in subject:
                 patch[key] = copied
             patch.__dict__[str(key)] = copied
-    patch.update_attributes()
     cropping = tuple(int(v) for a, b, n in zip(start, stop, shape) for v in (a, n - b))
     tio.Crop(cropping)._add_transform_to_subject_history(patch)
     patch[LOCATION] = torch.as_tensor([*start, *stop])
@@ -314,7 +315,6 @@ class PatchQueue(tio.Queue):
                 shuffle=self.shuffle_subjects,
                 persistent_workers=self.num_workers > 0,
             )
-        self._num_sampled_subjects = 0
         return iter(self._loader)
 
     def _fill(self) -> None:

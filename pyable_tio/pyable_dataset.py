@@ -33,7 +33,7 @@ from .constants import (
     ROI_PREFIX,
 )
 from .errors import describe
-from .geometry import Grid, ras_affine_to_grid
+from .geometry import Grid, grid_from_meta, planar_grid, ras_affine_to_grid
 from .manifest import ManifestSource
 from .reference import ReferenceSelector, ReferenceSpace
 from .subjects import MISSING_EMPTY, subjects_from_manifest
@@ -294,17 +294,20 @@ def _drop_fillers(subject: tio.Subject) -> None:
 def _item_meta(subject_meta: dict[str, Any], image: tio.Image) -> dict[str, Any]:
     """The subject's meta, with geometry that describes the (possibly transformed) tensors."""
     meta = dict(subject_meta)
-    reference = Grid(tuple(meta['size']), tuple(meta['spacing']), tuple(meta['origin']), tuple(meta['direction']))
+    reference = grid_from_meta(meta)
+    if reference is None:
+        raise ValueError('subject meta has no reference grid (size, spacing, origin, direction)')
     affine = np.asarray(image.affine, dtype=float)
     shape = tuple(int(n) for n in image.data.shape[1:])
     same = shape == reference.shape_zyx and np.allclose(affine, reference.affine_zyx(), atol=1e-6)
     grid = reference if same else _grid_of(affine, shape, reference.dimension)
+    # Grid fields are already tuples of floats (size: ints), in x,y,z order.
     meta.update(
         axis_order=META_AXIS_ORDER,
-        spacing=tuple(float(v) for v in grid.spacing),
-        origin=tuple(float(v) for v in grid.origin),
-        direction=tuple(float(v) for v in grid.direction),
-        size=tuple(int(v) for v in grid.size),
+        spacing=grid.spacing,
+        origin=grid.origin,
+        direction=grid.direction,
+        size=grid.size,
         orientation=grid.orientation(),
         affine=affine.tolist(),
     )
@@ -313,9 +316,6 @@ def _item_meta(subject_meta: dict[str, Any], image: tio.Image) -> dict[str, Any]
 
 def _grid_of(affine_zyx: np.ndarray, shape_zyx: tuple[int, int, int], dimension: int) -> Grid:
     grid = ras_affine_to_grid(affine_zyx, shape_zyx)
-    direction = grid.direction_matrix
-    in_plane = np.allclose(direction[2], [0, 0, 1]) and np.allclose(direction[:, 2], [0, 0, 1])
-    if dimension == 3 or shape_zyx[0] != 1 or not in_plane:
-        return grid
     # A 2-D subject that stayed one slice in its plane is described in 2-D, like its files.
-    return Grid(grid.size[:2], grid.spacing[:2], grid.origin[:2], tuple(direction[:2, :2].ravel()))
+    planar = planar_grid(grid) if dimension == 2 else None
+    return grid if planar is None else planar

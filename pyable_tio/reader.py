@@ -82,9 +82,10 @@ class GridReader:
             transform = registration.compose(entries)
         except ValueError as error:
             raise LoadError(describe(self.subject_id, where, str(error))) from None
-        if transform is None:
-            image = self._permuted_onto_grid(image)
-        if transform is not None or not Grid.from_image(image).matches(self.grid):
+        on_grid = self._exactly_on_grid(image) if transform is None else None
+        if on_grid is not None:
+            image = on_grid
+        else:
             try:
                 image = backend.resample(
                     image, self.grid, self.role, self.interpolator, transform, self.default_value
@@ -93,17 +94,19 @@ class GridReader:
                 raise LoadError(describe(self.subject_id, where, f'resampling failed: {short_error(error)}')) from None
         return self._to_array(image)
 
-    def _permuted_onto_grid(self, image: sitk.Image) -> sitk.Image:
-        """``image`` with axes permuted/flipped onto the grid when that is all it takes."""
+    def _exactly_on_grid(self, image: sitk.Image) -> sitk.Image | None:
+        """``image``, or ``image`` with axes permuted/flipped, when its voxels are the grid's; else None."""
         source = Grid.from_image(image)
-        if source.dimension != 3 or source.matches(self.grid):
+        if source.matches(self.grid):
             return image
+        if source.dimension != 3:
+            return None
         code = self.grid.orientation()
         if not reorient_grid(source, code).matches(self.grid):
-            return image
+            return None
         # Same voxel centres in another axis order (orientation option): exact, no interpolation.
         permuted = backend.reorient(image, code)
-        return permuted if Grid.from_image(permuted).matches(self.grid) else image
+        return permuted if Grid.from_image(permuted).matches(self.grid) else None
 
     def _to_array(self, image: sitk.Image) -> np.ndarray:
         array = sitk.GetArrayFromImage(image)

@@ -92,8 +92,10 @@ def choose_reference(
         return Reference(grid, used)
     choice = record.reference if record.reference is not None else selector
     if isinstance(choice, Path):
-        grid, used = grid_of_space(choice, record.id)
         index = next((i for i, h in enumerate(headers) if h.path == choice), None)
+        if index is not None:  # one of the subject's images: its header is already read
+            return Reference(headers[index].grid, str(choice), index)
+        grid, used = grid_of_space(choice, record.id)
         return Reference(grid, used, index)
     index = _index(choice, headers, record.id)
     return Reference(headers[index].grid, str(headers[index].path), index)

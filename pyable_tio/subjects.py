@@ -59,6 +59,8 @@ class SubjectPlan:
     channels: int
     #: ``{str(image path): Alignment}`` found by ``align=`` (applied before manifest transforms).
     alignments: Mapping[str, Alignment] = field(default_factory=dict)
+    #: The header of every file, in ``record.entries()`` order.
+    headers: tuple[ImageHeader, ...] = ()
 
 
 def subjects_from_manifest(
@@ -187,7 +189,9 @@ def plan_subject(
             problems.append(describe(record.id, f'field "{name}": file {path}', problem))
     if problems:
         raise ManifestError.from_problems(problems)
-    return SubjectPlan(record, chosen, sum(h.components for h in image_headers))
+    channels = sum(h.components for h in image_headers)
+    in_order = tuple(headers[(name, entry.path)] for name, entry in record.entries())
+    return SubjectPlan(record, chosen, channels, headers=in_order)
 
 
 def _check_batchable(plans: Sequence[SubjectPlan], missing: str) -> None:
@@ -220,21 +224,11 @@ def _prepare_grids(
 ) -> list[SubjectPlan]:
     """Check every manifest transform against its grid, then reorient the grids if asked."""
     problems: list[str] = []
-    checked: dict[tuple[Any, bool], str | None] = {}
+    checked: dict[tuple[Any, bool, int], str | None] = {}
     prepared = []
     for plan in plans:
         record, grid = plan.record, plan.reference.grid
-        entries = list(record.transforms) + [t for _, e in record.entries() for t in e.transforms]
-        for entry in entries:
-            key = (entry.source if isinstance(entry.source, Path) else id(entry.source), entry.invert)
-            if key not in checked:
-                try:
-                    registration.check_transform(entry, grid.dimension)
-                    checked[key] = None
-                except ValueError as error:
-                    checked[key] = str(error)
-            if checked[key] is not None:
-                problems.append(describe(record.id, f'field "{FIELD_TRANSFORMS}"', checked[key]))
+        problems += _transform_problems(record, grid.dimension, checked)
         try:
             if axis_aligned and grid.dimension == 3 and not grid.is_axis_aligned():
                 grid = axis_aligned_grid(grid, orientation)
@@ -246,6 +240,43 @@ def _prepare_grids(
     if problems:
         raise ManifestError.from_problems(list(dict.fromkeys(problems)))
     return prepared
+
+
+def _transform_problems(
+    record: SubjectRecord, dimension: int, checked: dict[tuple[Any, bool, int], str | None] | None = None
+) -> list[str]:
+    """One line per manifest transform of ``record`` that a ``dimension``-D grid cannot use.
+
+    Transform files are read, displacement fields only by header
+    (:func:`pyable_tio.registration.check_transform`).
+
+    Args:
+        record: The subject.
+        dimension: Dimension of its reference grid.
+        checked: Results by transform, shared between subjects so that a file listed by
+            many subjects is read once.
+
+    Returns:
+        The problems (subject, field and file named), without repeats.
+
+    Example:
+        >>> _transform_problems(plan.record, plan.reference.grid.dimension)  # doctest: +SKIP
+        []
+    """
+    checked = {} if checked is None else checked
+    problems = []
+    for entry in record.transform_entries():
+        source = entry.source if isinstance(entry.source, Path) else id(entry.source)
+        key = (source, entry.invert, dimension)
+        if key not in checked:
+            try:
+                registration.check_transform(entry, dimension)
+                checked[key] = None
+            except ValueError as error:
+                checked[key] = str(error)
+        if checked[key] is not None:
+            problems.append(describe(record.id, f'field "{FIELD_TRANSFORMS}"', checked[key]))
+    return list(dict.fromkeys(problems))
 
 
 def _align(plans: Sequence[SubjectPlan], kind: str, folder: Path | None, progress: bool) -> list[SubjectPlan]:
@@ -275,9 +306,8 @@ def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> 
     def reader(role: str, entries: Sequence[FileEntry]) -> GridReader:
         transforms = {str(e.path): _aligned(plan, e) + subject_transforms + e.transforms for e in entries}
         # default_value is for images: labels outside the field of view are background.
-        if role != backend.ROLE_IMAGE:
-            return GridReader(grid, role, record.id, transforms=transforms, **{**options, 'default_value': 0.0})
-        return GridReader(grid, role, record.id, transforms=transforms, **options)
+        role_options = options if role == backend.ROLE_IMAGE else {**options, 'default_value': 0.0}
+        return GridReader(grid, role, record.id, transforms=transforms, **role_options)
 
     images: dict[str, tio.Image] = {}
     image_paths = [str(e.path) for e in record.images]

@@ -16,14 +16,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from . import registration
 from .constants import REFERENCE_FIRST
 from .errors import ManifestError
 from .manifest import Manifest, read_manifest
 from .manifest import _check_files as check_files_exist
-from .manifest.records import SubjectRecord
-from .reference import ImageHeader, Reference, grid_of_space
-from .subjects import MISSING_ERROR, SubjectPlan, _check_batchable, plan_subject
+from .reference import Reference, grid_of_space
+from .subjects import MISSING_ERROR, SubjectPlan, _check_batchable, _transform_problems, plan_subject
 
 
 @dataclass
@@ -80,14 +78,19 @@ def validate(
         report.problems.extend(error.problems)
         return report
     plans = []
+    checked: dict = {}  # transform results shared by the subjects (see _transform_problems)
     report.listed = len(manifest)
     for record in manifest:
         try:
             check_files_exist(Manifest((record,)))
-            _check_transforms(record)
             plan = plan_subject(record, reference, space)
         except ManifestError as error:
             report.problems.extend(error.problems)
+            continue
+        # Displacement fields by header only, as subjects_from_manifest checks them.
+        problems = _transform_problems(record, plan.reference.grid.dimension, checked)
+        if problems:
+            report.problems.extend(problems)
             continue
         plans.append(plan)
         _summarise(report, plan)
@@ -99,25 +102,13 @@ def validate(
     return report
 
 
-def _check_transforms(record: SubjectRecord) -> None:
-    entries = list(record.transforms) + [t for _, e in record.entries() for t in e.transforms]
-    problems = []
-    for entry in dict.fromkeys(entries):
-        try:
-            registration.load_transform(entry)
-        except ValueError as error:
-            problems.append(f'subject "{record.id}": field "transforms": {error}')
-    if problems:
-        raise ManifestError.from_problems(problems)
-
-
 def _summarise(report: Validation, plan: SubjectPlan) -> None:
     record = plan.record
     report.subjects += 1
     for name, counter in report.counts.items():
         counter[len(getattr(record, name))] += 1
-    for _, entry in record.entries():
-        grid = ImageHeader.read(entry.path).grid
+    for header in plan.headers:
+        grid = header.grid
         report.spacings[' x '.join(f'{s:g}' for s in grid.spacing)] += 1
         report.orientations[grid.orientation()] += 1
     report.reference_sizes[' x '.join(map(str, plan.reference.grid.size))] += 1

@@ -153,6 +153,24 @@ def test_same_content_elsewhere_hits_and_changed_bytes_miss(tmp_path):
     assert np.array_equal(changed, sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[np.newaxis])
 
 
+def test_file_replaced_with_same_size_and_mtime_is_hashed_again(tmp_path):
+    """``cp -p``/rsync-style replacement keeps size and mtime: the inode still tells it apart."""
+    import hashlib
+
+    from pyable_tio.hashing import file_digest
+
+    path, other = tmp_path / 'a.bin', tmp_path / 'b.bin'
+    path.write_bytes(b'first version')
+    before = file_digest(path)
+    stamp = path.stat().st_mtime_ns
+    other.write_bytes(b'other version')  # same size, new inode
+    os.utime(other, ns=(stamp, stamp))
+    os.replace(other, path)
+    assert path.stat().st_mtime_ns == stamp
+    assert before == hashlib.sha256(b'first version').hexdigest()
+    assert file_digest(path) == hashlib.sha256(b'other version').hexdigest()
+
+
 def test_changed_reference_grid_transform_content_or_dtype_miss(tmp_path):
     cache = VolumeCache(tmp_path / 'cache')
     image = synthetic.phantom(size=(12, 10, 8), spacing=(1.0, 1.0, 1.5), seed=3)

@@ -99,6 +99,23 @@ def test_validate_from_python(manifest, bad_manifest):
     assert bad.subjects == 2 and len(bad.problems) == 4
 
 
+def test_validate_checks_transforms_as_subjects_from_manifest_does(manifest, tmp_path):
+    """A 2-D transform cannot map a 3-D grid: validate says so, as subjects_from_manifest would."""
+    folder = manifest.parent
+    first = json.loads(manifest.read_text())['sub-00']
+    flat = tmp_path / 'flat.tfm'
+    sitk.WriteTransform(sitk.Euler2DTransform(), str(flat))
+    records = {'s': {'images': [str(folder / p) for p in first['images']], 'transforms': [str(flat)]}}
+    path = tmp_path / 'flat_transform.json'
+    path.write_text(json.dumps(records))
+    report = validate(path)
+    assert report.subjects == 0 and len(report.problems) == 1
+    problem = report.problems[0]
+    assert 'subject "s"' in problem and str(flat) in problem and '2-D transform cannot map a 3-D grid' in problem
+    with pytest.raises(pt.ManifestError, match='2-D transform cannot map a 3-D grid'):
+        pt.subjects_from_manifest(path)
+
+
 @pytest.mark.parametrize('content, message', [
     ('{"s": {"images": [', 'invalid JSON'),
     (None, 'manifest not found'),

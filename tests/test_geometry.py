@@ -7,8 +7,9 @@ import pytest
 import SimpleITK as sitk
 import torchio as tio
 
+import pyable_tio as pt
 from pyable_tio import synthetic
-from pyable_tio.geometry import Grid, ras_affine_to_grid, read_header
+from pyable_tio.geometry import Grid, affine_orientation, grid_from_meta, planar_grid, ras_affine_to_grid, read_header
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
@@ -102,3 +103,36 @@ def test_from_dict_defaults_and_errors():
         Grid.from_dict({'size': [3, 4, 5], 'spacing': [1, 1, 1], 'shape': [1]})
     with pytest.raises(ValueError, match='inconsistent'):
         Grid((3, 4, 5), (1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+
+
+def test_planar_grid_reverses_as_3d_and_keeps_points():
+    in_plane = np.asarray(synthetic.oblique_direction(30.0, 'z')).reshape(3, 3)[:2, :2]
+    grid2d = Grid((7, 5), (0.6, 1.3), (4.0, -2.0), tuple(in_plane.ravel()))
+    planar = planar_grid(grid2d.as_3d())
+    assert planar is not None and planar.matches(grid2d)
+    for x, y in [(0, 0), (6, 4), (3, 2)]:
+        np.testing.assert_allclose(planar.physical_point((x, y)), grid2d.as_3d().physical_point((x, y, 0))[:2])
+    tilted = Grid((7, 5, 1), (0.6, 1.3, 1.0), (0.0, 0.0, 0.0), synthetic.oblique_direction(20.0, 'x'))
+    assert planar_grid(tilted) is None  # slice not in the x-y plane
+    assert planar_grid(Grid((7, 5, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))) is None
+    assert planar_grid(grid2d) is None
+
+
+def test_grid_from_meta_reads_the_subject_grid(tmp_path):
+    image = oblique_reference()
+    path = tmp_path / 'ref.nii.gz'
+    sitk.WriteImage(image, str(path))
+    subject = pt.subjects_from_manifest({'s': {'images': [str(path)]}})[0]
+    grid = grid_from_meta(subject['meta'])
+    assert grid is not None and grid.matches(Grid.from_image(read_header(path)))
+    assert grid_from_meta({k: v for k, v in subject['meta'].items() if k != 'origin'}) is None
+    assert grid_from_meta(None) is None
+
+
+def test_affine_orientation_is_torchio_orientation(tmp_path):
+    path = tmp_path / 'ref.nii.gz'
+    sitk.WriteImage(oblique_reference(), str(path))
+    grid = Grid.from_image(read_header(path))
+    expected = ''.join(tio.ScalarImage(path).orientation)  # TorchIO's own x,y,z affine
+    assert affine_orientation(grid.affine_xyz()) == expected
+    assert affine_orientation(grid.affine_zyx()) == expected[::-1]

@@ -226,6 +226,7 @@ def test_unreadable_list_cell(files):
     path.write_text('id,image_paths\ncell,"[\'a.nii\'"\n')
     message = problems_of(path)
     assert 'cell' in message and 'image' in message and "['a.nii'" in message
+    assert f'file {path}' in message  # the manifest file holding the cell
 
 
 @pytest.mark.parametrize('cell', ["__import__('os').system('touch {marker}')", "[__import__('os').system('touch {marker}')]"])

@@ -11,12 +11,9 @@ import numpy as np
 
 from .. import backend
 from ..constants import CACHE_FORMAT_VERSION
-from ..hashing import digest_of, entries_digest, file_digest
+from ..hashing import digest_of, entries_digest, file_digest, file_signature, known_digest, remember_digest
 from ..manifest.records import TransformEntry
 from .entry import atomic_write
-
-# Source-file digests known to this process: stat signature -> sha256.
-_source_digests: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def key_inputs(reader: Any, source: str, entries: Sequence[TransformEntry]) -> dict[str, Any]:
@@ -69,22 +66,21 @@ def source_digest(path: str | os.PathLike, memo_folder: Path | None = None) -> s
         '9f86d081884c7d65...'
     """
     path = Path(path)
-    stat = path.stat()
-    signature = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-    digest = _source_digests.get(signature)
-    if digest is not None:
-        return digest
-    memo = None if memo_folder is None else memo_folder / f'{digest_of(list(signature))}.txt'
+    signature = file_signature(path)
+    digest = known_digest(signature)
+    if digest is not None or memo_folder is None:
+        return digest if digest is not None else file_digest(path, signature)
+    memo = memo_folder / f'{digest_of(list(signature))}.txt'
     try:
-        digest = memo.read_text().strip() if memo is not None else ''
+        digest = memo.read_text().strip()
     except OSError:
         digest = ''
-    if len(digest) != 64:
-        digest = file_digest(path)
-        if memo is not None:
-            try:
-                atomic_write(memo, lambda stream: stream.write(digest.encode()))
-            except OSError:
-                pass  # a read-only cache still works, it just hashes again
-    _source_digests[signature] = digest
+    if len(digest) == 64:
+        remember_digest(signature, digest)
+        return digest
+    digest = file_digest(path, signature)
+    try:
+        atomic_write(memo, lambda stream: stream.write(digest.encode()))
+    except OSError:
+        pass  # a read-only cache still works, it just hashes again
     return digest

@@ -21,8 +21,6 @@ from ..constants import (
     FIELD_REFERENCE_SPACE,
     FIELD_ROIS,
     FIELD_TRANSFORMS,
-    REFERENCE_FIRST,
-    REFERENCE_LARGEST,
 )
 from ..errors import ManifestError, describe
 from . import cells, formats
@@ -120,16 +118,18 @@ def _build(rows: list[formats.RawRow], root: Path, name: str | None) -> Manifest
     problems: list[str] = []
     records: list[SubjectRecord] = []
     seen: set[str] = set()
+    # Problems in a manifest file name it: "file m.csv: field "images": ...".
+    prefix = f'file {name}: ' if name else ''
     for row in rows:
         subject_id = '' if cells.is_blank(row.get('id')) else str(row['id']).strip()
         if not subject_id:
-            problems.append(describe(None, 'id', f'missing subject id in row {row!r}'))
+            problems.append(describe(None, f'{prefix}id', f'missing subject id in row {row!r}'))
             continue
         if subject_id in seen:
-            problems.append(describe(subject_id, 'id', 'duplicate subject id'))
+            problems.append(describe(subject_id, f'{prefix}id', 'duplicate subject id'))
             continue
         seen.add(subject_id)
-        record = _record(subject_id, row, root, problems)
+        record = _record(subject_id, row, root, problems, prefix)
         if record is not None:
             records.append(record)
     if not records and not problems:
@@ -139,14 +139,14 @@ def _build(rows: list[formats.RawRow], root: Path, name: str | None) -> Manifest
     return Manifest(tuple(records), name)
 
 
-def _record(subject_id: str, row: Mapping[str, Any], root: Path, problems: list[str]):
+def _record(subject_id: str, row: Mapping[str, Any], root: Path, problems: list[str], prefix: str = ''):
     start = len(problems)
 
     def field(name: str, parse, default):
         try:
             return parse(row.get(name), root)
         except ValueError as error:
-            problems.append(describe(subject_id, f'field "{name}"', str(error)))
+            problems.append(describe(subject_id, f'{prefix}field "{name}"', str(error)))
             return default
 
     images = field(FIELD_IMAGES, _entries, ())
@@ -156,10 +156,10 @@ def _record(subject_id: str, row: Mapping[str, Any], root: Path, problems: list[
     reference_space = field(FIELD_REFERENCE_SPACE, cells.parse_reference_space, None)
     transforms = field(FIELD_TRANSFORMS, cells.parse_transforms, ())
     if len(problems) == start and not images:
-        problems.append(describe(subject_id, f'field "{FIELD_IMAGES}"', 'no images listed'))
+        problems.append(describe(subject_id, f'{prefix}field "{FIELD_IMAGES}"', 'no images listed'))
     if isinstance(reference, int) and images and not 0 <= reference < len(images):
         problem = f'index {reference} out of range for {len(images)} image(s)'
-        problems.append(describe(subject_id, f'field "{FIELD_REFERENCE}"', problem))
+        problems.append(describe(subject_id, f'{prefix}field "{FIELD_REFERENCE}"', problem))
     if len(problems) > start:
         return None
     extra = {k: v for k, v in row.items() if k not in _KNOWN_FIELDS}
@@ -177,10 +177,8 @@ def _check_files(manifest: Manifest) -> None:
     problems = []
     for record in manifest:
         paths = [(f'field "{name}"', e.path) for name, e in record.entries()]
-        transforms = list(record.transforms)
-        for _, entry in record.entries():
-            transforms.extend(entry.transforms)
-        paths += [('field "transforms"', t.source) for t in transforms if isinstance(t.source, Path)]
+        paths += [(f'field "{FIELD_TRANSFORMS}"', t.source) for t in record.transform_entries()
+                  if isinstance(t.source, Path)]
         for key in (FIELD_REFERENCE, FIELD_REFERENCE_SPACE):
             value = getattr(record, key)
             if isinstance(value, Path):
@@ -190,7 +188,3 @@ def _check_files(manifest: Manifest) -> None:
                 problems.append(describe(record.id, f'{where}: file {path}', 'file not found'))
     if problems:
         raise ManifestError.from_problems(problems)
-
-
-# Re-exported for the reference selector's docs.
-NAMED_REFERENCES = (REFERENCE_FIRST, REFERENCE_LARGEST)

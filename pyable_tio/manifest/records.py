@@ -83,6 +83,15 @@ class SubjectRecord:
             for entry in getattr(self, name):
                 yield name, entry
 
+    def transform_entries(self) -> list[TransformEntry]:
+        """The subject's transforms, then each file's own, in manifest order (repeats kept).
+
+        Example:
+            >>> [t.source.name for t in manifest['sub-01'].transform_entries()]  # doctest: +SKIP
+            ['session.tfm', 't2_to_t1.tfm']
+        """
+        return [*self.transforms, *(t for _, entry in self.entries() for t in entry.transforms)]
+
 
 @dataclass(frozen=True)
 class Manifest:

@@ -12,14 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
 
 from ..constants import ID, LAYOUT_AXIS_TOLERANCE, META
 from ..errors import PyableTioError, describe
-from ..geometry import Grid
+from ..geometry import Grid, affine_orientation, grid_from_meta
+
+#: ``axis_mapping`` of an image already in Z,Y,X layout: no permutation, no flip.
+_UNCHANGED = ((0, 1, 2), (False, False, False))
+
 
 class LayoutError(PyableTioError, ValueError):
     """An image cannot be put back in Z,Y,X order by permuting and flipping its axes."""
@@ -37,16 +40,19 @@ def zyx_directions(subject: tio.Subject) -> np.ndarray:
     Example:
         >>> zyx_directions(subject)[:, 0]  # RAS direction of the D (z) axis  # doctest: +SKIP
     """
-    meta = subject.get(META) if isinstance(subject, dict) else None
-    if not isinstance(meta, dict) or not all(k in meta for k in ('size', 'spacing', 'origin', 'direction')):
+    matrix = _reference_grid(subject).affine_zyx()[:3, :3]
+    return matrix / np.linalg.norm(matrix, axis=0)
+
+
+def _reference_grid(subject: tio.Subject) -> Grid:
+    grid = grid_from_meta(subject.get(META) if isinstance(subject, dict) else None)
+    if grid is None:
         problem = (
             'no "meta" reference grid (size, spacing, origin, direction);'
             ' build subjects with subjects_from_manifest'
         )
         raise LayoutError(describe(_subject_id(subject), None, problem))
-    grid = Grid(tuple(meta['size']), tuple(meta['spacing']), tuple(meta['origin']), tuple(meta['direction']))
-    matrix = grid.affine_zyx()[:3, :3]
-    return matrix / np.linalg.norm(matrix, axis=0)
+    return grid
 
 
 def axis_mapping(affine: np.ndarray, directions: np.ndarray) -> tuple[tuple[int, ...], tuple[bool, ...]] | None:
@@ -116,8 +122,7 @@ def reorder(
 def is_zyx(subject: tio.Subject) -> bool:
     """True when every image of the subject is in its Z,Y,X layout (axes not reordered)."""
     directions = zyx_directions(subject)
-    identity = ((0, 1, 2), (False, False, False))
-    return all(axis_mapping(image.affine, directions) == identity for image in subject.get_images(intensity_only=False))
+    return all(axis_mapping(image.affine, directions) == _UNCHANGED for image in subject.get_images(intensity_only=False))
 
 
 def check_zyx(subject: tio.Subject) -> None:
@@ -129,7 +134,7 @@ def check_zyx(subject: tio.Subject) -> None:
     directions = zyx_directions(subject)
     for name, image in subject.get_images_dict(intensity_only=False).items():
         mapping = axis_mapping(image.affine, directions)
-        if mapping != ((0, 1, 2), (False, False, False)):
+        if mapping != _UNCHANGED:
             raise LayoutError(_layout_problem(subject, name, image, mapping))
 
 
@@ -167,7 +172,7 @@ class ToZYX(tio.SpatialTransform):
             mapping = axis_mapping(image.affine, directions)
             if mapping is None:
                 raise LayoutError(_layout_problem(subject, name, image, mapping))
-            if mapping == ((0, 1, 2), (False, False, False)):
+            if mapping == _UNCHANGED:
                 continue
             data, affine = reorder(image.data, image.affine, *mapping)
             image.set_data(data)
@@ -221,8 +226,8 @@ def _subject_id(subject: Any) -> str | None:
 
 
 def _layout_problem(subject: tio.Subject, name: str, image: tio.Image, mapping: Any) -> str:
-    found = ''.join(nib.aff2axcodes(image.affine))
-    wanted = ''.join(nib_orientation(zyx_directions(subject)))
+    found = affine_orientation(image.affine)
+    wanted = affine_orientation(_reference_grid(subject).affine_zyx())
     if mapping is None:
         problem = (
             f'axes with orientation {found} are not a permutation of the Z,Y,X axes ({wanted}); '
@@ -232,10 +237,3 @@ def _layout_problem(subject: tio.Subject, name: str, image: tio.Image, mapping: 
     else:
         problem = f'axes are in orientation {found}, not Z,Y,X ({wanted}); append pyable_tio.transforms.ToZYX()'
     return describe(_subject_id(subject), f'image "{name}"', problem)
-
-
-def nib_orientation(directions: np.ndarray) -> tuple[str, ...]:
-    """Orientation codes (RAS convention, e.g. ``('S', 'A', 'R')``) of unit direction columns."""
-    affine = np.eye(4)
-    affine[:3, :3] = directions
-    return tuple(nib.aff2axcodes(affine))
