@@ -57,6 +57,11 @@ class Alignment:
             transform when there is no cache folder.
         summary: Readable parameters (see :func:`pyable_tio.registration.describe_transform`).
         reused: True when read from the cache instead of computed.
+
+    Example:
+        >>> subject = subjects_from_manifest('manifest.json', align='rigid')[0]  # doctest: +SKIP
+        >>> subject['meta']['transforms_applied'][0]  # doctest: +SKIP
+        't2.nii.gz: rigid alignment onto t1.nii.gz, Euler3DTransform: rotation (...) deg, ...'
     """
 
     moving: Path

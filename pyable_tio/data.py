@@ -193,7 +193,26 @@ def make_sampler(
     label_name: str | None,
     subject: tio.Subject,
 ) -> tio.data.PatchSampler:
-    """The TorchIO patch sampler named by ``sampler``."""
+    """The TorchIO patch sampler named by ``sampler``.
+
+    Args:
+        sampler: ``"uniform"``, ``"label"``, ``"weighted"`` or a ``tio.data.PatchSampler``
+            (returned as is).
+        patch_size: D, H, W.
+        label_name: Subject key of the label map (label) or probability map (weighted);
+            None picks the first ``labelmap_i``, else the first ROI.
+        subject: A subject of the dataset, to check ``label_name`` against.
+
+    Returns:
+        The sampler.
+
+    Raises:
+        ValueError: An unknown sampler name, or no such label map.
+
+    Example:
+        >>> make_sampler('label', (16, 32, 32), None, subjects[0]).label_name  # doctest: +SKIP
+        'labelmap_0'
+    """
     if isinstance(sampler, tio.data.PatchSampler):
         return sampler
     if sampler not in SAMPLERS:

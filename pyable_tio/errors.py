@@ -6,7 +6,15 @@ from collections.abc import Iterable
 
 
 class PyableTioError(Exception):
-    """Base class of the errors raised by pyable-tio."""
+    """Base class of the errors raised by pyable-tio.
+
+    Example:
+        >>> try:
+        ...     raise LoadError('subject "a": file t2.nii.gz: unreadable image')
+        ... except PyableTioError as error:
+        ...     print(error)
+        subject "a": file t2.nii.gz: unreadable image
+    """
 
 
 class ManifestError(PyableTioError, ValueError):
@@ -36,7 +44,17 @@ class ManifestError(PyableTioError, ValueError):
 
 
 class LoadError(PyableTioError, RuntimeError):
-    """A file could not be loaded, transformed or resampled at read time."""
+    """A file could not be loaded, transformed or resampled at read time.
+
+    Raised by the readers, inside DataLoader workers, when TorchIO loads a subject; the
+    message names the subject, the file and the problem.
+
+    Example:
+        >>> subject.load()  # t2.nii.gz deleted since the subjects were built  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        pyable_tio.errors.LoadError: subject "sub-01": file /data/t2.nii.gz: unreadable image: ...
+    """
 
 
 def describe(subject_id: str | None, where: str | None, problem: str) -> str:

@@ -89,7 +89,11 @@ class SubjectGridAggregator(tio.GridAggregator):
 
 
 class GridInference(NamedTuple):
-    """What :func:`inference_loader` returns: unpack as ``loader, aggregator = ...``."""
+    """What :func:`inference_loader` returns: unpack as ``loader, aggregator = ...``.
+
+    Example:
+        >>> loader, aggregator = inference_loader(subject, 16)  # doctest: +SKIP
+    """
 
     loader: tio.SubjectsLoader
     aggregator: SubjectGridAggregator

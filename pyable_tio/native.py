@@ -54,7 +54,14 @@ _FIELDS = (ITEM_IMAGES, ITEM_ROIS, ITEM_LABELMAPS)
 
 
 class NativeSpaceError(PyableTioError, ValueError):
-    """A prediction cannot be mapped back to a source file's native grid."""
+    """A prediction cannot be mapped back to a source file's native grid.
+
+    Example:
+        >>> to_native(labels, subject, target='image_1')  # B-spline transform  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        pyable_tio.native.NativeSpaceError: subject "sub-01": ... BSplineTransform has no inverse
+    """
 
 
 def to_native(

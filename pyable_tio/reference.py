@@ -18,7 +18,15 @@ from .manifest.records import SubjectRecord
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """What a file's header says: its grid, pixel type and components per voxel."""
+    """What a file's header says: its grid, pixel type and components per voxel.
+
+    Reference callables receive the subject's images as a list of these.
+
+    Example:
+        >>> header = ImageHeader.read(Path('t1.nii.gz'))  # doctest: +SKIP
+        >>> header.grid.size, header.pixel_type, header.components  # doctest: +SKIP
+        ((48, 40, 32), '16-bit signed integer', 1)
+    """
 
     path: Path
     grid: Grid

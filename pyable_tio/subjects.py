@@ -361,7 +361,16 @@ def _meta(plan: SubjectPlan) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class EmptyLabelReader:
-    """Reader of an all-zero label map on ``grid`` (fills a subject's missing ROI/label map)."""
+    """Reader of an all-zero ``uint8`` label map on ``grid`` (fills a subject's missing ROI/label map).
+
+    The path it is called with is ignored, but TorchIO checks that the file exists, so
+    ``subjects_from_manifest(missing="empty")`` passes the subject's first image.
+
+    Example:
+        >>> label = tio.LabelMap('t1.nii.gz', reader=EmptyLabelReader(grid))  # doctest: +SKIP
+        >>> label.data.shape == (1, *grid.shape_zyx), int(label.data.max())  # doctest: +SKIP
+        (True, 0)
+    """
 
     grid: Grid
 

@@ -23,6 +23,10 @@ class TransformEntry:
         source: Path of a transform file (``.tfm``, ``.txt``, ``.mat``, ``.h5``), of a
             displacement field image, or a ``sitk.Transform``.
         invert: Use the inverse of what ``source`` holds.
+
+    Example:
+        >>> TransformEntry(Path('/data/t2_to_t1.tfm'), invert=True).describe()
+        '/data/t2_to_t1.tfm (inverted)'
     """
 
     source: Path | sitk.Transform
@@ -45,6 +49,11 @@ class FileEntry:
         path: Absolute path of the file.
         transforms: Transforms that belong to this file only, applied after the subject's.
         name: Optional name (a multi-CSV ``sequence``, ``roi_type`` or ``label_type``).
+
+    Example:
+        >>> entry = FileEntry(Path('/data/t2.nii.gz'), (TransformEntry(Path('/data/t2.tfm')),), 'T2')
+        >>> entry.name, len(entry.transforms)
+        ('T2', 1)
     """
 
     path: Path
@@ -66,6 +75,11 @@ class SubjectRecord:
         reference_space: A grid (or the file whose grid it is) for this subject.
         transforms: Transforms applied to every file of the subject.
         extra: Any other fields (class label, age, ...), copied into the subject.
+
+    Example:
+        >>> record = read_manifest('manifest.json')[0]  # doctest: +SKIP
+        >>> record.id, [e.path.name for e in record.images], record.extra  # doctest: +SKIP
+        ('sub-00', ['sub-00_t1.nii.gz', 'sub-00_t2.nii.gz'], {'label': 0, 'age': 40})
     """
 
     id: str

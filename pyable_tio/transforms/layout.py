@@ -25,7 +25,14 @@ _UNCHANGED = ((0, 1, 2), (False, False, False))
 
 
 class LayoutError(PyableTioError, ValueError):
-    """An image cannot be put back in Z,Y,X order by permuting and flipping its axes."""
+    """An image cannot be put back in Z,Y,X order by permuting and flipping its axes.
+
+    Example:
+        >>> ToZYX()(tio.Resample('other_oblique.nii.gz')(subject))  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        pyable_tio.transforms.layout.LayoutError: subject "sub-01": image "images": ...
+    """
 
 
 def zyx_directions(subject: tio.Subject) -> np.ndarray:
@@ -120,7 +127,12 @@ def reorder(
 
 
 def is_zyx(subject: tio.Subject) -> bool:
-    """True when every image of the subject is in its Z,Y,X layout (axes not reordered)."""
+    """True when every image of the subject is in its Z,Y,X layout (axes not reordered).
+
+    Example:
+        >>> is_zyx(subject), is_zyx(tio.ToCanonical()(subject))  # doctest: +SKIP
+        (True, False)
+    """
     directions = zyx_directions(subject)
     return all(axis_mapping(image.affine, directions) == _UNCHANGED for image in subject.get_images(intensity_only=False))
 
