@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import os
 import platform
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from . import backend
 from .constants import ALIGN_MODES, INTERPOLATORS, LINEAR, REFERENCE_FIRST, REFERENCE_LARGEST
 from .errors import ManifestError, PyableTioError
+from .manifest import Manifest, read_manifest
 from .reader import GridReader
 from .subjects import MISSING_EMPTY, MISSING_ERROR
 from .validation import Validation, _label, validate
@@ -168,18 +170,20 @@ def _run_cache(args: argparse.Namespace) -> int:
     import torch
 
     cache = VolumeCache(args.cache_dir, max_bytes=args.max_bytes)
+    build = functools.partial(
+        subjects_from_manifest, reference=args.reference, reference_space=args.reference_space,
+        interpolator=args.interpolator, default_value=args.default_value, orientation=args.orientation,
+        axis_aligned=args.axis_aligned, align=args.align,
+        dtype=getattr(torch, args.dtype), missing=args.missing, root=args.root, cache_dir=cache,
+    )
     jobs, problems = [], []
     for source in _sources(args):
         try:
-            subjects = subjects_from_manifest(
-                source, reference=args.reference, reference_space=args.reference_space,
-                interpolator=args.interpolator, default_value=args.default_value, orientation=args.orientation,
-                axis_aligned=args.axis_aligned, align=args.align,
-                dtype=getattr(torch, args.dtype), missing=args.missing, root=args.root, cache_dir=cache,
-            )
+            subjects = build(source)
         except ManifestError as error:
-            problems += [f'{_label(source)}: {p}' for p in error.problems]
-            continue
+            # One bad file should not keep the other subjects out of the cache.
+            subjects, subject_problems = _buildable_subjects(source, build, args.root, error)
+            problems += [f'{_label(source)}: {p}' for p in subject_problems]
         for subject in subjects:
             for image in subject.get_images(intensity_only=False):
                 if isinstance(image.reader, GridReader):
@@ -204,6 +208,22 @@ def _run_cache(args: argparse.Namespace) -> int:
         _print_problems(problems)
         return EXIT_PROBLEMS
     return EXIT_OK
+
+
+def _buildable_subjects(source, build, root, error: ManifestError) -> tuple[list, list[str]]:
+    """The subjects that build one by one, and the problems (``error``'s when none is per subject)."""
+    try:
+        manifest = read_manifest(source, root=root, check_files=False)
+    except ManifestError:
+        return [], error.problems  # the manifest itself does not parse
+    subjects, problems = [], []
+    for record in manifest:
+        try:
+            subjects += build(Manifest((record,), manifest.source))
+        except ManifestError as subject_error:
+            problems += subject_error.problems
+    # Problems across subjects (e.g. different ROI counts) only show when all are built.
+    return subjects, problems or error.problems
 
 
 def _fill(jobs: list[tuple[GridReader, str]], workers: int):

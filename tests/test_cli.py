@@ -233,6 +233,27 @@ def test_cache_bad_manifest_exits_1_with_one_line_per_problem(bad_manifest, tmp_
     assert 'missing.nii.gz: file not found' in err and 'Traceback' not in err
 
 
+def test_cache_fills_the_good_subjects_of_a_manifest_with_bad_ones(manifest, tmp_path, capsys):
+    records = json.loads(manifest.read_text())
+    records = {k: {**v, 'images': [str(manifest.parent / p) for p in v['images']],
+                   'rois': [str(manifest.parent / p) for p in v['rois']],
+                   'labelmaps': [str(manifest.parent / p) for p in v['labelmaps']]} for k, v in records.items()}
+    records['sub-01']['images'][1] = str(tmp_path / 'missing.nii.gz')
+    path = tmp_path / 'one_bad.json'
+    path.write_text(json.dumps(records))
+    args = ['cache', str(path), '--cache-dir', str(tmp_path / 'cache'), '--workers', '0', '--no-progress']
+    assert cli.main(args) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith('8 volume(s): ')  # sub-00 and sub-02: t1, t2, roi, labels each
+    assert err.count('\n') == 1 and 'subject "sub-01"' in err and 'missing.nii.gz: file not found' in err
+    # The good subjects are warm for training.
+    good = {k: v for k, v in records.items() if k != 'sub-01'}
+    training_cache = VolumeCache(tmp_path / 'cache')
+    for subject in pt.subjects_from_manifest(good, cache_dir=training_cache):
+        subject.load()
+    assert training_cache.counts['misses'] == 0 and training_cache.counts['hits'] == 8
+
+
 def test_cache_lists_files_that_fail_to_load_and_caches_the_rest(tmp_path, capsys):
     folder = tmp_path / 'data'
     manifest = synthetic.write_dataset(folder, num_subjects=2, size=SIZE, second_image=False)

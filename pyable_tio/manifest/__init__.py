@@ -59,7 +59,7 @@ def read_manifest(
             a list of image paths (one subject each); or a parsed :class:`Manifest`.
         root: Folder that relative paths resolve against. Defaults to the manifest
             file's folder, or the working directory for dicts and lists.
-        check_files: Check that every listed file exists.
+        check_files: Check that every listed file exists (also for a parsed :class:`Manifest`).
 
     Returns:
         The :class:`Manifest`, subjects in manifest order.
@@ -75,10 +75,11 @@ def read_manifest(
         ['sub-01', 'sub-02']
     """
     if isinstance(source, Manifest):
-        return source
-    rows, default_root, name = _rows(source)
-    base = Path(root) if root is not None else default_root
-    manifest = _build(rows, base.resolve(), name)
+        manifest = source
+    else:
+        rows, default_root, name = _rows(source)
+        base = Path(root) if root is not None else default_root
+        manifest = _build(rows, base.resolve(), name)
     if check_files:
         _check_files(manifest)
     return manifest
