@@ -71,8 +71,10 @@ def reset_queue(queue: tio.Queue, seed: int) -> tio.Queue:
     yield the same patches in the same order, including random transforms run in
     ``num_workers > 0`` worker processes (torch seeds each worker from the seeded main process).
     A :class:`pyable_tio.PatchQueue` (what :func:`pyable_tio.queue_from_manifest` returns without
-    a transform) is only replayed this way with ``num_workers=0``; with workers, call
-    :func:`seed_everything` and build a new queue instead, which is always reproducible.
+    a transform) is replayed this way when its workers are threads (the default without a
+    transform) or with ``num_workers=0``; with worker processes (``threads=False``, or a
+    transform with ``fast_patches=True``), call :func:`seed_everything` and build a new queue
+    instead, which is always reproducible.
 
     Args:
         queue: A ``tio.Queue`` (e.g. from :func:`pyable_tio.queue_from_manifest`).
@@ -83,7 +85,7 @@ def reset_queue(queue: tio.Queue, seed: int) -> tio.Queue:
 
     Raises:
         TypeError: ``queue`` is not a TorchIO 1.x queue.
-        ValueError: ``queue`` is a ``PatchQueue`` with ``num_workers > 0``.
+        ValueError: ``queue`` is a ``PatchQueue`` with worker processes.
 
     Example:
         >>> for epoch in range(3):
@@ -94,10 +96,10 @@ def reset_queue(queue: tio.Queue, seed: int) -> tio.Queue:
         raise TypeError(f'reset_queue needs a tio.Queue (TorchIO 1.x), got {type(queue).__name__}')
     from ..patches import PatchQueue  # here: patches -> data -> transforms would be circular
 
-    if isinstance(queue, PatchQueue) and queue.num_workers > 0:
-        # Measured: its worker-side patch draws then change from one reset to the next.
+    if isinstance(queue, PatchQueue) and queue.num_workers > 0 and not queue.threads:
+        # Measured: its worker processes' patch draws then change from one reset to the next.
         raise ValueError(
-            'reset_queue cannot replay a pyable_tio.PatchQueue with num_workers > 0; call '
+            'reset_queue cannot replay a pyable_tio.PatchQueue with worker processes; call '
             'seed_everything(seed) and build a new queue (queue_from_manifest) for each validation pass'
         )
     queue.patches_list = []
