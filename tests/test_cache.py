@@ -230,14 +230,19 @@ def only_entry(cache: VolumeCache) -> tuple[str, Path, Path]:
     return entries[0]
 
 
-@pytest.mark.parametrize('damage', ['truncate', 'flip', 'sidecar', 'bad-json', 'binary-sidecar', 'no-array'])
-def test_damaged_entry_is_recovered_with_a_warning(tmp_path, damage):
+def oblique_entry(tmp_path: Path, seed: int):
+    """A cache with one entry: a phantom resampled onto an oblique grid (cache, reader, path, array)."""
     cache = VolumeCache(tmp_path / 'cache')
-    image = synthetic.phantom(size=(12, 10, 8), seed=5)
-    path = write(image, tmp_path / 'a.nii.gz')
+    path = write(synthetic.phantom(size=(12, 10, 8), seed=seed), tmp_path / 'a.nii.gz')
     grid = Grid((11, 9, 7), (1.1, 1.1, 1.1), (0.5, 0.5, 0.5), synthetic.oblique_direction(12.0))
     reader = image_reader(path, cache, grid=grid)
     expected, _ = reader(path)
+    return cache, reader, path, expected
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip', 'sidecar', 'bad-json', 'binary-sidecar', 'no-array'])
+def test_damaged_entry_is_recovered_with_a_warning(tmp_path, damage):
+    cache, reader, path, expected = oblique_entry(tmp_path, seed=5)
     key, array_path, sidecar_path = only_entry(cache)
     if damage == 'truncate':
         array_path.write_bytes(array_path.read_bytes()[:-100])
@@ -524,12 +529,7 @@ def test_subject_images_through_the_cache_keep_their_geometry(manifest, tmp_path
 def test_untouched_entry_skips_the_checksum_in_a_new_process_but_a_rewrite_does_not(tmp_path, monkeypatch):
     from pyable_tio.cache import entry
 
-    cache = VolumeCache(tmp_path / 'cache')
-    image = synthetic.phantom(size=(12, 10, 8), seed=7)
-    path = write(image, tmp_path / 'a.nii.gz')
-    grid = Grid((11, 9, 7), (1.1, 1.1, 1.1), (0.5, 0.5, 0.5), synthetic.oblique_direction(12.0))
-    reader = image_reader(path, cache, grid=grid)
-    expected, _ = reader(path)
+    cache, reader, path, expected = oblique_entry(tmp_path, seed=7)
     _, array_path, _ = only_entry(cache)
     monkeypatch.setattr(entry, '_verified', set())  # as in a fresh process
     original_crc = entry.crc32
