@@ -12,7 +12,6 @@ manifest transforms and the registration settings, so later runs read it instead
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,30 +19,30 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from . import registration
+from . import backend, registration
+from .atomic import atomic_path
 from .constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER
 from .errors import ManifestError, describe, short_error
 from .hashing import digest_of, entries_digest, file_digest
 from .manifest.records import FileEntry, SubjectRecord, TransformEntry
 from .reference import Reference
 
-#: Registration settings; part of every cache key, so changing one recomputes alignments.
+#: Every number ``register`` uses (Mattes mutual information, random sampling, regular-step
+#: gradient descent); the whole dict is in each alignment's cache key, so changing one recomputes.
 SETTINGS = {
-    'version': 1,
-    'metric': 'mattes',
+    'version': 2,
     'histogram_bins': 32,
-    'sampling': 'random',
     'sampling_percentage': 0.25,
     'max_samples': 50_000,
     'seed': 7,
-    'optimizer': 'regular_step_gradient_descent',
     'learning_rate': 1.0,
     'min_step': 1e-5,
     'iterations': 100,
+    'relaxation_factor': 0.5,
+    'gradient_magnitude_tolerance': 1e-8,
     'shrink_factors': [2, 1],
     'smoothing_sigmas_voxels': [1.0, 0.0],
 }
-
 
 @dataclass(frozen=True)
 class Alignment:
@@ -135,8 +134,8 @@ def register(
         learningRate=SETTINGS['learning_rate'],
         minStep=SETTINGS['min_step'],
         numberOfIterations=SETTINGS['iterations'],
-        relaxationFactor=0.5,
-        gradientMagnitudeTolerance=1e-8,
+        relaxationFactor=SETTINGS['relaxation_factor'],
+        gradientMagnitudeTolerance=SETTINGS['gradient_magnitude_tolerance'],
     )
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel(SETTINGS['shrink_factors'])
@@ -198,9 +197,9 @@ def align_subject(
                 results[str(entry.path)] = _result(entry, fixed_entry, kind, cached, path, reused=True)
                 continue
             if fixed_image is None:
-                fixed_image = sitk.ReadImage(str(fixed_entry.path))
+                fixed_image = backend.load(fixed_entry.path, backend.ROLE_IMAGE)
                 fixed_transform = registration.compose(fixed_entries)
-            moving_image = sitk.ReadImage(str(entry.path))
+            moving_image = backend.load(entry.path, backend.ROLE_IMAGE)
             if moving_image.GetDimension() != fixed_image.GetDimension():
                 continue  # reported by plan_subject's dimension check
             moving_transform = registration.compose(moving_entries)
@@ -258,14 +257,11 @@ def _read_cached(path: Path | None) -> sitk.Transform | None:
 
 
 def _store(transform: sitk.Transform, path: Path) -> bool:
-    """Write ``path`` atomically (temporary file, then rename); False if the folder is unwritable."""
-    temporary = path.with_name(f'{path.stem}.{uuid.uuid4().hex}.tmp.tfm')
+    """Write ``path`` atomically; False (with a warning) if the folder is unwritable."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteTransform(transform, str(temporary))
-        os.replace(temporary, path)
+        with atomic_path(path, keep_suffix=True) as temporary:
+            sitk.WriteTransform(transform, str(temporary))
     except (OSError, RuntimeError) as error:
-        temporary.unlink(missing_ok=True)
         problem = f'alignment not cached, {path.parent} is not writable: {short_error(error)}'
         warnings.warn(problem, stacklevel=3)
         return False

@@ -10,6 +10,14 @@ pyable is imported lazily, once, the first time a backend function runs (it pull
 matplotlib and scikit-image); any failure to import it selects the SimpleITK path. The
 ``PYABLE_TIO_BACKEND`` environment variable chooses: ``auto`` (default), ``simpleitk``
 (forced) or ``pyable`` (required: a clear ``ImportError`` when it cannot be imported).
+
+Every source file the package reads goes through :func:`load` (readers, alignment) and every
+resampling of a source file through :func:`resample`. Two things are outside on purpose, since
+they are not image data read for a subject: header reads (``geometry.read_header``, SimpleITK's
+``ImageFileReader`` without pixels; pyable has no header-only read) and ``native.to_native``,
+which resamples a prediction tensor the package itself built (SimpleITK's ``Resample`` with the
+inverse transform and the prediction's own pixel type; pyable would add nothing but a copy).
+Displacement-field transforms are read by ``registration`` as transforms, not as images.
 """
 
 from __future__ import annotations

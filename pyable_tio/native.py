@@ -21,6 +21,7 @@ import torchio as tio
 from torchio.transforms.preprocessing.label.label_transform import LabelTransform
 
 from . import registration
+from .atomic import atomic_path
 from .backend import ROLE_IMAGE, ROLE_LABELMAP, SITK_INTERPOLATORS
 from .constants import (
     ID,
@@ -178,16 +179,11 @@ def save_prediction(
     """
     native = to_native(prediction, subject, target, interpolator, default_value, original)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f'.partial-{os.getpid()}-{path.name}')
     try:
-        sitk.WriteImage(native, str(partial), useCompression=compress)
-        os.replace(partial, path)
+        with atomic_path(path, keep_suffix=True) as partial:
+            sitk.WriteImage(native, str(partial), useCompression=compress)
     except RuntimeError as error:
         raise NativeSpaceError(f'could not write {path}: {short_error(error)}') from None
-    finally:
-        if partial.exists():
-            partial.unlink()
     return path
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -189,3 +192,13 @@ def test_bad_align_value_and_failed_registration(pair, tmp_path):
         pt.subjects_from_manifest({'subj-3': {'images': [fixed, far_path]}}, align='rigid')
     message = str(info.value)
     assert 'subj-3' in message and 'far.nii.gz' in message and 'rigid alignment' in message
+
+
+def test_every_registration_setting_is_used_by_register():
+    # SETTINGS is the alignment cache key: a number used by register but not in it, or in it
+    # but not used, would let a changed setting reuse (or needlessly recompute) alignments.
+    source = inspect.getsource(alignment.register)
+    unused = [name for name in alignment.SETTINGS if name != 'version' and f"SETTINGS['{name}']" not in source]
+    assert not unused, f'settings in the key but never read by register: {unused}'
+    literals = re.findall(r'=\s*\d+(?:\.\d+)?(?:e-?\d+)?\s*[,)]', source.split('method = ', 1)[1])
+    assert not literals, f'numbers hard-coded in register instead of SETTINGS: {literals}'

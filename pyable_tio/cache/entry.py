@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ except ImportError:  # Windows: no cross-process lock (see docs/CACHE_AND_CLI.md
 
 import numpy as np
 
-from ..constants import CACHE_FORMAT_VERSION, CACHE_TEMP_SUFFIX
+from ..atomic import atomic_write, temporary_path as _temporary
+from ..constants import CACHE_FORMAT_VERSION
 
 # Arrays whose checksum this process already verified: (path, size, mtime_ns, inode).
 _verified: set[tuple[str, int, int, int]] = set()
@@ -188,32 +188,3 @@ def crc32(array: np.ndarray) -> int:
         558161692
     """
     return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast('B'))
-
-
-def atomic_write(path: Path, write: Callable[[Any], Any]) -> int:
-    """Write through ``write(stream)`` to a temporary file next to ``path``, then rename it.
-
-    The temporary file is removed whatever happens (even KeyboardInterrupt).
-
-    Returns:
-        The size of the file written.
-
-    Example:
-        >>> atomic_write(Path('/tmp/x.json'), lambda stream: stream.write(b'{}'))  # doctest: +SKIP
-        2
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
-    try:
-        with temporary.open('wb') as stream:
-            write(stream)
-        size = temporary.stat().st_size
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return size
-
-
-def _temporary(path: Path) -> Path:
-    """A unique temporary name next to ``path`` (same folder, so ``os.replace`` is atomic)."""
-    return path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{CACHE_TEMP_SUFFIX}')
