@@ -2,9 +2,9 @@
 
 Runs once per subject when subjects are built (``subjects_from_manifest(align="rigid")``),
 never when images load. SimpleITK's registration (Mattes mutual information, two resolution
-levels, a fixed sampling seed) finds a transform ``A`` that goes *before* the file's manifest
-transforms ``M``: the reader maps each grid point ``p`` to ``M(A(p))`` in the file, one
-interpolation. With a cache folder the transform is written to
+levels, a fixed sampling seed) finds a transform ``A`` applied *after* the file's manifest
+transforms ``M`` (last in the list, the one nearest the grid): the reader maps each grid point
+``p`` to ``M(A(p))`` in the file, i.e. ``CompositeTransform([*M, A])``, one interpolation. With a cache folder the transform is written to
 ``<cache_dir>/alignment/<key>.tfm``, the key being a digest of both files' contents, their
 manifest transforms and the registration settings, so later runs read it instead.
 """
@@ -30,7 +30,8 @@ from .reference import Reference
 #: Every number ``register`` uses (Mattes mutual information, random sampling, regular-step
 #: gradient descent); the whole dict is in each alignment's cache key, so changing one recomputes.
 SETTINGS = {
-    'version': 2,
+    # 3: manifest lists compose as CompositeTransform(list) (seed order): older keys mean another M.
+    'version': 3,
     'histogram_bins': 32,
     'sampling_percentage': 0.25,
     'max_samples': 50_000,
@@ -52,7 +53,7 @@ class Alignment:
         moving: The image that was registered.
         fixed: The subject's reference image it was registered onto.
         kind: ``"rigid"`` or ``"affine"``.
-        entry: What the reader applies first: the cached ``.tfm`` file, or the in-memory
+        entry: What the reader applies last (nearest the grid): the cached ``.tfm`` file, or the in-memory
             transform when there is no cache folder.
         summary: Readable parameters (see :func:`pyable_tio.registration.describe_transform`).
         reused: True when read from the cache instead of computed.
@@ -182,14 +183,14 @@ def align_subject(
     """
     index = reference.index if reference.index is not None else 0
     fixed_entry = record.images[index]
-    fixed_entries = (*record.transforms, *fixed_entry.transforms)
+    fixed_entries = (*fixed_entry.transforms, *record.transforms)
     fixed_image = fixed_transform = None
     results: dict[str, Alignment] = {}
     for i, entry in enumerate(record.images):
         if i == index or entry.path == fixed_entry.path:
             continue
         where = f'field "images": file {entry.path}'
-        moving_entries = (*record.transforms, *entry.transforms)
+        moving_entries = (*entry.transforms, *record.transforms)
         try:
             path = _cache_path(cache_dir, kind, fixed_entry, fixed_entries, entry, moving_entries)
             cached = _read_cached(path)

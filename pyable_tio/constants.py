@@ -52,6 +52,9 @@ GRID_TOLERANCE = 1e-5
 
 #: Version of the on-disk cache layout; bump when the stored format changes.
 CACHE_FORMAT_VERSION = 1
+#: Version of what a cache key means; bump when the same inputs give another volume.
+#: 2: transform lists compose as ``CompositeTransform(list)`` (the seed's order), not reversed.
+CACHE_KEY_VERSION = 2
 #: File names inside a cache folder: ``<key[:2]>/<key>.npy`` + ``<key>.json``; temporaries
 #: end in ``.tmp``; source-file digests live in ``sources/``.
 CACHE_ARRAY_SUFFIX = '.npy'

@@ -2,8 +2,11 @@
 
 Convention (ITK's): a transform maps points of the output (reference) grid to points of the
 file being read, i.e. fixed-space points to moving-space points, exactly what a registration
-with the reference as fixed image writes. A list is applied in list order to each grid point:
-``p_file = T_n(... T_2(T_1(p_grid)))``. ``invert`` uses the inverse of what a file holds.
+with the reference as fixed image writes. A list composes as the seed applies it, one
+``applyTransform`` after the other (each resamples the previous result at ``T(p)``):
+``[T_1, ..., T_n]`` gives ``p_file = T_1(T_2(... T_n(p_grid)))``, which is
+``sitk.CompositeTransform([T_1, ..., T_n])`` and ANTs' ``antsApplyTransforms -t T_1 ... -t T_n``.
+``invert`` uses the inverse of what a file holds.
 """
 
 from __future__ import annotations
@@ -133,14 +136,23 @@ def describe_transform(transform: sitk.Transform) -> str:
 
 
 def compose(entries: Sequence[TransformEntry]) -> sitk.Transform | None:
-    """One transform equal to applying ``entries`` in list order, or None if empty."""
+    """One transform equal to applying ``entries`` one after the other, or None if empty.
+
+    ``[T_1, ..., T_n]`` maps a grid point ``p`` to ``T_1(T_2(... T_n(p)))`` in the file: the
+    seed's ``for t in transforms: img = img.applyTransform(t)``, in one interpolation.
+
+    Example:
+        >>> a, b = sitk.TranslationTransform(3, (1.0, 0, 0)), sitk.ScaleTransform(3, (2.0, 1, 1))
+        >>> compose([TransformEntry(a), TransformEntry(b)]).TransformPoint((1.0, 0, 0))  # a(b(p))
+        (3.0, 0.0, 0.0)
+    """
     if not entries:
         return None
     transforms = [load_transform(entry) for entry in entries]
     if len(transforms) == 1:
         return transforms[0]
-    # A CompositeTransform applies the transform added last first.
-    return sitk.CompositeTransform(list(reversed(transforms)))
+    # ITK's CompositeTransform applies the transform added last first: exactly the seed's order.
+    return sitk.CompositeTransform(transforms)
 
 
 def _read_displacement_field(path: Path, invert: bool) -> sitk.Transform:

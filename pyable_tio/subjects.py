@@ -304,7 +304,8 @@ def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> 
     subject_transforms = record.transforms
 
     def reader(role: str, entries: Sequence[FileEntry]) -> GridReader:
-        transforms = {str(e.path): _aligned(plan, e) + subject_transforms + e.transforms for e in entries}
+        # Seed order: the file's own transforms, then the subject's, then the alignment (closest to the grid).
+        transforms = {str(e.path): e.transforms + subject_transforms + _aligned(plan, e) for e in entries}
         # default_value is for images: labels outside the field of view are background.
         role_options = options if role == backend.ROLE_IMAGE else {**options, 'default_value': 0.0}
         return GridReader(grid, role, record.id, transforms=transforms, **role_options)
@@ -334,11 +335,12 @@ def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> 
 
 def _meta(plan: SubjectPlan) -> dict[str, Any]:
     record, grid = plan.record, plan.reference.grid
-    # Each file's transforms apply in the order its lines appear here.
-    applied = [alignment.describe() for alignment in plan.alignments.values()]
-    applied += [f'all files: {t.describe()}' for t in record.transforms]
+    # Each file's lines, in order, are its transform list (applied one after the other, as the seed does).
+    applied = []
     for name, entry in record.entries():
         applied += [f'{entry.path.name}: {t.describe()}' for t in entry.transforms]
+    applied += [f'all files: {t.describe()}' for t in record.transforms]
+    applied += [alignment.describe() for alignment in plan.alignments.values()]
     names = {
         name: [e.name for e in getattr(record, name)]
         for name in ('images', 'rois', 'labelmaps')

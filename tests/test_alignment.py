@@ -109,13 +109,13 @@ def test_alignment_goes_before_manifest_transforms(tmp_path):
     manifest = {'s': {'images': [fixed_path, {'path': moving_path, 'transforms': ['shift.tfm']}]}}
     subject = pt.subjects_from_manifest(manifest, root=tmp_path, align='rigid')[0]
     entries = subject['images'].reader.transforms[moving_path]
-    assert len(entries) == 2 and entries[1].source == tmp_path / 'shift.tfm'
+    assert len(entries) == 2 and entries[0].source == tmp_path / 'shift.tfm'
     # grid point -> alignment -> manifest shift -> file point: the composition is the truth.
-    whole = sitk.CompositeTransform([shift, entries[0].source])
+    whole = sitk.CompositeTransform([shift, entries[1].source])
     truth = sitk.CompositeTransform([shift, rigid_truth()])
     assert max_distance(whole, truth) < 0.2
     applied = subject['meta']['transforms_applied']
-    assert applied[0].startswith('moving.nii.gz: rigid alignment') and applied[1].endswith('shift.tfm')
+    assert applied[0].endswith('shift.tfm') and applied[1].startswith('moving.nii.gz: rigid alignment')
 
 
 def test_affine_alignment_reduces_the_error(tmp_path):

@@ -61,7 +61,7 @@ def files(tmp_path):
 
 def expected(files, transform, key='moving', interpolator=sitk.sitkLinear) -> np.ndarray:
     image = sitk.ReadImage(files[key])
-    if key == 'moving':
+    if key in ('moving', 'reference'):
         image = sitk.Cast(image, sitk.sitkFloat32)
     result = sitk.Resample(image, sitk.ReadImage(files['reference']), transform, interpolator, 0.0)
     return sitk.GetArrayFromImage(result)
@@ -115,35 +115,84 @@ def test_in_memory_transforms_and_invert(files):
     assert inverted['meta']['transforms_applied'][0].endswith('back.tfm (inverted)')
 
 
-def test_list_order_is_order_of_application_and_one_interpolation(files):
-    """[T1, T2] maps a grid point p to T2(T1(p)): warping by T2, then by T1, in sequence."""
+def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform) -> sitk.Image:
+    return sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0)
+
+
+def test_list_composes_as_the_seed_applies_it(files):
+    """[A, B] gives img(A(B(p))): CompositeTransform([A, B]) exactly, sequential application approximately."""
     first, second = rigid(), affine()
     for name, transform in (('first.tfm', first), ('second.tfm', second)):
         sitk.WriteTransform(transform, str(files['folder'] / name))
-    subject = load(files, ['first.tfm'], per_file=['second.tfm'])
-    folder = files['folder']
+    # ITK's CompositeTransform applies its last transform first: [A, B] maps p to A(B(p)).
+    point = (3.0, -2.0, 5.0)
+    composed = registration.compose([TransformEntry(files['folder'] / n) for n in ('first.tfm', 'second.tfm')])
+    want_point = first.TransformPoint(second.TransformPoint(point))
+    np.testing.assert_allclose(composed.TransformPoint(point), want_point, atol=1e-9)
+    np.testing.assert_allclose(sitk.CompositeTransform([first, second]).TransformPoint(point), want_point, atol=1e-9)
+    assert np.linalg.norm(np.subtract(second.TransformPoint(first.TransformPoint(point)), want_point)) > 0.3
+
+    subject = load(files, ['first.tfm', 'second.tfm'])
     assert subject['meta']['transforms_applied'] == [
-        f'all files: {folder / "first.tfm"}',
-        f'mov.nii.gz: {folder / "second.tfm"}',
-        f'labels.nii.gz: {folder / "second.tfm"}',
-    ]
+        f'all files: {files["folder"] / "first.tfm"}', f'all files: {files["folder"] / "second.tfm"}']
     reference = sitk.ReadImage(files['reference'])
     moving = sitk.Cast(sitk.ReadImage(files['moving']), sitk.sitkFloat32)
-    once = sitk.Resample(moving, reference, sitk.CompositeTransform([second, first]), sitk.sitkLinear, 0.0)
     data = subject['images'].data.numpy()[1]
-    np.testing.assert_allclose(data, sitk.GetArrayFromImage(once), atol=1e-4)
-    # In sequence: warp by T2 onto the reference grid, then that by T1 (two interpolations).
-    middle = sitk.Resample(moving, reference, second, sitk.sitkLinear, 0.0)
-    twice = sitk.GetArrayFromImage(sitk.Resample(middle, reference, first, sitk.sitkLinear, 0.0))
+    once = sitk.GetArrayFromImage(resample(moving, reference, sitk.CompositeTransform([first, second])))
+    np.testing.assert_allclose(data, once, atol=1e-4)
+    labels = subject['labelmap_0'].data.numpy()[0]
+    np.testing.assert_array_equal(
+        labels, expected(files, sitk.CompositeTransform([first, second]), 'labels', sitk.sitkNearestNeighbor))
+    # The seed's loop: each applyTransform(t) resamples the previous result at t(p) (two interpolations).
+    sequential = moving
+    for transform in (first, second):
+        sequential = resample(sequential, reference, transform)
+    twice = sitk.GetArrayFromImage(sequential)
     inside = (data != 0) & (twice != 0)
     inside[:3], inside[-3:], inside[:, :3], inside[:, -3:], inside[..., :3], inside[..., -3:] = (False,) * 6
     assert inside.sum() > data.size // 5
     difference = np.abs(data - twice)[inside]
     assert np.median(difference) < 1.0 and difference.mean() < 0.03 * np.abs(data[inside]).mean()
     # The other order is a different result: the order matters.
-    swapped = sitk.GetArrayFromImage(
-        sitk.Resample(moving, reference, sitk.CompositeTransform([first, second]), sitk.sitkLinear, 0.0))
+    swapped = sitk.GetArrayFromImage(resample(moving, reference, sitk.CompositeTransform([second, first])))
     assert np.abs(swapped - data)[inside].mean() > 3 * difference.mean()
+
+
+def test_file_subject_and_inverted_field_lists_concatenate_in_seed_order(files):
+    """A file's list, then the subject's: [F_1, F_2, S_1, S_2] with invert flags and a displacement field."""
+    folder = files['folder']
+    sitk.WriteTransform(rigid().GetInverse(), str(folder / 'rigid_back.tfm'))
+    sitk.WriteTransform(affine(), str(folder / 'affine.tfm'))
+    shift = sitk.TranslationTransform(3, (1.5, -2.0, 1.0))
+    sitk.WriteTransform(shift, str(folder / 'shift.tfm'))
+    displacement = field(sitk.ReadImage(files['reference']))
+    write(displacement, folder / 'warp.nii.gz')
+    per_file = [{'path': 'rigid_back.tfm', 'invert': True}, 'affine.tfm']
+    subject = load(files, ['warp.nii.gz', 'shift.tfm'], per_file=per_file)
+    applied = subject['meta']['transforms_applied']
+    assert applied[0] == f'mov.nii.gz: {folder / "rigid_back.tfm"} (inverted)'
+    assert applied[-2:] == [f'all files: {folder / "warp.nii.gz"}', f'all files: {folder / "shift.tfm"}']
+    warp = sitk.DisplacementFieldTransform(sitk.Image(displacement))
+    chain = [rigid(), affine(), warp, shift]
+    point = (9.0, 8.0, 11.0)
+    want_point = point
+    for transform in reversed(chain):  # the last of the list meets the grid point first
+        want_point = transform.TransformPoint(want_point)
+    reader = subject['images'].reader
+    composed = registration.compose(reader.transforms[files['moving']])
+    np.testing.assert_allclose(composed.TransformPoint(point), want_point, atol=1e-9)
+    data = subject['images'].data.numpy()[1]
+    np.testing.assert_allclose(data, expected(files, sitk.CompositeTransform(chain)), atol=1e-4, rtol=0)
+    labels = subject['labelmap_0'].data.numpy()[0]
+    want_labels = expected(files, sitk.CompositeTransform(chain), 'labels', sitk.sitkNearestNeighbor)
+    np.testing.assert_array_equal(labels, want_labels)
+    assert set(np.unique(labels).tolist()) <= LABELS
+    # The reference image got the subject's list only.
+    np.testing.assert_allclose(
+        subject['images'].data.numpy()[0],
+        expected(files, sitk.CompositeTransform([warp, shift]), 'reference'), atol=1e-4, rtol=0)
+    swapped = expected(files, sitk.CompositeTransform(chain[::-1]))
+    assert np.abs(swapped - data).mean() > 10 * np.abs(expected(files, sitk.CompositeTransform(chain)) - data).mean()
 
 
 def test_bad_transform_files_name_subject_and_file(files):
@@ -199,7 +248,7 @@ def test_per_file_transforms_in_every_manifest_format(files):
         data = pt.subjects_from_manifest(manifest)[0]['images'].data.numpy()
         if reference_data is None:
             reference_data = data
-            composite = sitk.CompositeTransform([affine(), rigid()])
+            composite = sitk.CompositeTransform([rigid(), affine()])  # the list, as given
             np.testing.assert_allclose(data[1], expected(files, composite), atol=1e-4)
         np.testing.assert_array_equal(data, reference_data)
 

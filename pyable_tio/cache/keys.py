@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ..constants import CACHE_FORMAT_VERSION
+from ..constants import CACHE_FORMAT_VERSION, CACHE_KEY_VERSION
 from ..hashing import digest_of, entries_digest, file_digest, file_signature, known_digest, remember_digest
 from ..manifest.records import TransformEntry
 from .entry import atomic_write
@@ -26,7 +26,7 @@ def key_inputs(reader: Any, source: str, entries: Sequence[TransformEntry]) -> d
         entries: Transforms applied to the file, in order (their contents are hashed).
 
     Returns:
-        Format version, backend, source and transforms digests, grid (x,y,z order), role,
+        Format and key versions, backend, source and transforms digests, grid (x,y,z order), role,
         interpolator, dtype and default value.
 
     Example:
@@ -37,6 +37,8 @@ def key_inputs(reader: Any, source: str, entries: Sequence[TransformEntry]) -> d
     is_image = role == backend.ROLE_IMAGE
     return {
         'format': CACHE_FORMAT_VERSION,
+        # Same files and transforms, another meaning (e.g. the list order): another key.
+        'key_version': CACHE_KEY_VERSION,
         'backend': backend.active_backend(),
         'source': source,
         'transforms': entries_digest(entries),

@@ -92,7 +92,8 @@ def parse_transforms(value: Any, root: Path) -> tuple[TransformEntry, ...]:
 def parse_file_entry(value: Any, root: Path, name: str | None = None) -> FileEntry:
     """A path, or ``{"path": ..., "transforms": [...], "name": ...}``.
 
-    The item's ``transforms`` apply to this file only, after the subject's (list order).
+    The item's ``transforms`` apply to this file only, before the subject's (seed order:
+    ``[*file, *subject]`` reads the file at ``F(S(p))``).
 
     Example:
         >>> entry = parse_file_entry({'path': 't2.nii.gz', 'transforms': ['t2_to_t1.tfm']}, Path('/data'))
