@@ -8,12 +8,10 @@ headers are read at construction; each item is loaded in ``__getitem__``.
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
-import numpy as np
 import torch
 import torchio as tio
 
@@ -28,19 +26,15 @@ from .constants import (
     LABELMAP_PREFIX,
     LINEAR,
     META,
-    META_AXIS_ORDER,
     REFERENCE_FIRST,
     ROI_PREFIX,
 )
-from .errors import describe
-from .geometry import Grid, grid_from_meta, planar_grid, ras_affine_to_grid
 from .manifest import ManifestSource
 from .reference import ReferenceSelector, ReferenceSpace
 from .subjects import MISSING_EMPTY, subjects_from_manifest
+from .transforms.adapter import CallableTransform, item_meta
 from .transforms.layout import ToZYX
 
-#: The seed's transform: ``(images, rois, labelmaps, meta) -> (images, rois, labelmaps)``.
-DictTransform = Callable[[Any, list, list, dict], tuple]
 #: What ``transforms=`` accepts: one transform or a sequence applied in order.
 TransformSpec = Union[tio.Transform, Callable, Sequence[Union[tio.Transform, Callable]]]
 
@@ -81,13 +75,16 @@ class PyableDataset(torch.utils.data.Dataset):
             ``subjects_from_manifest(reference=...)``.
         reference_space: One grid for every subject (image path, grid dict in x,y,z order, or
             :class:`Grid`); overrides every reference.
-        transforms: ``None``; a TorchIO transform (or any callable taking and returning a
-            ``tio.Subject``, e.g. the package's own transforms), applied to the loaded
-            subject; a callable with the seed's signature ``(images, rois, labelmaps, meta) ->
-            (images, rois, labelmaps)`` applied to the item's tensors; or a sequence of these,
-            applied in order (subject transforms before dict transforms). Subject transforms
-            are followed by :class:`pyable_tio.ToZYX`, so items stay in Z,Y,X order even after
-            a transform that reorders axes (``tio.ToCanonical``).
+        transforms: ``None``, one transform or a sequence of them, applied in order to the loaded
+            subject: TorchIO transforms (the package's own too), and seed-style functions
+            ``fn(images, rois, labelmaps, meta) -> (images, rois, labelmaps[, meta])`` given the
+            item's C x D x H x W ``images`` tensor, lists of D x H x W ``rois``/``labelmaps``
+            tensors and the item's ``meta`` (run through
+            :class:`pyable_tio.transforms.CallableTransform`: the same contract, checks and
+            history). Every callable that is not a ``tio.Transform`` is a seed-style function,
+            whatever its signature; make a subject-level function a ``tio.Transform``. The
+            transforms are followed by :class:`pyable_tio.ToZYX`, so items stay in Z,Y,X order
+            even after a transform that reorders axes (``tio.ToCanonical``).
         stack_channels: ``images`` as one C x D x H x W tensor (True) or a list of D x H x W
             tensors (False).
         cache_dir: Folder of the on-disk cache of resampled volumes (off when None).
@@ -103,8 +100,7 @@ class PyableDataset(torch.utils.data.Dataset):
     Raises:
         ManifestError: at construction, for a bad manifest, missing or unreadable files or
             images of one subject that disagree in dimension (each naming subject and file).
-        ValueError: a ``transforms`` entry that is not callable, or a subject transform
-            placed after a dict transform.
+        ValueError: a ``transforms`` entry that is not callable.
 
     Example:
         >>> dataset = PyableDataset('manifest.json', reference_selector='largest')  # doctest: +SKIP
@@ -129,7 +125,7 @@ class PyableDataset(torch.utils.data.Dataset):
         root: str | os.PathLike | None = None,
         **subject_options: Any,
     ) -> None:
-        self.subject_transforms, self.dict_transforms = split_transforms(transforms)
+        self.transforms = seed_transforms(transforms)
         self.stack_channels = stack_channels
         self.return_meta = return_meta
         # missing="empty" lets subjects list different numbers of ROIs/label maps; the fillers
@@ -159,24 +155,19 @@ class PyableDataset(torch.utils.data.Dataset):
 
         Raises:
             LoadError: a file that cannot be read or resampled (naming subject and file).
-            TypeError: a dict transform that does not return ``(images, rois, labelmaps)``.
+            TypeError: a seed-style function that does not return ``(images, rois, labelmaps)``
+                (or with ``meta``).
+            ValueError: a seed-style function that changes counts, shapes or label values.
         """
         # A copy, so that loaded voxels never accumulate in the dataset (nor in workers).
         subject = copy.deepcopy(self.subjects[index])
         subject.load()
-        for transform in self.subject_transforms:
+        for transform in self.transforms:
             subject = transform(subject)
-        if self.subject_transforms:
+        if self.transforms:
             # As for datasets and queues: whatever a transform reordered (ToCanonical...), items stay Z,Y,X.
             subject = ToZYX()(subject)
         item = subject_to_item(subject, self.stack_channels)
-        for transform in self.dict_transforms:
-            result = transform(item[ITEM_IMAGES], item[ITEM_ROIS], item[ITEM_LABELMAPS], item[META])
-            if not isinstance(result, (tuple, list)) or len(result) != 3:
-                problem = f'transform {transform!r} must return (images, rois, labelmaps), got {type(result).__name__}'
-                raise TypeError(describe(item[ID], None, problem))
-            images, rois, labelmaps = result
-            item[ITEM_IMAGES], item[ITEM_ROIS], item[ITEM_LABELMAPS] = images, list(rois), list(labelmaps)
         if not self.return_meta:
             del item[META]
         return item
@@ -214,58 +205,36 @@ def subject_to_item(subject: tio.Subject, stack_channels: bool = True) -> dict[s
     item = {ID: subject[ID], ITEM_IMAGES: data}
     item[ITEM_ROIS] = [image.data[0] for image in _numbered(subject, ROI_PREFIX)]
     item[ITEM_LABELMAPS] = [image.data[0] for image in _numbered(subject, LABELMAP_PREFIX)]
-    item[META] = _item_meta(subject[META], images[0])
+    item[META] = item_meta(subject[META], images[0])
     for key, value in extra.items():
         if key not in (ID, META):
             item[key] = value
     return item
 
 
-def split_transforms(transforms: TransformSpec | None) -> tuple[list[Callable], list[DictTransform]]:
-    """Sort ``transforms`` into subject transforms and seed-signature dict transforms.
+def seed_transforms(transforms: TransformSpec | None) -> list[tio.Transform]:
+    """``transforms`` as TorchIO transforms: every other callable wrapped in ``CallableTransform``.
 
-    A ``tio.Transform`` is a subject transform; another callable is a dict transform when it
-    takes four positional arguments ``(images, rois, labelmaps, meta)``, else a subject
-    transform (one argument, a ``tio.Subject``).
+    No signature is inspected: a callable that is not a ``tio.Transform`` is a seed-style
+    function ``(images, rois, labelmaps, meta) -> (images, rois, labelmaps[, meta])``.
 
     Raises:
-        ValueError: an entry that is not callable, or a subject transform after a dict one.
+        ValueError: an entry that is not callable.
 
     Example:
-        >>> subject_level, dict_level = split_transforms([tio.RandomFlip(), lambda i, r, l, m: (i, r, l)])
-        >>> len(subject_level), len(dict_level)
-        (1, 1)
+        >>> steps = seed_transforms([tio.RandomFlip(), lambda i, r, l, m: (i, r, l)])
+        >>> [type(step).__name__ for step in steps]
+        ['RandomFlip', 'CallableTransform']
     """
     if transforms is None:
-        return [], []
+        return []
     entries = [transforms] if callable(transforms) else list(transforms)
-    subject_level: list[Callable] = []
-    dict_level: list[DictTransform] = []
+    steps: list[tio.Transform] = []
     for entry in entries:
         if not callable(entry):
             raise ValueError(f'transforms must be callables or TorchIO transforms, got {entry!r}')
-        if _is_dict_transform(entry):
-            dict_level.append(entry)
-        elif dict_level:
-            raise ValueError(
-                f'subject transform {entry!r} comes after a (images, rois, labelmaps, meta) transform;'
-                ' put TorchIO/subject transforms first'
-            )
-        else:
-            subject_level.append(entry)
-    return subject_level, dict_level
-
-
-def _is_dict_transform(entry: Callable) -> bool:
-    if isinstance(entry, tio.Transform):
-        return False
-    try:
-        parameters = inspect.signature(entry).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    varargs = any(p.kind == p.VAR_POSITIONAL for p in parameters)
-    return len(positional) >= 4 or (varargs and len(positional) < 2)
+        steps.append(entry if isinstance(entry, tio.Transform) else CallableTransform(entry))
+    return steps
 
 
 def _images(subject: tio.Subject) -> list[tio.Image]:
@@ -289,33 +258,3 @@ def _drop_fillers(subject: tio.Subject) -> None:
         while f'{prefix}{index}' in subject:
             subject.remove_image(f'{prefix}{index}')
             index += 1
-
-
-def _item_meta(subject_meta: dict[str, Any], image: tio.Image) -> dict[str, Any]:
-    """The subject's meta, with geometry that describes the (possibly transformed) tensors."""
-    meta = dict(subject_meta)
-    reference = grid_from_meta(meta)
-    if reference is None:
-        raise ValueError('subject meta has no reference grid (size, spacing, origin, direction)')
-    affine = np.asarray(image.affine, dtype=float)
-    shape = tuple(int(n) for n in image.data.shape[1:])
-    same = shape == reference.shape_zyx and np.allclose(affine, reference.affine_zyx(), atol=1e-6)
-    grid = reference if same else _grid_of(affine, shape, reference.dimension)
-    # Grid fields are already tuples of floats (size: ints), in x,y,z order.
-    meta.update(
-        axis_order=META_AXIS_ORDER,
-        spacing=grid.spacing,
-        origin=grid.origin,
-        direction=grid.direction,
-        size=grid.size,
-        orientation=grid.orientation(),
-        affine=affine.tolist(),
-    )
-    return meta
-
-
-def _grid_of(affine_zyx: np.ndarray, shape_zyx: tuple[int, int, int], dimension: int) -> Grid:
-    grid = ras_affine_to_grid(affine_zyx, shape_zyx)
-    # A 2-D subject that stayed one slice in its plane is described in 2-D, like its files.
-    planar = planar_grid(grid) if dimension == 2 else None
-    return grid if planar is None else planar

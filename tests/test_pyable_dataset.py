@@ -11,7 +11,7 @@ import torchio as tio
 import pyable_tio as pt
 from pyable_tio import backend, synthetic
 from pyable_tio.geometry import Grid
-from pyable_tio.pyable_dataset import split_transforms
+from pyable_tio.pyable_dataset import seed_transforms
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
@@ -174,15 +174,14 @@ def test_items_stay_zyx_after_a_transform_that_reorders_axes(manifest):
 
 
 def test_transform_ordering_and_validation():
+    """No signature sniffing: every callable that is not a tio.Transform is a seed-style function."""
     flip = tio.RandomFlip()
     seed = lambda images, rois, labelmaps, meta: (images, rois, labelmaps)  # noqa: E731
-    subject_fn = lambda subject: subject  # noqa: E731
-    assert split_transforms([flip, subject_fn, seed]) == ([flip, subject_fn], [seed])
-    assert split_transforms(seed) == ([], [seed])
-    with pytest.raises(ValueError, match='put TorchIO/subject transforms first'):
-        split_transforms([seed, flip])
+    steps = seed_transforms([seed, flip, seed])  # any order
+    assert [type(s).__name__ for s in steps] == ['CallableTransform', 'RandomFlip', 'CallableTransform']
+    assert steps[0].function is seed and steps[1] is flip
     with pytest.raises(ValueError, match='callables'):
-        split_transforms([3])
+        seed_transforms([3])
 
 
 def test_dict_transform_with_a_wrong_return_names_the_subject(manifest):

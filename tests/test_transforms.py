@@ -248,14 +248,15 @@ def test_rotation90_refuses_anisotropic_in_plane_spacing(subject_2d):
 
 
 def flip_w(images, rois, labelmaps, meta):
-    """Seed-style callable: flip every array along W (x)."""
-    assert meta['size'] == [18, 16, 12] or tuple(meta['size']) == (18, 16, 12)
-    flip = lambda arrays: [a[:, :, ::-1] for a in arrays]  # noqa: E731
-    return flip(images), flip(rois), flip(labelmaps)
+    """Seed-style callable: flip every tensor along W (x)."""
+    assert tuple(meta['size']) == (18, 16, 12) and meta['axis_order'] == 'xyz'
+    assert isinstance(images, torch.Tensor) and images.shape == (2, 12, 16, 18)
+    flip = lambda tensors: [torch.flip(t, (-1,)) for t in tensors]  # noqa: E731
+    return torch.flip(images, (-1,)), flip(rois), flip(labelmaps)
 
 
 def blur_labels(images, rois, labelmaps, meta):
-    return images, rois, [(a + np.roll(a, 1, axis=2)) / 2 for a in labelmaps]
+    return images, rois, [(a + torch.roll(a, 1, dims=2)) / 2 for a in labelmaps]
 
 
 def drop_roi(images, rois, labelmaps, meta):
@@ -263,7 +264,11 @@ def drop_roi(images, rois, labelmaps, meta):
 
 
 def crop_images(images, rois, labelmaps, meta):
-    return [a[1:] for a in images], rois, labelmaps
+    return images[:, 1:], rois, labelmaps
+
+
+def images_only(images, rois, labelmaps, meta):
+    return images
 
 
 def test_callable_transform_matches_torchio_flip(subject):
@@ -277,11 +282,13 @@ def test_callable_transform_matches_torchio_flip(subject):
 @pytest.mark.parametrize('function, message', [
     (blur_labels, r'"labelmap_0": new values .* labels must not be interpolated'),
     (drop_roi, 'returned 0 rois, expected 1'),
-    (crop_images, r'"images" channel 0: returned shape \(11, 16, 18\), expected \(12, 16, 18\)'),
+    (crop_images, r'"images": returned images of shape \(2, 11, 16, 18\), expected \(2, 12, 16, 18\)'),
 ])
 def test_callable_transform_errors(subject, function, message):
     with pytest.raises(ValueError, match=message):
         T.CallableTransform(function)(subject)
+    with pytest.raises(TypeError, match=r'subject "sub-00": transform images_only: must return \(images, rois'):
+        T.CallableTransform(images_only)(subject)
 
 
 def test_compose_mixes_callables_and_torchio(subject):
@@ -460,3 +467,67 @@ def test_monai_transforms_through_the_adapter(manifest, subject):
     dataset = pt.dataset_from_manifest(manifest, transform=tio.MonaiAdapter(rotate))
     with pytest.raises(T.LayoutError, match='not a permutation of the Z,Y,X axes'):
         dataset[0]
+
+
+# --- the seed's callable contract (one for CallableTransform and PyableDataset) ----------------
+
+
+def seed_random_flip(images, rois, labelmaps, meta):
+    """The seed's RandomFlip, with the flip always drawn: torch.flip on the C x D x H x W tensor."""
+    return torch.flip(images, dims=(3,)), [torch.flip(r, dims=(2,)) for r in rois], \
+        [torch.flip(m, dims=(2,)) for m in labelmaps]
+
+
+def tag_meta(images, rois, labelmaps, meta):
+    return images, rois, labelmaps, {**meta, 'augmented': True, 'spacing': (9.0, 9.0, 9.0)}
+
+
+def doc_seed_functions() -> dict:
+    """Every ``def f(images, rois, labelmaps, meta)`` of a python block in README.md and docs/*.md."""
+    import ast
+    import pathlib
+    import re
+    import textwrap
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    found = {}
+    for path in [root / 'README.md', *sorted((root / 'docs').glob('*.md'))]:
+        for block in re.findall(r'```python\n(.*?)```', path.read_text(), flags=re.S):
+            if 'labelmaps, meta)' not in block:
+                continue
+            tree = ast.parse(textwrap.dedent(block))  # a block that does not parse fails here
+            for node in tree.body:
+                if isinstance(node, ast.FunctionDef) and [a.arg for a in node.args.args] == [
+                        'images', 'rois', 'labelmaps', 'meta']:
+                    namespace = {'torch': torch, 'np': np}
+                    exec(compile(ast.Module([node], []), str(path), 'exec'), namespace)  # noqa: S102
+                    found[f'{path.name}:{node.name}'] = namespace[node.name]
+    return found
+
+
+def test_seed_callables_get_tensors_in_both_paths(manifest, subject):
+    """The seed's RandomFlip (torch.flip) runs in CallableTransform and in PyableDataset, equal to tio.Flip."""
+    out = T.CallableTransform(seed_random_flip)(subject)
+    assert_same_subject(out, tio.Flip(axes=(2,))(subject))
+    plain = pt.PyableDataset(manifest)[0]
+    item = pt.PyableDataset(manifest, transforms=seed_random_flip)[0]
+    assert torch.equal(item['images'], torch.flip(plain['images'], (3,)))
+    assert torch.equal(item['labelmaps'][0], torch.flip(plain['labelmaps'][0], (2,)))
+    # The same function after a transform that reorders axes still gets D, H, W.
+    canonical = pt.PyableDataset(manifest, transforms=[tio.ToCanonical(), flip_w, tio.RandomNoise(std=0)])[0]
+    assert torch.equal(canonical['images'], item['images'])
+    # A returned meta reaches the item, except the geometry, which describes the tensors.
+    tagged = pt.PyableDataset(manifest, transforms=tag_meta)[0]
+    assert tagged['meta']['augmented'] is True and tagged['meta']['spacing'] == plain['meta']['spacing']
+    with pytest.raises(TypeError, match=r'subject "sub-00": transform images_only: must return'):
+        pt.PyableDataset(manifest, transforms=images_only)[0]
+
+
+def test_every_doc_seed_callable_runs_in_both_paths(manifest, subject):
+    functions = doc_seed_functions()
+    assert {'README.md:zscore', 'API.md:flip_w', 'TRANSFORMS_GUIDE.md:swap_lr'} <= set(functions)
+    for name, function in functions.items():
+        through_subject = T.CallableTransform(function)(subject)
+        item = pt.PyableDataset(manifest, transforms=function)[0]
+        assert torch.equal(item['images'], through_subject['images'].data), name
+        assert torch.equal(item['labelmaps'][0], through_subject['labelmap_0'].data[0]), name

@@ -1,4 +1,17 @@
-"""Wrap a callable of the seed's signature into a TorchIO transform."""
+"""The seed's callable contract, one implementation for ``CallableTransform`` and ``PyableDataset``.
+
+A seed-style function is called ``function(images, rois, labelmaps, meta)`` with
+
+- ``images``: one C x D x H x W ``torch.Tensor`` (every intensity channel, Z,Y,X);
+- ``rois``, ``labelmaps``: lists of D x H x W tensors (integer types kept);
+- ``meta``: the item's meta dict (x,y,z ``spacing``/``origin``/``direction``/``size`` of these
+  tensors, their Z,Y,X ``affine``, ``axis_order``, ``source_paths``, ...),
+
+and returns ``(images, rois, labelmaps)`` or ``(images, rois, labelmaps, meta)``: tensors or numpy
+arrays of the same shapes and counts. Which way a callable is used never depends on its
+signature: in :class:`pyable_tio.transforms.Compose` and ``PyableDataset(transforms=...)`` every
+callable that is not a ``tio.Transform`` is a seed-style function.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +23,29 @@ import numpy as np
 import torch
 import torchio as tio
 
-from ..constants import ID, IMAGE_PREFIX, IMAGES, LABELMAP_PREFIX, META, ROI_PREFIX
+from ..constants import ID, IMAGE_PREFIX, IMAGES, LABELMAP_PREFIX, META, META_AXIS_ORDER, ROI_PREFIX
 from ..errors import describe
+from ..geometry import Grid, grid_from_meta, planar_grid, ras_affine_to_grid
+from .layout import ToZYX, is_zyx
 
-#: ``function(images, rois, labelmaps, meta) -> (images, rois, labelmaps)``; arrays are D x H x W.
-SeedFunction = Callable[[list, list, list, dict], Sequence[Sequence[Any]]]
+#: ``function(images, rois, labelmaps, meta) -> (images, rois, labelmaps[, meta])``.
+SeedFunction = Callable[[torch.Tensor, list, list, dict], Sequence[Any]]
+
+#: Meta keys that always describe the tensors: a function's returned meta cannot change them.
+GEOMETRY_KEYS = ('axis_order', 'spacing', 'origin', 'direction', 'size', 'orientation', 'affine')
 
 
 class CallableTransform(tio.Transform):
-    """A TorchIO transform that calls ``function(images, rois, labelmaps, meta)``.
+    """A TorchIO transform that calls a seed-style ``function(images, rois, labelmaps, meta)``.
 
-    The function receives lists of numpy arrays, each D x H x W (Z,Y,X): one per intensity
-    channel (the channels of ``images`` first, then ``image_0``, ``image_1``, ...), one per ROI
-    (``roi_0``, ...) and one per label map (``labelmap_0``, ...), plus a copy of ``subject['meta']``.
-    It returns ``(images, rois, labelmaps)``: lists of the same lengths, arrays (or tensors) of
-    the same shape. The results replace the subject's tensors; the affine is kept. It is recorded
-    in the subject's history like any TorchIO transform.
+    The function receives ``images`` as one C x D x H x W tensor (the channels of ``images``
+    first, then ``image_0``, ``image_1``, ...), ``rois`` and ``labelmaps`` as lists of D x H x W
+    tensors (``roi_0``, ... and ``labelmap_0``, ...) and the item's ``meta`` (as
+    :class:`pyable_tio.PyableDataset` gives it). It returns ``(images, rois, labelmaps)`` or
+    ``(images, rois, labelmaps, meta)``: tensors (or arrays) of the same shapes and counts. The
+    results replace the subject's tensors (each in its own dtype); the affine is kept; a returned
+    ``meta`` updates ``subject['meta']`` except the geometry keys. It is recorded in the
+    subject's history like any TorchIO transform.
 
     Args:
         function: The seed-style callable. It must be picklable to run in DataLoader workers
@@ -33,14 +53,15 @@ class CallableTransform(tio.Transform):
         **kwargs: See ``tio.Transform``.
 
     Raises:
-        ValueError: the function returns lists of other lengths or arrays of another shape, or a
-            ROI/label map with values it did not have (labels must be moved, never interpolated);
-            messages name the subject and the key.
+        TypeError: the function does not return a tuple of 3 or 4 items.
+        ValueError: lists of other lengths, tensors of another shape, or a ROI/label map with
+            values it did not have (labels must be moved, never interpolated); messages name
+            the subject and the key.
 
     Example:
         >>> def swap_lr(images, rois, labelmaps, meta):
-        ...     flip = lambda arrays: [a[:, :, ::-1] for a in arrays]
-        ...     return flip(images), flip(rois), flip(labelmaps)
+        ...     flip = lambda tensors: [torch.flip(t, (-1,)) for t in tensors]  # W = x
+        ...     return torch.flip(images, (-1,)), flip(rois), flip(labelmaps)
         >>> transform = CallableTransform(swap_lr)
         >>> flipped = transform(subject)  # doctest: +SKIP
     """
@@ -53,65 +74,154 @@ class CallableTransform(tio.Transform):
         self.args_names = ['function']
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        groups = {
-            'images': _image_channels(subject),
-            'rois': [(key, None) for key in _numbered(subject, ROI_PREFIX)],
-            'labelmaps': [(key, None) for key in _numbered(subject, LABELMAP_PREFIX)],
-        }
-        inputs = {
-            group: [_array(subject[key], channel) for key, channel in slots] for group, slots in groups.items()
-        }
+        if grid_from_meta(subject.get(META)) is not None and not is_zyx(subject):
+            subject = ToZYX()(subject)  # after e.g. tio.ToCanonical: the function is promised D, H, W
+        image_keys = ([IMAGES] if IMAGES in subject else []) + _numbered(subject, IMAGE_PREFIX)
+        roi_keys, labelmap_keys = _numbered(subject, ROI_PREFIX), _numbered(subject, LABELMAP_PREFIX)
+        images = [subject[key].data for key in image_keys]
+        stacked = torch.cat(images) if len(images) > 1 else images[0] if images else torch.zeros(0)
         meta = dict(subject.get(META) or {})
-        result = self.function(inputs['images'], inputs['rois'], inputs['labelmaps'], meta)
-        subject_id = subject.get(ID)
-        if not isinstance(result, (tuple, list)) or len(result) != 3:
-            raise ValueError(describe(subject_id, _name(self.function), 'must return (images, rois, labelmaps)'))
-        new_channels: dict[str, dict[int | None, torch.Tensor]] = {}
-        for (group, slots), outputs in zip(groups.items(), result):
-            outputs = list(outputs)
-            if len(outputs) != len(slots):
-                problem = f'returned {len(outputs)} {group}, expected {len(slots)}'
-                raise ValueError(describe(subject_id, _name(self.function), problem))
-            for (key, channel), before, after in zip(slots, inputs[group], outputs):
-                after = np.asarray(after.detach().cpu() if isinstance(after, torch.Tensor) else after)
-                where = f'{_name(self.function)}: "{key}"' + ('' if channel is None else f' channel {channel}')
-                if after.shape != before.shape:
-                    problem = (
-                        f'returned shape {after.shape}, expected {before.shape} (D, H, W);'
-                        ' change geometry with TorchIO spatial transforms'
-                    )
-                    raise ValueError(describe(subject_id, where, problem))
-                if group != 'images':
-                    extra = set(np.unique(after).tolist()) - set(np.unique(before).tolist())
-                    if extra:
-                        problem = f'new values {sorted(extra)[:5]} in a label map: labels must not be interpolated'
-                        raise ValueError(describe(subject_id, where, problem))
-                    after = after.astype(before.dtype, copy=False)
-                new_channels.setdefault(key, {})[channel] = torch.as_tensor(np.ascontiguousarray(after))
-        for key, channels in new_channels.items():
-            image = subject[key]
-            if None in channels:
-                image.set_data(channels[None][np.newaxis])
-            else:
-                image.set_data(torch.stack([channels[c] for c in range(len(channels))]))
+        if images and grid_from_meta(meta) is not None:
+            meta = item_meta(meta, subject[image_keys[0]])
+        images_out, rois, labelmaps, new_meta = call_seed_function(
+            self.function, stacked, [subject[k].data[0] for k in roi_keys],
+            [subject[k].data[0] for k in labelmap_keys], meta, subject.get(ID), image_keys[0] if images else IMAGES,
+        )
+        start = 0
+        for key, data in zip(image_keys, images):
+            subject[key].set_data(images_out[start:start + data.shape[0]].to(data.dtype).contiguous())
+            start += data.shape[0]
+        for keys, outputs in ((roi_keys, rois), (labelmap_keys, labelmaps)):
+            for key, output in zip(keys, outputs):
+                subject[key].set_data(output[np.newaxis].contiguous())
+        if new_meta is not None and META in subject:
+            updates = {k: v for k, v in new_meta.items() if k not in GEOMETRY_KEYS}
+            subject[META] = {**subject[META], **updates}
         return subject
 
 
-def _image_channels(subject: tio.Subject) -> list[tuple[str, int]]:
-    keys = ([IMAGES] if IMAGES in subject else []) + _numbered(subject, IMAGE_PREFIX)
-    return [(key, c) for key in keys for c in range(subject[key].data.shape[0])]
+def call_seed_function(
+    function: SeedFunction,
+    images: torch.Tensor,
+    rois: list[torch.Tensor],
+    labelmaps: list[torch.Tensor],
+    meta: dict[str, Any],
+    subject_id: str | None,
+    images_key: str = IMAGES,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], dict[str, Any] | None]:
+    """Call ``function`` with the seed's arguments and check what it returns.
+
+    Args:
+        function: The seed-style callable.
+        images: C x D x H x W tensor.
+        rois: D x H x W tensors.
+        labelmaps: D x H x W tensors.
+        meta: The item's meta dict.
+        subject_id: Named in errors.
+        images_key: Named in errors about the images.
+
+    Returns:
+        ``(images, rois, labelmaps, meta)`` as tensors (label maps and ROIs in their input
+        dtypes); ``meta`` is None when the function returned three items.
+
+    Raises:
+        TypeError: not a tuple/list of 3 or 4 items, or a 4th item that is not a dict.
+        ValueError: other counts or shapes, or new values in a ROI/label map.
+
+    Example:
+        >>> out = call_seed_function(lambda i, r, l, m: (i * 2, r, l), torch.ones(1, 2, 3, 4), [], [], {}, 's')
+        >>> out[0].sum().item(), out[3]
+        (48.0, None)
+    """
+    name = f'transform {getattr(function, "__name__", type(function).__name__)}'
+    result = function(images, rois, labelmaps, meta)
+    if not isinstance(result, (tuple, list)) or len(result) not in (3, 4):
+        got = f'{len(result)} items' if isinstance(result, (tuple, list)) else type(result).__name__
+        problem = f'must return (images, rois, labelmaps) or (images, rois, labelmaps, meta), got {got}'
+        raise TypeError(describe(subject_id, name, problem))
+    new_meta = result[3] if len(result) == 4 else None
+    if new_meta is not None and not isinstance(new_meta, dict):
+        raise TypeError(describe(subject_id, name, f'the returned meta must be a dict, got {type(new_meta).__name__}'))
+    images_out = _tensor(result[0])
+    if tuple(images_out.shape) != tuple(images.shape):
+        problem = (
+            f'returned images of shape {tuple(images_out.shape)}, expected {tuple(images.shape)} (C, D, H, W);'
+            ' change geometry with TorchIO spatial transforms'
+        )
+        raise ValueError(describe(subject_id, f'{name}: "{images_key}"', problem))
+    if not images_out.is_floating_point() and images.is_floating_point():
+        images_out = images_out.to(images.dtype)
+    outputs = []
+    for group, prefix, before_list, after_list in (
+        ('rois', ROI_PREFIX, rois, result[1]), ('labelmaps', LABELMAP_PREFIX, labelmaps, result[2]),
+    ):
+        after_list = list(after_list)
+        if len(after_list) != len(before_list):
+            problem = f'returned {len(after_list)} {group}, expected {len(before_list)}'
+            raise ValueError(describe(subject_id, name, problem))
+        checked = []
+        for i, (before, after) in enumerate(zip(before_list, after_list)):
+            after = _tensor(after)
+            where = f'{name}: "{prefix}{i}"'
+            if tuple(after.shape) != tuple(before.shape):
+                problem = f'returned shape {tuple(after.shape)}, expected {tuple(before.shape)} (D, H, W)'
+                raise ValueError(describe(subject_id, where, problem))
+            extra = set(torch.unique(after).tolist()) - set(torch.unique(before).tolist())
+            if extra:
+                problem = f'new values {sorted(extra)[:5]} in a label map: labels must not be interpolated'
+                raise ValueError(describe(subject_id, where, problem))
+            checked.append(after.to(before.dtype))
+        outputs.append(checked)
+    return images_out, outputs[0], outputs[1], new_meta
+
+
+def item_meta(subject_meta: dict[str, Any], image: tio.Image) -> dict[str, Any]:
+    """The subject's meta, with geometry that describes ``image``'s (possibly transformed) tensor.
+
+    Raises:
+        ValueError: ``subject_meta`` has no reference grid.
+
+    Example:
+        >>> item_meta(subject['meta'], subject['images'])['axis_order']  # doctest: +SKIP
+        'xyz'
+    """
+    meta = dict(subject_meta)
+    reference = grid_from_meta(meta)
+    if reference is None:
+        raise ValueError('subject meta has no reference grid (size, spacing, origin, direction)')
+    affine = np.asarray(image.affine, dtype=float)
+    shape = tuple(int(n) for n in image.data.shape[1:])
+    same = shape == reference.shape_zyx and np.allclose(affine, reference.affine_zyx(), atol=1e-6)
+    grid = reference if same else _grid_of(affine, shape, reference.dimension)
+    # Grid fields are already tuples of floats (size: ints), in x,y,z order.
+    meta.update(
+        axis_order=META_AXIS_ORDER,
+        spacing=grid.spacing,
+        origin=grid.origin,
+        direction=grid.direction,
+        size=grid.size,
+        orientation=grid.orientation(),
+        affine=affine.tolist(),
+    )
+    return meta
+
+
+def _grid_of(affine_zyx: np.ndarray, shape_zyx: tuple[int, int, int], dimension: int) -> Grid:
+    grid = ras_affine_to_grid(affine_zyx, shape_zyx)
+    # A 2-D subject that stayed one slice in its plane is described in 2-D, like its files.
+    planar = planar_grid(grid) if dimension == 2 else None
+    return grid if planar is None else planar
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, (list, tuple)):  # a list of D x H x W channels
+        return torch.stack([_tensor(v) for v in value]) if value else torch.zeros(0)
+    return torch.as_tensor(np.ascontiguousarray(value))
 
 
 def _numbered(subject: tio.Subject, prefix: str) -> list[str]:
     pattern = re.compile(re.escape(prefix) + r'(\d+)$')
     keys = [key for key in subject if isinstance(key, str) and pattern.match(key)]
     return sorted(keys, key=lambda key: int(pattern.match(key).group(1)))
-
-
-def _array(image: tio.Image, channel: int | None) -> np.ndarray:
-    data = image.data.numpy()
-    return (data[0] if channel is None else data[channel]).copy()
-
-
-def _name(function: Any) -> str:
-    return f'transform {getattr(function, "__name__", type(function).__name__)}'
