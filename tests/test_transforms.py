@@ -238,10 +238,51 @@ def test_rotation90_in_the_h_w_plane(subject):
     assert ks <= {0, 1, 2, 3} and len(ks) > 1
 
 
-def test_rotation90_refuses_anisotropic_in_plane_spacing(subject_2d):
-    with pytest.raises(ValueError, match='needs equal H and W spacings, got 1.2 and 1 mm'):
-        T.Rotation90(1)(subject_2d)
-    assert T.Rotation90(2)(subject_2d)['images'].data.shape == subject_2d['images'].data.shape
+def quarter_turn_matrix(units: np.ndarray, k: int) -> np.ndarray:
+    """World (RAS) rotation by k x 90 degrees about the D axis, taking the H direction towards W."""
+    h, w = units[:, 1], units[:, 2]
+    angle = k * np.pi / 2
+    return np.eye(3) + np.sin(angle) * (np.outer(w, h) - np.outer(h, w)) + (np.cos(angle) - 1) * (
+        np.outer(h, h) + np.outer(w, w))
+
+
+@pytest.mark.parametrize('k', [1, 2, 3])
+def test_rotation90_with_unequal_spacings_is_a_rigid_turn_in_world_space(subject_2d, tmp_path, k):
+    """H and W spacings differ (1.2 / 1.0 mm): the tensor turns, the affine follows, nothing is stretched."""
+    # An oblique 3-D volume with three different spacings and an asymmetric label map.
+    volume = synthetic.phantom((18, 14, 6), (0.8, 1.3, 2.0), origin=(4.0, -3.0, 7.0),
+                               direction=synthetic.oblique_direction(20, 'x'), seed=3)
+    sitk.WriteImage(volume, str(tmp_path / 't1.nii.gz'))
+    sitk.WriteImage(synthetic.label_map(volume), str(tmp_path / 'lab.nii.gz'))
+    manifest = {'s': {'images': [str(tmp_path / 't1.nii.gz')], 'labelmaps': [str(tmp_path / 'lab.nii.gz')]}}
+    for subject in (pt.subjects_from_manifest(manifest)[0], subject_2d):
+        subject.load()
+        out = T.Rotation90(k)(subject)
+        before, after = subject['labelmap_0'], out['labelmap_0']
+        d, h, w = before.spatial_shape
+        assert after.spatial_shape == ((d, w, h) if k % 2 else (d, h, w))
+        assert torch.equal(after.data, torch.rot90(before.data, k, dims=(2, 3)))
+        # Each array axis keeps its direction and the spacing of the voxels it now holds.
+        units = before.affine[:3, :3] / np.linalg.norm(before.affine[:3, :3], axis=0)
+        np.testing.assert_allclose(after.affine[:3, :3] / after.spacing, units, atol=1e-9)
+        spacing = np.asarray(before.spacing)
+        np.testing.assert_allclose(after.spacing, spacing[[0, 2, 1]] if k % 2 else spacing, atol=1e-9)
+        assert T.is_zyx(out)  # the layout guard accepts it as it is
+        # Physically: resampling the input through the world rotation about the centre (SimpleITK,
+        # nearest neighbour) onto the output's own grid gives the output, voxel for voxel.
+        centre = before.affine @ np.append((np.asarray(before.spatial_shape) - 1) / 2, 1)
+        rotation = quarter_turn_matrix(units, k)
+        lps = np.diag([-1.0, -1.0, 1.0])
+        turn = sitk.AffineTransform(3)
+        turn.SetMatrix((lps @ rotation.T @ lps).ravel().tolist())  # output point -> input point
+        turn.SetCenter((lps @ centre[:3]).tolist())
+        resampled = sitk.Resample(before.as_sitk(), after.as_sitk(), turn, sitk.sitkNearestNeighbor, -1)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(resampled).T, after.data[0].numpy())
+        for key in ('images', 'labelmap_0'):
+            np.testing.assert_allclose(out[key].affine, after.affine, atol=1e-9)
+        # Invertible: the inverse gives back the tensors and the affine.
+        back = out.apply_inverse_transform(warn=False)
+        assert_same_subject(back, subject)
 
 
 # --- adapter and Compose --------------------------------------------------------------------

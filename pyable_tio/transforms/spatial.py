@@ -1,13 +1,16 @@
 """Spatial transforms of the seed on Z,Y,X tensors: flips on D/H/W and 90-degree rotations.
 
-Both move voxels (no interpolation, so label maps keep their values) and keep the affine, like
-``tio.Flip``: the content is augmented, the grid stays the subject's Z,Y,X grid.
+Both move voxels (no interpolation, so label maps keep their values). Flips keep the affine,
+like ``tio.Flip``. Quarter turns keep the axes' directions and the centre of the field of view
+and let each spacing follow its array axis, so the output is the input rotated rigidly in
+world space, never stretched (see :class:`Rotation90`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torchio as tio
 from torchio.transforms.augmentation import RandomTransform
@@ -74,20 +77,24 @@ class RandomFlip(RandomTransform, tio.SpatialTransform):
 class Rotation90(tio.SpatialTransform):
     """Rotate every image by ``k`` x 90 degrees in the H-W (y-x) plane, from H towards W.
 
-    Voxels are moved with ``torch.rot90`` (labels keep their values); the affine is kept, so for
-    odd ``k`` a D x H x W tensor becomes D x W x H.
+    Voxels are moved with ``torch.rot90`` (labels keep their values), so for odd ``k`` a
+    D x H x W tensor becomes D x W x H. The affine is rewritten to match: each array axis keeps
+    the direction it had (D, H, W still point along the grid's z, y, x, so the result is in
+    Z,Y,X layout) and the spacing of the input axis its voxels came from; the centre of the
+    field of view stays where it was. The output is therefore the input turned rigidly by
+    ``k`` x 90 degrees about the D axis through that centre, the H direction going to W: for
+    every output voxel, the world point its affine gives holds the value of the input at the
+    point rotated back. Unequal H and W spacings are fine (they swap with their axes).
 
     Args:
         k: Number of quarter turns (any integer; taken modulo 4).
         **kwargs: See ``tio.Transform``.
 
-    Raises:
-        ValueError: odd ``k`` on an image whose H and W spacings differ (the rotated content would
-            be stretched).
-
     Example:
         >>> from pyable_tio.transforms import Rotation90
-        >>> rotated = Rotation90(1)(subject)  # doctest: +SKIP
+        >>> rotated = Rotation90(1)(subject_2d)  # 1 x 16 x 20 voxels of 1.2 (H) x 1.0 (W) mm  # doctest: +SKIP
+        >>> rotated['images'].shape, rotated['images'].spacing  # doctest: +SKIP
+        ((1, 1, 20, 16), (1.0, 1.0, 1.2))
     """
 
     def __init__(self, k: int = 1, **kwargs):
@@ -101,15 +108,35 @@ class Rotation90(tio.SpatialTransform):
         if k == 0:
             return subject
         images = subject.get_images_dict(intensity_only=False, include=self.include, exclude=self.exclude)
-        for name, image in images.items():
-            spacing = image.spacing  # D, H, W spacing for our layout
-            if k % 2 and abs(spacing[1] - spacing[2]) > 1e-6 * max(spacing[1:]):
-                raise ValueError(
-                    f'subject "{subject.get("id")}": image "{name}": a quarter turn in the H-W plane needs equal'
-                    f' H and W spacings, got {spacing[1]:g} and {spacing[2]:g} mm; resample first (tio.Resample)'
-                )
+        for image in images.values():
+            affine = rotated_affine(np.asarray(image.affine, float), image.spatial_shape, k)
             image.set_data(torch.rot90(image.data, k, dims=(2, 3)).contiguous())
+            image.affine = affine
         return subject
+
+
+def rotated_affine(affine: np.ndarray, shape: Sequence[int], k: int) -> np.ndarray:
+    """The affine of ``torch.rot90(data, k, dims=(2, 3))`` for a C x D x H x W tensor of ``shape``.
+
+    Column directions are kept; for odd ``k`` the H and W columns swap their lengths (spacings);
+    the world point of the array centre is unchanged.
+
+    Example:
+        >>> rotated_affine(np.diag([3.0, 1.0, 2.0, 1.0]), (1, 4, 6), 1)[:3, :3].diagonal().tolist()
+        [3.0, 2.0, 1.0]
+    """
+    matrix = affine[:3, :3].copy()
+    if k % 2:
+        lengths = np.linalg.norm(matrix, axis=0)
+        units = matrix / lengths
+        matrix = units * lengths[[0, 2, 1]]
+    shape = np.asarray(shape, float)
+    new_shape = shape[[0, 2, 1]] if k % 2 else shape
+    centre = affine[:3, :3] @ ((shape - 1) / 2) + affine[:3, 3]
+    result = np.eye(4)
+    result[:3, :3] = matrix
+    result[:3, 3] = centre - matrix @ ((new_shape - 1) / 2)
+    return result
 
 
 class RandomRotation90(RandomTransform, tio.SpatialTransform):
