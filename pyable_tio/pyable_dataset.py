@@ -33,7 +33,7 @@ from .manifest import ManifestSource
 from .reference import ReferenceSelector, ReferenceSpace
 from .subjects import MISSING_EMPTY, subjects_from_manifest
 from .transforms.adapter import CallableTransform, item_meta
-from .transforms.layout import ToZYX
+from .transforms.layout import with_layout_guard
 
 #: What ``transforms=`` accepts: one transform or a sequence applied in order.
 TransformSpec = Union[tio.Transform, Callable, Sequence[Union[tio.Transform, Callable]]]
@@ -162,11 +162,10 @@ class PyableDataset(torch.utils.data.Dataset):
         # A copy, so that loaded voxels never accumulate in the dataset (nor in workers).
         subject = copy.deepcopy(self.subjects[index])
         subject.load()
-        for transform in self.transforms:
-            subject = transform(subject)
         if self.transforms:
-            # As for datasets and queues: whatever a transform reordered (ToCanonical...), items stay Z,Y,X.
-            subject = ToZYX()(subject)
+            # As for datasets and queues: TorchIO's transforms see 2-D subjects in TorchIO's 2-D
+            # layout, and whatever a transform reordered (ToCanonical...), items stay Z,Y,X.
+            subject = with_layout_guard(tio.Compose(self.transforms))(subject)
         item = subject_to_item(subject, self.stack_channels)
         if not self.return_meta:
             del item[META]

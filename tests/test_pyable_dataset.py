@@ -247,8 +247,9 @@ def test_two_dimensional_files(tmp_path):
     assert meta['origin'] == pytest.approx((3.0, -2.0)) and len(meta['direction']) == 4
     expected = image2d.TransformIndexToPhysicalPoint((7, 11))
     np.testing.assert_allclose(physical_lps(meta['affine'], (0, 11, 7))[:2], expected, atol=1e-6)
-    # After a spatial TorchIO transform, a 2-D subject is still described in 2-D.
-    cropped = pt.PyableDataset(manifest, transforms=tio.Crop((0, 0, 2, 0, 1, 0)))[0]
+    # After a spatial TorchIO transform, a 2-D subject is still described in 2-D. TorchIO's
+    # transforms see 2-D subjects in TorchIO's 2-D layout (W, H, 1): crop 1 column, 2 rows.
+    cropped = pt.PyableDataset(manifest, transforms=tio.Crop((1, 0, 2, 0, 0, 0)))[0]
     assert cropped['images'].shape == (1, 1, 28, 19)
     assert cropped['meta']['size'] == (19, 28)
     assert cropped['meta']['origin'] == pytest.approx(image2d.TransformIndexToPhysicalPoint((1, 2)))

@@ -572,3 +572,83 @@ def test_every_doc_seed_callable_runs_in_both_paths(manifest, subject):
         item = pt.PyableDataset(manifest, transforms=function)[0]
         assert torch.equal(item['images'], through_subject['images'].data), name
         assert torch.equal(item['labelmaps'][0], through_subject['labelmap_0'].data[0]), name
+
+
+# --- TorchIO's own transforms on 2-D subjects, through the dataset and queue wrapper -------------
+
+
+def assert_same_world(ours: tio.Image, theirs: tio.Image) -> None:
+    """Every voxel of ``ours`` sits on a voxel of ``theirs`` (by the affines) and holds its value."""
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in ours.spatial_shape], indexing='ij'), -1).reshape(-1, 3)
+    world = ours.affine @ np.c_[index, np.ones(len(index))].T
+    other = (np.linalg.inv(theirs.affine) @ world)[:3].T
+    np.testing.assert_allclose(other, np.round(other), atol=1e-4)
+    other = np.round(other).astype(int)
+    assert (other >= 0).all() and (other < theirs.spatial_shape).all()
+    for channel in range(ours.data.shape[0]):
+        torch.testing.assert_close(ours.data[channel][tuple(index.T)].float(),
+                                   theirs.data[channel][tuple(other.T)].float())
+
+
+def replay_on_native(sample: tio.Subject, native: tio.Subject) -> tio.Subject:
+    """The parameters TorchIO drew for ``sample``, applied by TorchIO to its own 2-D images."""
+    layout = ('ToTorchIO2D', 'FromTorchIO2D', 'ToZYX')
+    history = [t for t in sample.get_composed_history() if type(t).__name__ not in layout]
+    assert history, 'no TorchIO transform recorded'
+    return tio.Compose(history)(native)
+
+
+@pytest.mark.filterwarnings("ignore:The maximum displacement is larger")
+@pytest.mark.parametrize('make', [
+    lambda: tio.RandomAffine(degrees=30, scales=0.2),
+    lambda: tio.RandomElasticDeformation(5, max_displacement=3),
+], ids=['RandomAffine', 'RandomElasticDeformation'])
+def test_torchio_transforms_see_2d_subjects_as_torchio_2d(manifest_2d, subject_2d, native_2d, make):
+    """Plain TorchIO transforms through dataset_from_manifest == TorchIO's own result on the 2-D file."""
+    dataset = pt.dataset_from_manifest(manifest_2d, transform=make())
+    for seed in range(3):
+        torch.manual_seed(seed)
+        sample = dataset[0]
+        assert sample['images'].data.shape == (1, 1, 16, 20) and T.is_zyx(sample)
+        names = [type(t).__name__ for t in sample.get_composed_history()]
+        assert names[0] == 'ToTorchIO2D' and names[-1] == 'FromTorchIO2D'
+        native = replay_on_native(sample, native_2d)
+        for key in ('images', 'labelmap_0'):
+            assert_same_world(sample[key], native[key])
+        assert set(torch.unique(sample['labelmap_0'].data).tolist()) <= LABELS
+        assert background_fraction(sample) < background_fraction(subject_2d) + 0.1  # stays in plane
+
+
+def test_torchio_random_flip_on_2d_subjects(manifest_2d, subject_2d):
+    """tio.RandomFlip() (axis 0 = TorchIO's first axis, W = x on 2-D images) works and is invertible."""
+    dataset = pt.dataset_from_manifest(manifest_2d, transform=tio.RandomFlip())
+    plain, flipped = subject_2d['images'].data, torch.flip(subject_2d['images'].data, (3,))
+    seen = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        sample = dataset[0]
+        is_flipped = torch.equal(sample['images'].data, flipped)
+        assert is_flipped or torch.equal(sample['images'].data, plain)
+        np.testing.assert_allclose(sample['images'].affine, subject_2d['images'].affine, atol=1e-9)
+        seen.add(is_flipped)
+        back = sample.apply_inverse_transform(warn=False)
+        assert torch.equal(back['labelmap_0'].data, subject_2d['labelmap_0'].data)
+    assert seen == {True, False}
+    # PyableDataset wraps its transforms the same way.
+    item = pt.PyableDataset(manifest_2d, transforms=tio.RandomFlip(flip_probability=1))[0]
+    assert torch.equal(item['images'], flipped)
+
+
+def test_queue_patches_come_from_in_plane_torchio_transforms(manifest_2d, native_2d):
+    """queue_from_manifest with a plain tio.RandomAffine: patches are crops of TorchIO's own 2-D result."""
+    affine = tio.RandomAffine(degrees=(20, 20, 20, 20, 30, 30), scales=0)  # fixed: 20 deg about x and y, 30 about z
+    queue = pt.queue_from_manifest(
+        {'s0': manifest_2d['s0']}, patch_size=(1, 8, 10), samples_per_volume=3, max_length=3,
+        transform=affine, shuffle_subjects=False, shuffle_patches=False,
+    )
+    native = tio.Affine(scales=1, degrees=(20, 20, 30), translation=0)(native_2d)  # TorchIO keeps z only
+    whole = {key: native[key].data.permute(0, 3, 2, 1) for key in ('images', 'labelmap_0')}
+    for patch in (queue[i] for i in range(3)):
+        d0, h0, w0, d1, h1, w1 = patch[tio.LOCATION].tolist()
+        for key, data in whole.items():
+            torch.testing.assert_close(patch[key].data.float(), data[:, d0:d1, h0:h1, w0:w1].float())

@@ -1,6 +1,8 @@
 """TorchIO transforms for subjects in pyable's Z,Y,X layout (C x D x H x W).
 
-- :class:`ToZYX`, :func:`check_zyx`: the layout guard (undo ``ToCanonical``/``Transpose``...).
+- :class:`ToZYX`, :func:`check_zyx`: the layout guard (undo ``ToCanonical``/``Transpose``...);
+  :class:`ToTorchIO2D`, :class:`FromTorchIO2D`, :func:`in_torchio_layout`: 2-D subjects shown
+  to TorchIO's transforms in TorchIO's 2-D layout.
 - :class:`IntensityNormalization`, :class:`RandomFlip`, :class:`RandomRotation90`,
   :class:`Compose`, :class:`CallableTransform`: the seed's transforms as TorchIO transforms.
 - :class:`RandomAffine`, :class:`RandomElasticDeformation`, :class:`RandomAnisotropy`,
@@ -19,7 +21,16 @@ from __future__ import annotations
 from .adapter import CallableTransform
 from .compose import Compose
 from .intensity import IntensityNormalization
-from .layout import LayoutError, ToZYX, check_zyx, is_zyx, with_layout_guard
+from .layout import (
+    FromTorchIO2D,
+    LayoutError,
+    ToTorchIO2D,
+    ToZYX,
+    check_zyx,
+    in_torchio_layout,
+    is_zyx,
+    with_layout_guard,
+)
 from .planar import (
     RandomAffine,
     RandomAnisotropy,
@@ -34,6 +45,7 @@ from .spatial import RandomFlip, RandomRotation90, Rotation90
 __all__ = [
     'CallableTransform',
     'Compose',
+    'FromTorchIO2D',
     'IntensityNormalization',
     'LayoutError',
     'RandomAffine',
@@ -44,8 +56,10 @@ __all__ = [
     'RandomMotion',
     'RandomRotation90',
     'Rotation90',
+    'ToTorchIO2D',
     'ToZYX',
     'check_zyx',
+    'in_torchio_layout',
     'is_zyx',
     'reset_queue',
     'seed_everything',

@@ -5,10 +5,16 @@ affine's columns follow that order. TorchIO transforms that reorder axes (``ToCa
 ``ToOrientation``, ``Transpose``) leave a physically correct image in another layout. The guard
 undoes that with permutations and flips of the data and of the affine's columns only: no
 resampling, so values (and labels) are moved, never interpolated.
+
+2-D subjects (C x 1 x H x W) are shown to TorchIO's own transforms in TorchIO's 2-D layout
+(C x W x H x 1, the affine's columns reversed: exactly what ``tio.ScalarImage`` gives for the
+2-D file), so that ``tio.RandomAffine``, ``tio.RandomElasticDeformation`` and ``tio.RandomFlip``
+do what they do for TorchIO's 2-D images; the guard then restores Z,Y,X.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +28,8 @@ from ..geometry import Grid, affine_orientation, grid_from_meta
 
 #: ``axis_mapping`` of an image already in Z,Y,X layout: no permutation, no flip.
 _UNCHANGED = ((0, 1, 2), (False, False, False))
+#: ``axis_mapping`` of a Z,Y,X image shown in TorchIO's order (W, H, D): the axes reversed.
+_REVERSED = ((2, 1, 0), (False, False, False))
 
 
 class LayoutError(PyableTioError, ValueError):
@@ -202,8 +210,128 @@ class ToZYX(tio.SpatialTransform):
         return False
 
 
+class ToTorchIO2D(tio.SpatialTransform):
+    """Show a 2-D Z,Y,X subject (C x 1 x H x W) in TorchIO's 2-D layout (C x W x H x 1).
+
+    The spatial axes and the affine's columns are reversed (no resampling): each voxel keeps its
+    world point, and tensors and affines are those ``tio.ScalarImage``/``tio.LabelMap`` read
+    from the 2-D files. Other subjects (3-D, or not in Z,Y,X layout) are left as they are. A
+    step that changed nothing is not recorded; the inverse is :class:`FromTorchIO2D`.
+
+    Example:
+        >>> ToTorchIO2D()(subject_2d)['images'].shape  # (1, 1, 16, 20) shown as  # doctest: +SKIP
+        (1, 20, 16, 1)
+    """
+
+    _reordered = False
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        self._reordered = False
+        images = subject.get_images(intensity_only=False)
+        if grid_from_meta(subject.get(META)) is None or not images:
+            return subject
+        directions = zyx_directions(subject)
+        planar = all(
+            image.spatial_shape[0] == 1 and min(image.spatial_shape[1:]) > 1
+            and axis_mapping(image.affine, directions) == _UNCHANGED
+            for image in images
+        )
+        if planar:
+            for image in images:
+                data, affine = reorder(image.data, image.affine, *_REVERSED)
+                image.set_data(data)
+                image.affine = affine
+            self._reordered = True
+        return subject
+
+    def _add_transform_to_subject_history(self, subject: tio.Subject) -> None:
+        if self._reordered:
+            super()._add_transform_to_subject_history(subject)
+
+    def is_invertible(self) -> bool:
+        """True: undone by :class:`FromTorchIO2D`."""
+        return True
+
+    def inverse(self) -> FromTorchIO2D:
+        """The step back to Z,Y,X."""
+        return FromTorchIO2D(**self._get_base_args())
+
+
+class FromTorchIO2D(tio.SpatialTransform):
+    """Put a subject shown in TorchIO's 2-D layout (C x W x H x 1) back in Z,Y,X (C x 1 x H x W).
+
+    Acts only when every image has its axes exactly reversed with respect to the Z,Y,X grid and a
+    last spatial size of 1; anything else is left to :class:`ToZYX`. The inverse is
+    :class:`ToTorchIO2D`.
+
+    Example:
+        >>> FromTorchIO2D()(ToTorchIO2D()(subject_2d))['images'].shape  # doctest: +SKIP
+        (1, 1, 16, 20)
+    """
+
+    _reordered = False
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        self._reordered = False
+        images = subject.get_images(intensity_only=False)
+        if grid_from_meta(subject.get(META)) is None or not images:
+            return subject
+        directions = zyx_directions(subject)
+        shown = all(
+            image.spatial_shape[2] == 1 and axis_mapping(image.affine, directions) == _REVERSED for image in images
+        )
+        if shown:
+            for image in images:
+                data, affine = reorder(image.data, image.affine, *_REVERSED)
+                image.set_data(data)
+                image.affine = affine
+            self._reordered = True
+        return subject
+
+    def _add_transform_to_subject_history(self, subject: tio.Subject) -> None:
+        if self._reordered:
+            super()._add_transform_to_subject_history(subject)
+
+    def is_invertible(self) -> bool:
+        """True: undone by :class:`ToTorchIO2D`."""
+        return True
+
+    def inverse(self) -> ToTorchIO2D:
+        """The step back to TorchIO's 2-D layout."""
+        return ToTorchIO2D(**self._get_base_args())
+
+
+def in_torchio_layout(transform: Any) -> Any:
+    """``transform`` with each TorchIO transform in it seeing 2-D subjects in TorchIO's 2-D layout.
+
+    Every ``tio.Transform`` that is not pyable-tio's own (those work on C x 1 x H x W) is run
+    between :class:`ToTorchIO2D` and :class:`FromTorchIO2D`; ``tio.Compose``/``tio.OneOf`` are
+    rebuilt around their wrapped items (the originals are not modified). ``tio.MonaiAdapter``
+    and plain callables are returned as they are. On 3-D subjects the steps change nothing.
+
+    Example:
+        >>> flip = in_torchio_layout(tio.RandomFlip())  # axis 0 is W (x) on 2-D subjects, as in TorchIO
+    """
+    if isinstance(transform, tio.Compose):
+        rebuilt = copy.copy(transform)
+        rebuilt.transforms = [in_torchio_layout(item) for item in transform.transforms]
+        return rebuilt
+    if isinstance(transform, tio.OneOf):
+        rebuilt = copy.copy(transform)
+        rebuilt.transforms_dict = {in_torchio_layout(t): p for t, p in transform.transforms_dict.items()}
+        return rebuilt
+    ours = type(transform).__module__.split('.')[0] == 'pyable_tio'
+    if not isinstance(transform, tio.Transform) or ours or isinstance(transform, tio.MonaiAdapter):
+        return transform
+    # In place (copy=False): the enclosing Compose already copied the subject once.
+    return tio.Compose([ToTorchIO2D(copy=False), transform, FromTorchIO2D(copy=False)], copy=False)
+
+
 def with_layout_guard(transform: Callable | None) -> Callable | None:
     """``transform`` followed by :class:`ToZYX`, so its outputs are always Z,Y,X.
+
+    TorchIO's own transforms in it see 2-D subjects in TorchIO's 2-D layout
+    (:func:`in_torchio_layout`), so they stay in the slice plane.
 
     Args:
         transform: A TorchIO transform or any callable taking and returning a subject; ``None``.
@@ -218,7 +346,7 @@ def with_layout_guard(transform: Callable | None) -> Callable | None:
     if transform is None or isinstance(transform, ToZYX):
         return transform
     if isinstance(transform, tio.Transform):
-        return tio.Compose([transform, ToZYX()])
+        return tio.Compose([in_torchio_layout(transform), ToZYX()])
     return _Guarded(transform)
 
 
