@@ -253,6 +253,16 @@ def test_per_file_transforms_in_every_manifest_format(files):
         np.testing.assert_array_equal(data, reference_data)
 
 
+def test_cache_keys_carry_the_key_version(files, tmp_path):
+    """Lists changed meaning (seed order): keys of 0.1.0 volumes must never match again."""
+    from pyable_tio.cache.keys import key_inputs
+    from pyable_tio.constants import CACHE_KEY_VERSION
+
+    reader = load(files, [])['images'].reader
+    inputs = key_inputs(reader, 'f' * 64, ())
+    assert CACHE_KEY_VERSION >= 2 and inputs['key_version'] == CACHE_KEY_VERSION
+
+
 def test_volume_cache_follows_transform_contents(files, tmp_path):
     path = files['folder'] / 'shift.tfm'
     sitk.WriteTransform(sitk.TranslationTransform(3, (2.0, 0.0, 0.0)), str(path))
