@@ -126,6 +126,9 @@ class PyableDataset(torch.utils.data.Dataset):
         **subject_options: Any,
     ) -> None:
         self.transforms = seed_transforms(transforms)
+        # As for datasets and queues: TorchIO's transforms see 2-D subjects in TorchIO's 2-D
+        # layout, and whatever a transform reordered (ToCanonical...), items stay Z,Y,X.
+        self._pipeline = with_layout_guard(tio.Compose(self.transforms)) if self.transforms else None
         self.stack_channels = stack_channels
         self.return_meta = return_meta
         # missing="empty" lets subjects list different numbers of ROIs/label maps; the fillers
@@ -162,10 +165,8 @@ class PyableDataset(torch.utils.data.Dataset):
         # A copy, so that loaded voxels never accumulate in the dataset (nor in workers).
         subject = copy.deepcopy(self.subjects[index])
         subject.load()
-        if self.transforms:
-            # As for datasets and queues: TorchIO's transforms see 2-D subjects in TorchIO's 2-D
-            # layout, and whatever a transform reordered (ToCanonical...), items stay Z,Y,X.
-            subject = with_layout_guard(tio.Compose(self.transforms))(subject)
+        if self._pipeline is not None:
+            subject = self._pipeline(subject)
         item = subject_to_item(subject, self.stack_channels)
         if not self.return_meta:
             del item[META]
