@@ -357,7 +357,8 @@ def _to_sitk(tensor: torch.Tensor, grid: Grid) -> sitk.Image:
 
 
 def _inverse_transform(reader: GridReader, path: Path, subject_id: str, where: str) -> sitk.Transform:
-    """``T^-1`` for ``T = T_n o ... o T_1``: the entries reversed, each one inverted.
+    """``T^-1`` for ``T = T_1 o ... o T_n`` (``CompositeTransform([T_1, ..., T_n])``): the entries
+    reversed, each one inverted.
 
     Entry by entry, so displacement fields are inverted as fields (``InvertDisplacementField``,
     an iterative approximation) while matrices and other ITK transforms use ``GetInverse``.
