@@ -19,9 +19,9 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from . import backend, registration
+from . import backend, integrity, registration
 from .atomic import atomic_path
-from .constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER
+from .constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER, NONFINITE_ZERO
 from .errors import ManifestError, describe, short_error
 from .hashing import digest_of, entries_digest, file_digest
 from .manifest.records import FileEntry, SubjectRecord, TransformEntry
@@ -198,9 +198,9 @@ def align_subject(
                 results[str(entry.path)] = _result(entry, fixed_entry, kind, cached, path, reused=True)
                 continue
             if fixed_image is None:
-                fixed_image = backend.load(fixed_entry.path, backend.ROLE_IMAGE)
+                fixed_image = _finite(backend.load(fixed_entry.path, backend.ROLE_IMAGE))
                 fixed_transform = registration.compose(fixed_entries)
-            moving_image = backend.load(entry.path, backend.ROLE_IMAGE)
+            moving_image = _finite(backend.load(entry.path, backend.ROLE_IMAGE))
             if moving_image.GetDimension() != fixed_image.GetDimension():
                 continue  # reported by plan_subject's dimension check
             moving_transform = registration.compose(moving_entries)
@@ -214,6 +214,11 @@ def align_subject(
             path = None
         results[str(entry.path)] = _result(entry, fixed_entry, kind, found, path)
     return results
+
+
+def _finite(image: sitk.Image) -> sitk.Image:
+    """NaN/Inf voxels as 0 for the metric only (what SimpleITK's NIfTI reader gave before)."""
+    return integrity.apply_nonfinite(image, NONFINITE_ZERO)[0]
 
 
 def _result(entry: FileEntry, fixed: FileEntry, kind: str, transform: sitk.Transform, path: Path | None,

@@ -31,6 +31,7 @@ from types import ModuleType
 
 import SimpleITK as sitk
 
+from . import nifti, sources
 from .constants import (
     BACKEND_AUTO,
     BACKEND_ENV_VAR,
@@ -178,10 +179,15 @@ def interpolator_for(role: str, requested: str) -> str:
 
 
 def load(path: str | Path, role: str) -> sitk.Image:
-    """Read a file as a SimpleITK image, through pyable when it is the active backend.
+    """Read a file or DICOM series as a SimpleITK image, through pyable when it is the active backend.
+
+    Voxels arrive as stored: a NIfTI file is checked for truncation first (cheaply: a ``stat``
+    or the gzip trailer), and float NIfTI voxels, DICOM series and other formats are read by
+    :func:`pyable_tio.sources.read_image` in both backends (SimpleITK's NIfTI reader, and so
+    pyable's, turns NaN and +-Inf into 0). pyable reads the other files.
 
     Args:
-        path: Image file.
+        path: Image file, DICOM folder or series locator ``folder#UID``.
         role: ``"image"`` (returned as float32 unless already float64), ``"roi"`` or
             ``"labelmap"`` (pixel type kept; ROIs are not binarised).
 
@@ -190,6 +196,7 @@ def load(path: str | Path, role: str) -> sitk.Image:
 
     Raises:
         RuntimeError: If the file does not exist or cannot be read.
+        pyable_tio.nifti.TruncatedFileError: If a NIfTI file is shorter than its header says.
         ValueError: If ``role`` is unknown.
 
     Example:
@@ -199,9 +206,10 @@ def load(path: str | Path, role: str) -> sitk.Image:
     """
     _check_role(role)
     module = _pyable_module()
-    if module is None:
-        image = sitk.ReadImage(str(path))
+    if module is None or _read_by_sources(path):
+        image = sources.read_image(path)
     else:
+        sources.check_length(path)
         # pyable's constructors take str only (a Path raises) and read the file at once.
         wrapper = getattr(module, _PYABLE_CLASSES[role])(filename=str(path))
         if not wrapper.isImageSet():
@@ -211,6 +219,17 @@ def load(path: str | Path, role: str) -> sitk.Image:
     if role == ROLE_IMAGE:
         image = _as_float32(image)
     return image
+
+
+def _read_by_sources(path: str | Path) -> bool:
+    """DICOM series and float NIfTI: pyable would read them with SimpleITK's losing readers."""
+    if sources.is_series(path):
+        return True
+    try:
+        header = nifti.read_nifti_header(path) if nifti.is_nifti(path) else None
+    except OSError:
+        return False  # pyable reports the missing file
+    return header is not None and header.datatype in nifti.FLOAT_DATATYPES
 
 
 def resample(

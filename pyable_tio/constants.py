@@ -91,3 +91,12 @@ NATIVE_DEFAULT_VALUE = 0.0
 LAYOUT_AXIS_TOLERANCE = 1e-3
 #: World (RAS) axis normal to 2-D slices: 2-D grids are embedded at z = 0 (``Grid.as_3d``).
 SLICE_NORMAL_AXIS = 2
+
+#: ``nonfinite=`` policies for NaN/+-Inf voxels, applied to each file before interpolation:
+#: keep them as stored, replace them by 0, or refuse the file (the default: a NaN voxel would
+#: spread through interpolation and normalisation into a NaN loss, far from its cause).
+NONFINITE_KEEP = 'keep'
+NONFINITE_ZERO = 'zero'
+NONFINITE_ERROR = 'error'
+NONFINITE_MODES = (NONFINITE_KEEP, NONFINITE_ZERO, NONFINITE_ERROR)
+DEFAULT_NONFINITE = NONFINITE_ERROR

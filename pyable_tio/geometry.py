@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from . import sources
 from .constants import GRID_TOLERANCE
 
 #: LPS (ITK) to RAS (NIfTI/TorchIO) world coordinates.
@@ -176,11 +177,12 @@ class Grid:
 
 
 def read_header(path: str | Path) -> sitk.ImageFileReader:
-    """Read a file's header only (no voxel data). Raises ``RuntimeError`` if unreadable."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    return reader
+    """Read a file's header only (no voxel data). Raises ``RuntimeError`` if unreadable.
+
+    A DICOM folder or series locator (``folder#UID``) gives the whole series' header, with
+    the getters of ``sitk.ImageFileReader`` (:func:`pyable_tio.sources.read_header`).
+    """
+    return sources.read_header(path)
 
 
 def ras_affine_to_grid(affine_zyx: np.ndarray, shape_zyx: Sequence[int]) -> Grid:

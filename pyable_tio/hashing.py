@@ -17,6 +17,7 @@ from typing import Any
 
 import SimpleITK as sitk
 
+from . import sources
 from .manifest.records import TransformEntry
 
 _CHUNK = 1 << 20
@@ -67,14 +68,22 @@ def file_digest(path: str | os.PathLike, signature: FileSignature | None = None)
         path: The file.
         signature: Its :func:`file_signature`, when the caller already has it.
 
+    A DICOM series (a folder, or ``folder#UID``) digests its slice files' digests, in order.
+
     Raises:
-        OSError: when the file cannot be read.
+        OSError: when the file cannot be read, or a folder holds no unique series.
 
     Example:
         >>> file_digest('t1.nii.gz')  # doctest: +SKIP
         '9f86d081884c7d65...'
     """
     path = Path(path)
+    if sources.is_series(path):
+        try:
+            files = sources.files_of(path)
+        except ValueError as error:
+            raise OSError(str(error)) from None
+        return digest_of({'series': [file_digest(file) for file in files]})
     if signature is None:
         signature = file_signature(path)
     digest = _memo.get(signature)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import backend, registration
-from .constants import DEFAULT_BACKGROUND, LINEAR
+from . import backend, integrity, registration
+from .constants import DEFAULT_BACKGROUND, DEFAULT_NONFINITE, LINEAR, NONFINITE_KEEP
 from .errors import LoadError, describe, short_error
 from .geometry import Grid, reorient_grid
 from .manifest.records import TransformEntry
@@ -37,6 +37,10 @@ class GridReader:
         dtype: NumPy dtype name for images (label maps keep their pixel type).
         default_value: Value outside the file's field of view.
         cache: Optional volume cache (``pyable_tio.cache.VolumeCache``).
+        nonfinite: NaN/+-Inf voxels, handled before interpolation: ``"error"`` (default:
+            :class:`~pyable_tio.errors.LoadError` naming subject and file), ``"zero"``
+            (replaced by 0) or ``"keep"`` (as stored; interpolation spreads a NaN to the
+            voxels around it, and +-Inf stays +-Inf).
 
     Example:
         >>> reader = GridReader(grid, 'image', 'sub-01')  # doctest: +SKIP
@@ -52,9 +56,11 @@ class GridReader:
     dtype: str = 'float32'
     default_value: float = DEFAULT_BACKGROUND
     cache: object | None = None
+    nonfinite: str = DEFAULT_NONFINITE
 
     def __post_init__(self) -> None:
         backend.interpolator_for(self.role, self.interpolator)
+        integrity.check_nonfinite_mode(self.nonfinite)
 
     def __call__(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         entries = self.transforms.get(str(path), ())
@@ -70,8 +76,16 @@ class GridReader:
         where = f'file {path}'
         try:
             image = backend.load(path, self.role)
-        except RuntimeError as error:
-            raise LoadError(describe(self.subject_id, where, f'unreadable image: {short_error(error)}')) from None
+            # Before any interpolation, so that a replaced value spreads nowhere.
+            image, has_inf = integrity.apply_nonfinite(image, self.nonfinite)
+        except (ValueError, RuntimeError) as error:
+            if not isinstance(error, ValueError):  # truncation and non-finite messages are complete
+                error = f'unreadable image: {short_error(error)}'
+            raise LoadError(describe(self.subject_id, where, str(error))) from None
+        if self.role != backend.ROLE_IMAGE:
+            problem = integrity.label_problem(image, self.role)
+            if problem is not None:
+                raise LoadError(describe(self.subject_id, where, problem))
         if image.GetDimension() != self.grid.dimension:
             problem = (
                 f'mismatched dimensions: the file is {image.GetDimension()}-D,'
@@ -92,6 +106,8 @@ class GridReader:
                 )
             except RuntimeError as error:
                 raise LoadError(describe(self.subject_id, where, f'resampling failed: {short_error(error)}')) from None
+            if has_inf and self.nonfinite == NONFINITE_KEEP:
+                return integrity.restore_infinities(self._to_array(image))
         return self._to_array(image)
 
     def _exactly_on_grid(self, image: sitk.Image) -> sitk.Image | None:

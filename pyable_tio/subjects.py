@@ -14,11 +14,12 @@ import torch
 import torchio as tio
 from tqdm.auto import tqdm
 
-from . import backend, registration
+from . import backend, integrity, registration, sources
 from .alignment import Alignment, align_subject
 from .constants import (
     ALIGN_MODES,
     DEFAULT_BACKGROUND,
+    DEFAULT_NONFINITE,
     FIELD_TRANSFORMS,
     ID,
     IMAGE_PREFIX,
@@ -80,6 +81,7 @@ def subjects_from_manifest(
     orientation: str | None = None,
     axis_aligned: bool = False,
     align: str | None = None,
+    nonfinite: str = DEFAULT_NONFINITE,
 ) -> list[tio.Subject]:
     """Build one lazily loaded ``tio.Subject`` per manifest subject.
 
@@ -114,6 +116,11 @@ def subjects_from_manifest(
         align: ``"rigid"`` or ``"affine"`` registers each non-reference image onto the
             reference image once, here (cached in ``cache_dir/alignment``); None (default)
             trusts the files' physical space and the manifest transforms.
+        nonfinite: What NaN and +-Inf voxels become, per file before interpolation:
+            ``"error"`` (default: the load fails naming subject and file, because one NaN
+            spreads through interpolation and normalisation into a NaN loss far from its
+            cause), ``"zero"`` (replaced by 0) or ``"keep"`` (as stored, past SimpleITK's
+            NIfTI reader, which would zero them). Part of the cache key.
 
     Returns:
         Subjects with keys ``"id"``, ``"meta"``, the images, ``roi_i``, ``labelmap_i`` and
@@ -132,6 +139,7 @@ def subjects_from_manifest(
         raise ValueError(f'missing must be "{MISSING_ERROR}" or "{MISSING_EMPTY}", got {missing!r}')
     manifest = read_manifest(source, root=root)
     backend.interpolator_for(backend.ROLE_IMAGE, interpolator)
+    integrity.check_nonfinite_mode(nonfinite)
     _check_geometry_options(orientation, align)
     global_space = None
     if reference_space is not None:
@@ -152,6 +160,7 @@ def subjects_from_manifest(
         'dtype': _numpy_dtype(dtype),
         'default_value': float(default_value),
         'cache': _make_cache(cache_dir, cache_max_bytes),
+        'nonfinite': nonfinite,
     }
     if align is not None:
         plans = _align(plans, align, getattr(options['cache'], 'folder', None), progress)
@@ -175,7 +184,9 @@ def plan_subject(
             headers[(name, entry.path)] = ImageHeader.read(entry.path)
         except RuntimeError as error:
             where = f'field "{name}": file {entry.path}'
-            problems.append(describe(record.id, where, f'unreadable image header: {short_error(error)}'))
+            # A ValueError (e.g. a DICOM folder's series list) is a complete message.
+            problem = str(error) if isinstance(error, ValueError) else f'unreadable image header: {short_error(error)}'
+            problems.append(describe(record.id, where, problem))
     if problems:
         raise ManifestError.from_problems(problems)
     image_headers = [headers[('images', e.path)] for e in record.images]
@@ -310,21 +321,31 @@ def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> 
         role_options = options if role == backend.ROLE_IMAGE else {**options, 'default_value': 0.0}
         return GridReader(grid, role, record.id, transforms=transforms, **role_options)
 
+    def verify(entries: Sequence[FileEntry]) -> dict[str, bool]:
+        # TorchIO checks that paths exist; a series locator (folder#UID) names no file itself.
+        return {} if not any(sources.is_series(e.path) for e in entries) else {'verify_path': False}
+
     images: dict[str, tio.Image] = {}
     image_paths = [str(e.path) for e in record.images]
     if stack:
         path = image_paths if len(image_paths) > 1 else image_paths[0]
-        images[IMAGES] = tio.ScalarImage(path, reader=reader(backend.ROLE_IMAGE, record.images))
+        images[IMAGES] = tio.ScalarImage(
+            path, reader=reader(backend.ROLE_IMAGE, record.images), **verify(record.images)
+        )
     else:
         for i, entry in enumerate(record.images):
-            images[f'{IMAGE_PREFIX}{i}'] = tio.ScalarImage(entry.path, reader=reader(backend.ROLE_IMAGE, [entry]))
+            images[f'{IMAGE_PREFIX}{i}'] = tio.ScalarImage(
+                entry.path, reader=reader(backend.ROLE_IMAGE, [entry]), **verify([entry])
+            )
     for name, prefix in (('rois', ROI_PREFIX), ('labelmaps', LABELMAP_PREFIX)):
         entries = getattr(record, name)
         role = _FIELD_ROLE[name]
         for i, entry in enumerate(entries):
-            images[f'{prefix}{i}'] = tio.LabelMap(entry.path, reader=reader(role, [entry]))
+            images[f'{prefix}{i}'] = tio.LabelMap(entry.path, reader=reader(role, [entry]), **verify([entry]))
         for i in range(len(entries), counts[name]):
-            images[f'{prefix}{i}'] = tio.LabelMap(record.images[0].path, reader=EmptyLabelReader(grid))
+            images[f'{prefix}{i}'] = tio.LabelMap(
+                record.images[0].path, reader=EmptyLabelReader(grid), **verify(record.images[:1])
+            )
     reserved = set(images) | {ID, META} | _SUBJECT_METHODS
     clashes = sorted(reserved & set(record.extra))
     if clashes:

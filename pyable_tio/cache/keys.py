@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ..constants import CACHE_FORMAT_VERSION, CACHE_KEY_VERSION
+from .. import sources
+from ..constants import CACHE_FORMAT_VERSION, CACHE_KEY_VERSION, DEFAULT_NONFINITE
 from ..hashing import digest_of, entries_digest, file_digest, file_signature, known_digest, remember_digest
 from ..manifest.records import TransformEntry
 from .entry import atomic_write
@@ -27,7 +28,7 @@ def key_inputs(reader: Any, source: str, entries: Sequence[TransformEntry]) -> d
 
     Returns:
         Format and key versions, backend, source and transforms digests, grid (x,y,z order), role,
-        interpolator, dtype and default value.
+        interpolator, dtype, default value and non-finite policy.
 
     Example:
         >>> key_inputs(reader, source_digest('t2.nii.gz', folder), ())['interpolator']  # doctest: +SKIP
@@ -49,6 +50,8 @@ def key_inputs(reader: Any, source: str, entries: Sequence[TransformEntry]) -> d
         'interpolator': backend.interpolator_for(role, reader.interpolator),
         'dtype': str(np.dtype(reader.dtype)) if is_image else 'native',
         'default_value': float(reader.default_value),
+        # "zero" and "keep" give different arrays from one file with NaN/Inf voxels.
+        'nonfinite': getattr(reader, 'nonfinite', DEFAULT_NONFINITE),
     }
 
 
@@ -60,14 +63,24 @@ def source_digest(path: str | os.PathLike, memo_folder: Path | None = None) -> s
     on disk: forked DataLoader workers start each epoch with an empty memory, and the disk
     memo spares them re-hashing every source file.
 
+    A DICOM series (a folder, or ``folder#UID``) digests its slice files' digests, in
+    order: each one is remembered like a file, and any file added, removed or rewritten
+    changes it.
+
     Raises:
-        OSError: when the file cannot be read.
+        OSError: when the file cannot be read, or a folder holds no unique series.
 
     Example:
         >>> source_digest('t1.nii.gz', Path('/tmp/pyable-cache/sources'))  # doctest: +SKIP
         '9f86d081884c7d65...'
     """
     path = Path(path)
+    if sources.is_series(path):
+        try:
+            files = sources.files_of(path)
+        except ValueError as error:
+            raise OSError(str(error)) from None
+        return digest_of({'series': [source_digest(file, memo_folder) for file in files]})
     signature = file_signature(path)
     digest = known_digest(signature)
     if digest is not None or memo_folder is None:

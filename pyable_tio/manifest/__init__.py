@@ -23,6 +23,7 @@ from ..constants import (
     FIELD_TRANSFORMS,
 )
 from ..errors import ManifestError, describe
+from .. import dicom
 from . import cells, formats
 from .records import FileEntry, Manifest, SubjectRecord, TransformEntry
 
@@ -185,7 +186,7 @@ def _check_files(manifest: Manifest) -> None:
             if isinstance(value, Path):
                 paths.append((f'field "{key}"', value))
         for where, path in paths:
-            if not path.exists():
+            if not dicom.exists(path):  # a file, a DICOM folder or "folder#UID"
                 problems.append(describe(record.id, f'{where}: file {path}', 'file not found'))
     if problems:
         raise ManifestError.from_problems(problems)

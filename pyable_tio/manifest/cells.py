@@ -16,6 +16,7 @@ from typing import Any
 
 import SimpleITK as sitk
 
+from .. import dicom
 from ..constants import REFERENCE_FIRST, REFERENCE_LARGEST
 from ..geometry import Grid
 from .records import FileEntry, ReferenceValue, TransformEntry
@@ -94,6 +95,8 @@ def parse_file_entry(value: Any, root: Path, name: str | None = None) -> FileEnt
 
     The item's ``transforms`` apply to this file only, before the subject's (seed order:
     ``[*file, *subject]`` reads the file at ``F(S(p))``).
+    A DICOM folder with several series takes ``"series": UID`` (stored as the path
+    ``folder#UID``, which is also how a CSV cell spells it).
 
     Example:
         >>> entry = parse_file_entry({'path': 't2.nii.gz', 'transforms': ['t2_to_t1.tfm']}, Path('/data'))
@@ -101,13 +104,17 @@ def parse_file_entry(value: Any, root: Path, name: str | None = None) -> FileEnt
         (PosixPath('/data/t2.nii.gz'), PosixPath('/data/t2_to_t1.tfm'))
     """
     if isinstance(value, Mapping):
-        unknown = set(value) - {'path', 'transforms', 'name'}
+        unknown = set(value) - {'path', 'transforms', 'name', 'series'}
         if unknown or 'path' not in value:
             raise ValueError(
-                f'a file entry takes "path", "transforms" and "name", got {dict(value)!r}'
+                f'a file entry takes "path", "transforms", "name" and "series", got {dict(value)!r}'
             )
         transforms = parse_transforms(value.get('transforms'), root)
-        return FileEntry(resolve_path(value['path'], root), transforms, value.get('name', name))
+        path = resolve_path(value['path'], root)
+        if not is_blank(value.get('series')):
+            # One series of a DICOM folder: the locator "folder#UID" every reader understands.
+            path = dicom.locator(path, value['series'])
+        return FileEntry(path, transforms, value.get('name', name))
     return FileEntry(resolve_path(value, root), (), name)
 
 

@@ -1,0 +1,252 @@
+"""DICOM series: a folder of slice files as one image.
+
+A manifest entry may name a folder of DICOM files. With one series in it, that series is the
+image. With several, the entry must choose one by its SeriesInstanceUID (0020|000e): in JSON
+or a dict ``{"path": folder, "series": UID}``, in a CSV cell ``folder#UID``; both become the
+same *series locator* path ``folder#UID``, which every reader of the package understands.
+Never the first series silently: without a choice the error lists every series with its
+description and number of files.
+
+Headers are read from the series' first and last files only (no voxels), with the geometry
+ITK's series reader gives the full volume: size (columns, rows, files), spacing between slices
+from the first and last slice positions, direction and origin of the first slice.
+
+Example:
+    >>> [s.describe() for s in list_series('/data/sub-01/dicom')]  # doctest: +SKIP
+    ['1.2.840.1.1 "T1 MPRAGE" (176 files)', '1.2.840.1.2 "T2 SPACE" (176 files)']
+    >>> image = read_series(Path('/data/sub-01/dicom#1.2.840.1.1'))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+#: Separates the folder from the SeriesInstanceUID in a series locator (``folder#UID``).
+SERIES_SEPARATOR = '#'
+_DESCRIPTION_TAG = '0008|103e'
+
+
+class SeriesError(ValueError, RuntimeError):
+    """A folder without a unique DICOM series, or a series UID the folder lacks.
+
+    A ``ValueError`` (a bad manifest entry) that is also a ``RuntimeError``, like SimpleITK's
+    read errors, so that every caller reporting unreadable files reports it too, whole.
+
+    Example:
+        >>> series_files('/data/dicom')  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        pyable_tio.dicom.SeriesError: folder /data/dicom holds 2 DICOM series: ...
+    """
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One DICOM series of a folder.
+
+    Attributes:
+        uid: SeriesInstanceUID.
+        description: SeriesDescription (0008|103e), ``""`` when absent.
+        files: Slice files in ITK's order (sorted along the slice normal).
+    """
+
+    uid: str
+    description: str
+    files: tuple[str, ...]
+
+    def describe(self) -> str:
+        """``UID "description" (N files)``."""
+        return f'{self.uid} "{self.description}" ({len(self.files)} files)'
+
+
+@dataclass(frozen=True)
+class SeriesHeader:
+    """Header of a whole series with the getters of ``sitk.ImageFileReader`` that the package uses.
+
+    Example:
+        >>> header = read_series_header(Path('/data/dicom'))  # doctest: +SKIP
+        >>> header.GetSize()  # (columns, rows, slices)  # doctest: +SKIP
+        (256, 256, 176)
+    """
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    pixel_id: int
+    components: int
+
+    def GetSize(self) -> tuple[int, ...]:  # noqa: N802 - SimpleITK's spelling
+        return self.size
+
+    def GetSpacing(self) -> tuple[float, ...]:  # noqa: N802
+        return self.spacing
+
+    def GetOrigin(self) -> tuple[float, ...]:  # noqa: N802
+        return self.origin
+
+    def GetDirection(self) -> tuple[float, ...]:  # noqa: N802
+        return self.direction
+
+    def GetPixelID(self) -> int:  # noqa: N802
+        return self.pixel_id
+
+    def GetDimension(self) -> int:  # noqa: N802
+        return len(self.size)
+
+    def GetNumberOfComponents(self) -> int:  # noqa: N802
+        return self.components
+
+
+def split_locator(path: str | os.PathLike) -> tuple[Path, str | None] | None:
+    """``(folder, uid)`` when ``path`` is a DICOM source, else None (a plain file).
+
+    A folder gives ``(folder, None)``; ``folder#UID`` gives ``(folder, UID)`` when no file of
+    that exact name exists and ``folder`` is a folder.
+
+    Example:
+        >>> split_locator('/data/dicom#1.2.3')  # doctest: +SKIP
+        (PosixPath('/data/dicom'), '1.2.3')
+    """
+    path = Path(path)
+    if path.is_dir():
+        return path, None
+    if SERIES_SEPARATOR in path.name and not path.exists():
+        folder, _, uid = str(path).rpartition(SERIES_SEPARATOR)
+        if uid and Path(folder).is_dir():
+            return Path(folder), uid
+    return None
+
+
+def locator(folder: str | os.PathLike, uid: str) -> Path:
+    """The path that names series ``uid`` of ``folder`` (``folder#UID``)."""
+    uid = str(uid).strip()
+    if not uid or SERIES_SEPARATOR in uid or os.sep in uid:
+        raise ValueError(f'a series UID looks like "1.2.840.113619.2.55", got {uid!r}')
+    return Path(f'{os.fspath(folder).rstrip(os.sep)}{SERIES_SEPARATOR}{uid}')
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an existing file, folder, or series locator of an existing folder."""
+    return Path(path).exists() or split_locator(path) is not None
+
+
+def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
+    """Every DICOM series directly in ``folder`` (not its sub-folders).
+
+    Example:
+        >>> [s.uid for s in list_series('/data/dicom')]  # doctest: +SKIP
+        ['1.2.840.1.1']
+    """
+    folder = str(folder)
+    listing = _listing(folder)
+    found = []
+    for uid in _series_ids(folder, listing):
+        files = _series_files(folder, uid, listing)
+        found.append(SeriesInfo(uid, _description(files[0]) if files else '', files))
+    return found
+
+
+def series_files(path: str | os.PathLike) -> tuple[str, ...]:
+    """The slice files of the series ``path`` names (a folder with one series, or ``folder#UID``).
+
+    Raises:
+        SeriesError: no series in the folder, several series and no choice (listing them), or
+            a UID that is not in the folder (listing the ones that are).
+    """
+    split = split_locator(path)
+    if split is None:
+        raise SeriesError(f'{path} is neither a folder nor a "folder#UID" series locator')
+    folder, uid = split
+    listing = _listing(str(folder))
+    if uid is not None:
+        files = _series_files(str(folder), uid, listing)
+        if files:
+            return files
+    found = list_series(folder)
+    if not found:
+        raise SeriesError(f'folder {folder} holds no DICOM series')
+    if uid is None and len(found) == 1:
+        return found[0].files
+    listed = '; '.join(s.describe() for s in found)
+    if uid is None:
+        raise SeriesError(
+            f'folder {folder} holds {len(found)} DICOM series: {listed}. Choose one with'
+            f' {{"path": "{folder}", "series": "<UID>"}} (JSON) or "{folder}#<UID>" (CSV)'
+        )
+    raise SeriesError(f'folder {folder} has no DICOM series {uid}; it holds: {listed}')
+
+
+def read_series(path: str | os.PathLike) -> sitk.Image:
+    """The series ``path`` names, read whole with ``sitk.ImageSeriesReader``.
+
+    Raises:
+        SeriesError: as :func:`series_files`.
+        RuntimeError: If SimpleITK cannot read the files.
+    """
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(series_files(path)))
+    return reader.Execute()
+
+
+def read_series_header(path: str | os.PathLike) -> SeriesHeader:
+    """Header of the series ``path`` names, from its first and last files (no voxels).
+
+    Matches ``read_series(path)``: ITK places slices at their positions' distance divided by
+    the number of gaps and keeps the first slice's (orthogonal) direction.
+
+    Raises:
+        SeriesError: as :func:`series_files`.
+        RuntimeError: If a file's header cannot be read.
+    """
+    files = series_files(path)
+    first = _file_header(files[0])
+    size = (*first.GetSize()[:2], len(files))
+    spacing = list(first.GetSpacing())
+    if len(files) > 1:
+        last = _file_header(files[-1])
+        gap = np.linalg.norm(np.subtract(last.GetOrigin(), first.GetOrigin())) / (len(files) - 1)
+        if gap > 0:
+            spacing[2] = float(gap)
+    return SeriesHeader(
+        tuple(int(n) for n in size), tuple(spacing), tuple(first.GetOrigin()), tuple(first.GetDirection()),
+        first.GetPixelID(), first.GetNumberOfComponents(),
+    )
+
+
+def _file_header(path: str) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    return reader
+
+
+def _description(path: str) -> str:
+    reader = _file_header(path)
+    return reader.GetMetaData(_DESCRIPTION_TAG).strip() if reader.HasMetaDataKey(_DESCRIPTION_TAG) else ''
+
+
+def _listing(folder: str) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and mtimes of the folder's files: the memo key of its series."""
+    with os.scandir(folder) as entries:
+        return tuple(sorted(
+            (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in entries if entry.is_file()
+        ))
+
+
+@functools.lru_cache(maxsize=64)
+def _series_ids(folder: str, listing: tuple) -> tuple[str, ...]:
+    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder))
+
+
+@functools.lru_cache(maxsize=256)
+def _series_files(folder: str, uid: str, listing: tuple) -> tuple[str, ...]:
+    # GDCM parses every file of the folder; a reader asks on every load, so remember the answer
+    # while no file of the folder is added, removed or rewritten (``listing``).
+    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
