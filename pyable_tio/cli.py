@@ -26,7 +26,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import backend
-from .constants import ALIGN_MODES, INTERPOLATORS, LINEAR, REFERENCE_FIRST, REFERENCE_LARGEST
+from .constants import (
+    ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, NONFINITE_MODES, REFERENCE_FIRST, REFERENCE_LARGEST,
+)
 from .errors import ManifestError, PyableTioError
 from .manifest import Manifest, read_manifest
 from .reader import GridReader
@@ -143,9 +145,12 @@ def _print_validation(report: Validation) -> None:
 
 def _run_validate(args: argparse.Namespace) -> int:
     options = (args.reference, args.reference_space, args.root, args.missing)
-    reports = [validate(source, *options) for source in _sources(args)]
+    data = {'nonfinite': args.nonfinite, 'check_data': not args.headers_only}
+    reports = [validate(source, *options, **data) for source in _sources(args)]
     for report in reports:
         _print_validation(report)
+        for note in report.notes:
+            print(f'  note: {note}')
         sys.stdout.flush()
         _print_problems(report.problems, prefix=f'{report.source}: ')
     total = sum(len(r.problems) for r in reports)
@@ -175,6 +180,7 @@ def _run_cache(args: argparse.Namespace) -> int:
         interpolator=args.interpolator, default_value=args.default_value, orientation=args.orientation,
         axis_aligned=args.axis_aligned, align=args.align,
         dtype=getattr(torch, args.dtype), missing=args.missing, root=args.root, cache_dir=cache,
+        nonfinite=args.nonfinite,
     )
     jobs, problems = [], []
     for source in _sources(args):
@@ -344,9 +350,13 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument('--root', metavar='DIR', help='folder relative manifest paths resolve against')
         command.add_argument('--missing', choices=(MISSING_ERROR, MISSING_EMPTY), default=MISSING_ERROR,
                              help='subjects with fewer ROIs/label maps: error (default) or fill with empty ones')
+        command.add_argument('--nonfinite', choices=NONFINITE_MODES, default=DEFAULT_NONFINITE,
+                             help='NaN/Inf voxels: error (default), zero (replace by 0) or keep (as stored)')
 
-    validate_ = commands.add_parser('validate', help='check manifests (headers only) and summarise them')
+    validate_ = commands.add_parser('validate', help='check manifests and every file, and summarise them')
     manifest_options(validate_)
+    validate_.add_argument('--headers-only', action='store_true',
+                           help='skip reading each file completely (truncation, NaN/Inf, non-integer labels)')
     validate_.set_defaults(run=_run_validate)
 
     cache = commands.add_parser('cache', help='fill the cache of resampled volumes (resumable)')

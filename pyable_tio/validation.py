@@ -1,4 +1,8 @@
-"""Check manifests without reading voxels: files, headers, transforms, batchability.
+"""Check manifests: files, headers, transforms, batchability, and each file's data.
+
+Every file is then read completely (``check_data=True``): truncated or damaged files,
+non-finite voxels and ROIs/label maps holding non-integer values are reported, naming subject
+and file (:func:`pyable_tio.integrity.check_file`).
 
 ``pyable-tio validate`` prints what :func:`validate` returns; use it from Python to gate a
 training job on a manifest.
@@ -17,11 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .constants import REFERENCE_FIRST
-from .errors import ManifestError
+from .constants import DEFAULT_NONFINITE
+from .errors import ManifestError, describe
+from .integrity import FileCheck, check_file, check_nonfinite_mode
 from .manifest import Manifest, read_manifest
 from .manifest import _check_files as check_files_exist
 from .reference import Reference, grid_of_space
-from .subjects import MISSING_ERROR, SubjectPlan, _check_batchable, _transform_problems, plan_subject
+from .subjects import _FIELD_ROLE, MISSING_ERROR, SubjectPlan, _check_batchable, _transform_problems, plan_subject
 
 
 @dataclass
@@ -45,6 +51,8 @@ class Validation:
     spacings: Counter = field(default_factory=Counter)
     orientations: Counter = field(default_factory=Counter)
     reference_sizes: Counter = field(default_factory=Counter)
+    #: Findings that do not stop training (non-finite voxels kept or zeroed as asked), one line each.
+    notes: list[str] = field(default_factory=list)
 
 
 def validate(
@@ -53,6 +61,9 @@ def validate(
     reference_space: str | None = None,
     root: str | None = None,
     missing: str = MISSING_ERROR,
+    *,
+    nonfinite: str = DEFAULT_NONFINITE,
+    check_data: bool = True,
 ) -> Validation:
     """Check a manifest without reading voxels: files exist, headers and transforms read.
 
@@ -62,6 +73,10 @@ def validate(
         reference_space: Optional image whose grid every subject uses.
         root: Folder that relative manifest paths resolve against.
         missing: ``"error"`` or ``"empty"``, as in :func:`pyable_tio.subjects_from_manifest`.
+        nonfinite: The policy training will use (``"error"``, ``"zero"`` or ``"keep"``):
+            non-finite voxels are problems with ``"error"``, notes otherwise.
+        check_data: Also read every file completely (full decompression): truncated or
+            damaged files, non-finite voxels, ROIs/label maps with non-integer values.
 
     Returns:
         The problems (one line each) and a summary of the subjects without problems.
@@ -70,6 +85,7 @@ def validate(
         >>> validate('manifest.json').problems  # doctest: +SKIP
         []
     """
+    check_nonfinite_mode(nonfinite)
     report = Validation(_label(source))
     try:
         manifest = read_manifest(source, root=root, check_files=False)
@@ -79,6 +95,7 @@ def validate(
         return report
     plans = []
     checked: dict = {}  # transform results shared by the subjects (see _transform_problems)
+    data_checked: dict[tuple[str, str], FileCheck] = {}  # a file listed by many subjects is read once
     report.listed = len(manifest)
     for record in manifest:
         try:
@@ -92,6 +109,11 @@ def validate(
         if problems:
             report.problems.extend(problems)
             continue
+        if check_data:
+            problems = _data_problems(record, nonfinite, report, data_checked)
+            if problems:
+                report.problems.extend(problems)
+                continue
         plans.append(plan)
         _summarise(report, plan)
     if plans:
@@ -100,6 +122,20 @@ def validate(
         except ManifestError as error:
             report.problems.extend(error.problems)
     return report
+
+
+def _data_problems(record, nonfinite: str, report: Validation, done: dict[tuple[str, str], FileCheck]) -> list[str]:
+    """Each file of ``record`` read completely; its problems, with its notes added to ``report``."""
+    problems = []
+    for name, entry in record.entries():
+        role = _FIELD_ROLE[name]
+        key = (str(entry.path), role)
+        if key not in done:
+            done[key] = check_file(entry.path, role, nonfinite)
+        where = f'field "{name}": file {entry.path}'
+        problems += [describe(record.id, where, p) for p in done[key].problems]
+        report.notes += [describe(record.id, where, n) for n in done[key].notes]
+    return problems
 
 
 def _summarise(report: Validation, plan: SubjectPlan) -> None:
