@@ -83,24 +83,31 @@ class SeriesHeader:
     components: int
 
     def GetSize(self) -> tuple[int, ...]:  # noqa: N802 - SimpleITK's spelling
+        """Size in voxels (x, y, z), z being the number of slices."""
         return self.size
 
     def GetSpacing(self) -> tuple[float, ...]:  # noqa: N802
+        """Spacing in mm (x, y, z); z is the distance between slice positions."""
         return self.spacing
 
     def GetOrigin(self) -> tuple[float, ...]:  # noqa: N802
+        """LPS position in mm of the first slice's first voxel."""
         return self.origin
 
     def GetDirection(self) -> tuple[float, ...]:  # noqa: N802
+        """Row-major direction cosines (x,y,z columns) of the first slice."""
         return self.direction
 
     def GetPixelID(self) -> int:  # noqa: N802
+        """SimpleITK pixel type id of the slices."""
         return self.pixel_id
 
     def GetDimension(self) -> int:  # noqa: N802
+        """Number of dimensions (3)."""
         return len(self.size)
 
     def GetNumberOfComponents(self) -> int:  # noqa: N802
+        """Components per voxel."""
         return self.components
 
 
