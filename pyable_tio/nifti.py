@@ -213,16 +213,24 @@ def read_voxels(path: str | os.PathLike, header: NiftiHeader) -> np.ndarray:
     dtype = header.dtype
     if dtype is None:
         raise ValueError(f'unsupported NIfTI datatype {header.datatype}')
-    opener = gzip.open if header.compressed else open
-    try:
-        with opener(Path(path), 'rb') as stream:
-            stream.seek(header.vox_offset)
-            raw = stream.read(header.data_bytes)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise TruncatedFileError(f'truncated or damaged file: {error}') from None
-    if len(raw) < header.data_bytes:
-        raise TruncatedFileError(_short(header.vox_offset + len(raw), header))
-    array = np.frombuffer(raw, dtype=dtype)
+    path = Path(path)
+    end = header.vox_offset + header.data_bytes
+    if header.compressed:
+        # One zlib pass over the whole member: several times faster than GzipFile's reads.
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            raw = inflater.decompress(path.read_bytes(), end)
+            if len(raw) < end and inflater.unused_data:  # several gzip members (legal, rare)
+                with gzip.open(path, 'rb') as stream:
+                    raw = stream.read(end)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise TruncatedFileError(f'truncated or damaged file: {error}') from None
+    else:
+        with path.open('rb') as stream:
+            raw = stream.read(end)
+    if len(raw) < end:
+        raise TruncatedFileError(_short(len(raw), header))
+    array = np.frombuffer(raw, dtype=dtype, count=header.num_voxels, offset=header.vox_offset)
     native = array.astype(dtype.newbyteorder('='), copy=not array.flags.writeable)
     if header.scaled:
         native = native * native.dtype.type(header.slope) + native.dtype.type(header.inter)

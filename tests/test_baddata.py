@@ -213,3 +213,11 @@ def test_gzip_helper_matches_python(tmp_path):
     with gzip.open(path, 'rb') as stream:
         length = len(stream.read())
     assert int.from_bytes(path.read_bytes()[-4:], 'little') == length == nifti.read_nifti_header(path).expected_bytes
+
+
+def test_every_constructor_forwards_the_policy(tmp_path, nan_file):
+    manifest = manifest_of(tmp_path, images=[nan_file])
+    assert np.isfinite(pt.dataset_from_manifest(manifest, nonfinite='zero')[0]['images'].data.numpy()).all()
+    assert np.isnan(pt.PyableDataset(manifest, nonfinite='keep')[0]['images'].numpy()).sum() == 1
+    with pytest.raises(LoadError, match='non-finite'):
+        pt.PyableDataset(manifest)[0]
