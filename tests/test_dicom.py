@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import locale
 import os
 from pathlib import Path
 
@@ -33,6 +34,16 @@ def oblique_volume() -> sitk.Image:
 
 def write_series(volume: sitk.Image, folder: Path, uid: str, description: str) -> None:
     """One file per slice with the tags ITK's series reader places slices by."""
+    # GDCM's writer resets the process locale to "C" when it formats positions (SimpleITK
+    # 2.5.7): Python's default text encoding would become ASCII for every later test.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_slices(volume, folder, uid, description)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(volume: sitk.Image, folder: Path, uid: str, description: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -80,8 +91,10 @@ def world_values(image: sitk.Image, points: np.ndarray) -> np.ndarray:
 
 def test_series_header_matches_the_full_read_and_the_volume(data):
     root, volume = data
+    before = locale.setlocale(locale.LC_ALL)
     header = pt.ImageHeader.read(root / 'one')
     full = dicom.read_series(root / 'one')
+    assert locale.setlocale(locale.LC_ALL) == before  # reading leaves the process locale alone
     for got in (header.grid, pt.Grid.from_image(full)):
         assert got.size == volume.GetSize() == (7, 6, 5)  # the slice count is the third size
         np.testing.assert_allclose(got.spacing, volume.GetSpacing(), atol=1e-5)
