@@ -17,16 +17,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from . import nifti, sources
+from . import backend, nifti, sources
 from .constants import DEFAULT_NONFINITE, NONFINITE_ERROR, NONFINITE_KEEP, NONFINITE_MODES, NONFINITE_ZERO
 from .errors import short_error
 
-ROLE_IMAGE = 'image'
 _FLOAT_PIXELS = frozenset({
     sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64,
 })
 _EXAMPLES = 3
-_LABEL_NOUNS = {'roi': 'ROI', 'labelmap': 'label map'}
+_LABEL_NOUNS = {backend.ROLE_ROI: 'ROI', backend.ROLE_LABELMAP: 'label map'}
 
 
 class NonFiniteError(ValueError):
@@ -134,7 +133,7 @@ def restore_infinities(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def label_problem(image: sitk.Image, role: str = 'labelmap') -> str | None:
+def label_problem(image: sitk.Image, role: str = backend.ROLE_LABELMAP) -> str | None:
     """Why a ROI or label map file is not one (float values that are not integers), or None.
 
     Float files holding whole numbers (0.0, 1.0, 2.0) are label maps and pass.
@@ -168,7 +167,7 @@ class FileCheck:
     notes: list[str] = field(default_factory=list)
 
 
-def check_file(path: str | os.PathLike, role: str = ROLE_IMAGE, nonfinite: str = DEFAULT_NONFINITE) -> FileCheck:
+def check_file(path: str | os.PathLike, role: str = backend.ROLE_IMAGE, nonfinite: str = DEFAULT_NONFINITE) -> FileCheck:
     """Read a file completely and report damage, non-finite voxels and non-integer labels.
 
     A gzip NIfTI is decompressed to its end; every voxel is read as stored (past SimpleITK's
@@ -210,7 +209,7 @@ def check_file(path: str | os.PathLike, role: str = ROLE_IMAGE, nonfinite: str =
         else:
             action = 'replaced by 0 before resampling' if nonfinite == NONFINITE_ZERO else 'kept as stored'
             report.notes.append(f'{problem}, {action} (nonfinite="{nonfinite}")')
-    if role != ROLE_IMAGE:
+    if role != backend.ROLE_IMAGE:
         if nonfinite == NONFINITE_ZERO:
             image, _ = apply_nonfinite(image, NONFINITE_ZERO)
         problem = label_problem(image, role)

@@ -14,7 +14,7 @@ import torch
 import torchio as tio
 from tqdm.auto import tqdm
 
-from . import backend, integrity, registration, sources
+from . import backend, integrity, registration
 from .alignment import Alignment, align_subject
 from .constants import (
     ALIGN_MODES,
@@ -47,6 +47,10 @@ _SUBJECT_METHODS = frozenset(
     name for name in dir(tio.Subject)
     if not name.startswith('_') and callable(inspect.getattr_static(tio.Subject, name))
 )
+
+#: TorchIO checks that a path exists; the manifest already did, and a DICOM series locator
+#: (``folder#UID``) names no file of its own.
+_TIO_PATHS = {'verify_path': False}
 
 _FIELD_ROLE = {'images': backend.ROLE_IMAGE, 'rois': backend.ROLE_ROI, 'labelmaps': backend.ROLE_LABELMAP}
 
@@ -116,11 +120,9 @@ def subjects_from_manifest(
         align: ``"rigid"`` or ``"affine"`` registers each non-reference image onto the
             reference image once, here (cached in ``cache_dir/alignment``); None (default)
             trusts the files' physical space and the manifest transforms.
-        nonfinite: What NaN and +-Inf voxels become, per file before interpolation:
-            ``"error"`` (default: the load fails naming subject and file, because one NaN
-            spreads through interpolation and normalisation into a NaN loss far from its
-            cause), ``"zero"`` (replaced by 0) or ``"keep"`` (as stored, past SimpleITK's
-            NIfTI reader, which would zero them). Part of the cache key.
+        nonfinite: NaN/+-Inf voxels, per file before interpolation: ``"error"`` (default; one
+            NaN would spread into a NaN loss far from its cause), ``"zero"`` or ``"keep"``
+            (as stored, past SimpleITK's NIfTI reader, which zeroes them). In the cache key.
 
     Returns:
         Subjects with keys ``"id"``, ``"meta"``, the images, ``roi_i``, ``labelmap_i`` and
@@ -321,31 +323,22 @@ def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> 
         role_options = options if role == backend.ROLE_IMAGE else {**options, 'default_value': 0.0}
         return GridReader(grid, role, record.id, transforms=transforms, **role_options)
 
-    def verify(entries: Sequence[FileEntry]) -> dict[str, bool]:
-        # TorchIO checks that paths exist; a series locator (folder#UID) names no file itself.
-        return {} if not any(sources.is_series(e.path) for e in entries) else {'verify_path': False}
-
     images: dict[str, tio.Image] = {}
     image_paths = [str(e.path) for e in record.images]
     if stack:
         path = image_paths if len(image_paths) > 1 else image_paths[0]
-        images[IMAGES] = tio.ScalarImage(
-            path, reader=reader(backend.ROLE_IMAGE, record.images), **verify(record.images)
-        )
+        images[IMAGES] = tio.ScalarImage(path, reader=reader(backend.ROLE_IMAGE, record.images), **_TIO_PATHS)
     else:
         for i, entry in enumerate(record.images):
-            images[f'{IMAGE_PREFIX}{i}'] = tio.ScalarImage(
-                entry.path, reader=reader(backend.ROLE_IMAGE, [entry]), **verify([entry])
-            )
+            image_reader = reader(backend.ROLE_IMAGE, [entry])
+            images[f'{IMAGE_PREFIX}{i}'] = tio.ScalarImage(entry.path, reader=image_reader, **_TIO_PATHS)
     for name, prefix in (('rois', ROI_PREFIX), ('labelmaps', LABELMAP_PREFIX)):
         entries = getattr(record, name)
         role = _FIELD_ROLE[name]
         for i, entry in enumerate(entries):
-            images[f'{prefix}{i}'] = tio.LabelMap(entry.path, reader=reader(role, [entry]), **verify([entry]))
+            images[f'{prefix}{i}'] = tio.LabelMap(entry.path, reader=reader(role, [entry]), **_TIO_PATHS)
         for i in range(len(entries), counts[name]):
-            images[f'{prefix}{i}'] = tio.LabelMap(
-                record.images[0].path, reader=EmptyLabelReader(grid), **verify(record.images[:1])
-            )
+            images[f'{prefix}{i}'] = tio.LabelMap(record.images[0].path, reader=EmptyLabelReader(grid), **_TIO_PATHS)
     reserved = set(images) | {ID, META} | _SUBJECT_METHODS
     clashes = sorted(reserved & set(record.extra))
     if clashes:

@@ -24,7 +24,7 @@ from .constants import REFERENCE_FIRST
 from .constants import DEFAULT_NONFINITE
 from .errors import ManifestError, describe
 from .integrity import FileCheck, check_file, check_nonfinite_mode
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest, SubjectRecord, read_manifest
 from .manifest import _check_files as check_files_exist
 from .reference import Reference, grid_of_space
 from .subjects import _FIELD_ROLE, MISSING_ERROR, SubjectPlan, _check_batchable, _transform_problems, plan_subject
@@ -65,7 +65,7 @@ def validate(
     nonfinite: str = DEFAULT_NONFINITE,
     check_data: bool = True,
 ) -> Validation:
-    """Check a manifest without reading voxels: files exist, headers and transforms read.
+    """Check a manifest: files exist, headers and transforms read, then each file's data.
 
     Args:
         source: Manifest file (JSON or CSV), or a list of CSV files (multi-CSV).
@@ -124,7 +124,7 @@ def validate(
     return report
 
 
-def _data_problems(record, nonfinite: str, report: Validation, done: dict[tuple[str, str], FileCheck]) -> list[str]:
+def _data_problems(record: SubjectRecord, nonfinite: str, report: Validation, done: dict[tuple[str, str], FileCheck]) -> list[str]:
     """Each file of ``record`` read completely; its problems, with its notes added to ``report``."""
     problems = []
     for name, entry in record.entries():
