@@ -54,6 +54,10 @@ class SeriesInfo:
         uid: SeriesInstanceUID.
         description: SeriesDescription (0008|103e), ``""`` when absent.
         files: Slice files in ITK's order (sorted along the slice normal).
+
+    Example:
+        >>> SeriesInfo('1.2.3', 'T1', ('a.dcm', 'b.dcm')).describe()
+        '1.2.3 "T1" (2 files)'
     """
 
     uid: str
@@ -132,7 +136,12 @@ def split_locator(path: str | os.PathLike) -> tuple[Path, str | None] | None:
 
 
 def locator(folder: str | os.PathLike, uid: str) -> Path:
-    """The path that names series ``uid`` of ``folder`` (``folder#UID``)."""
+    """The path that names series ``uid`` of ``folder`` (``folder#UID``).
+
+    Example:
+        >>> locator('/data/dicom', '1.2.3')
+        PosixPath('/data/dicom#1.2.3')
+    """
     uid = str(uid).strip()
     if not uid or SERIES_SEPARATOR in uid or os.sep in uid:
         raise ValueError(f'a series UID looks like "1.2.840.113619.2.55", got {uid!r}')
@@ -140,7 +149,12 @@ def locator(folder: str | os.PathLike, uid: str) -> Path:
 
 
 def exists(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an existing file, folder, or series locator of an existing folder."""
+    """Whether ``path`` is an existing file, folder, or series locator of an existing folder.
+
+    Example:
+        >>> exists('/data/dicom#1.2.3')  # doctest: +SKIP
+        True
+    """
     return Path(path).exists() or split_locator(path) is not None
 
 
@@ -211,6 +225,10 @@ def read_series_header(path: str | os.PathLike) -> SeriesHeader:
     Raises:
         SeriesError: as :func:`series_files`.
         RuntimeError: If a file's header cannot be read.
+
+    Example:
+        >>> read_series_header('/data/dicom#1.2.3').GetSize()  # doctest: +SKIP
+        (256, 256, 176)
     """
     files = series_files(path)
     first = _file_header(files[0])

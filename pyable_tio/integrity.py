@@ -161,7 +161,12 @@ def label_problem(image: sitk.Image, role: str = backend.ROLE_LABELMAP) -> str |
 
 @dataclass
 class FileCheck:
-    """What :func:`check_file` found: problems (the file cannot be used as listed) and notes."""
+    """What :func:`check_file` found: problems (the file cannot be used as listed) and notes.
+
+    Example:
+        >>> FileCheck().problems
+        []
+    """
 
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

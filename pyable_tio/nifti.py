@@ -61,6 +61,10 @@ class NiftiHeader:
         inter: ``scl_inter``.
         byteorder: ``"<"`` or ``">"``.
         compressed: Whether the file is gzip-compressed.
+
+    Example:
+        >>> read_nifti_header('t1.nii').vox_offset  # doctest: +SKIP
+        352
     """
 
     dims: tuple[int, ...]
@@ -99,7 +103,12 @@ class NiftiHeader:
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a single-file NIfTI by its ending."""
+    """Whether ``path`` names a single-file NIfTI by its ending.
+
+    Example:
+        >>> is_nifti('t1.nii.gz'), is_nifti('t1.nrrd')
+        (True, False)
+    """
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
@@ -110,6 +119,10 @@ def read_nifti_header(path: str | os.PathLike) -> NiftiHeader | None:
 
     Raises:
         OSError: If the file cannot be opened.
+
+    Example:
+        >>> read_nifti_header('t1.nii.gz').expected_bytes  # doctest: +SKIP
+        122880
     """
     path = Path(path)
     compressed = _is_gzip(path)
@@ -180,6 +193,10 @@ def check_stream(path: str | os.PathLike, header: NiftiHeader | None = None) -> 
 
     Raises:
         TruncatedFileError: a decompression error, a stream cut short, or too few bytes.
+
+    Example:
+        >>> check_stream('t1.nii.gz')  # what validate runs on every file  # doctest: +SKIP
+        123232
     """
     path = Path(path)
     header = header if header is not None else read_nifti_header(path)
@@ -209,6 +226,10 @@ def read_voxels(path: str | os.PathLike, header: NiftiHeader) -> np.ndarray:
     Raises:
         TruncatedFileError: If the file is shorter than its header declares.
         ValueError: If the datatype is not supported.
+
+    Example:
+        >>> header = read_nifti_header('adc.nii.gz')  # doctest: +SKIP
+        >>> read_voxels('adc.nii.gz', header).reshape(header.dims[::-1])  # Z, Y, X  # doctest: +SKIP
     """
     dtype = header.dtype
     if dtype is None:

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -30,7 +29,12 @@ _FLOAT_PIXELS = {16: sitk.sitkFloat32, 64: sitk.sitkFloat64}
 
 
 def is_series(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a DICOM series (a folder, or ``folder#UID``)."""
+    """Whether ``path`` names a DICOM series (a folder, or ``folder#UID``).
+
+    Example:
+        >>> is_series('t1.nii.gz')
+        False
+    """
     return dicom.split_locator(path) is not None
 
 
@@ -39,6 +43,10 @@ def files_of(path: str | os.PathLike) -> tuple[str, ...]:
 
     Raises:
         dicom.SeriesError: For a folder without a unique series (see :func:`dicom.series_files`).
+
+    Example:
+        >>> files_of('t1.nii.gz')
+        ('t1.nii.gz',)
     """
     return dicom.series_files(path) if is_series(path) else (os.fspath(path),)
 
@@ -64,6 +72,12 @@ def check_length(path: str | os.PathLike) -> None:
     Raises:
         nifti.TruncatedFileError: naming the bytes held and needed.
         RuntimeError: If the file cannot be read.
+
+    Example:
+        >>> check_length('cut.nii.gz')  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        pyable_tio.nifti.TruncatedFileError: truncated file: 416 bytes, but its header needs 832 ...
     """
     if nifti.is_nifti(path):
         try:
@@ -118,7 +132,3 @@ def _unreadable(path: str | os.PathLike, error: OSError) -> RuntimeError:
         return RuntimeError(f'The file "{path}" does not exist.')  # SimpleITK's words
     return RuntimeError(f'cannot read "{path}": {error.strerror or error}')
 
-
-def exists(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an existing file or folder, or a series locator of an existing folder."""
-    return dicom.exists(Path(path))
