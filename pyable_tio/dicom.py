@@ -232,13 +232,17 @@ def read_series_header(path: str | os.PathLike) -> SeriesHeader:
     """
     files = series_files(path)
     first = _file_header(files[0])
+    if len(files) == 1:  # one (possibly multi-frame) file: its own header is the series'
+        return SeriesHeader(
+            tuple(first.GetSize()), tuple(first.GetSpacing()), tuple(first.GetOrigin()),
+            tuple(first.GetDirection()), first.GetPixelID(), first.GetNumberOfComponents(),
+        )
     size = (*first.GetSize()[:2], len(files))
     spacing = list(first.GetSpacing())
-    if len(files) > 1:
-        last = _file_header(files[-1])
-        gap = np.linalg.norm(np.subtract(last.GetOrigin(), first.GetOrigin())) / (len(files) - 1)
-        if gap > 0:
-            spacing[2] = float(gap)
+    last = _file_header(files[-1])
+    gap = np.linalg.norm(np.subtract(last.GetOrigin(), first.GetOrigin())) / (len(files) - 1)
+    if gap > 0:
+        spacing[2] = float(gap)
     return SeriesHeader(
         tuple(int(n) for n in size), tuple(spacing), tuple(first.GetOrigin()), tuple(first.GetDirection()),
         first.GetPixelID(), first.GetNumberOfComponents(),

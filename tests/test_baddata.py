@@ -70,6 +70,17 @@ def test_truncated_nifti_is_refused_at_load_and_nothing_is_cached(tmp_path, caps
     assert 'subject "sub-bad"' in err and str(path) in err and 'truncated' in err
 
 
+@pytest.mark.parametrize('suffix', ['.nrrd', '.mha'])
+def test_truncated_raw_nrrd_and_metaimage_already_fail_in_simpleitk(tmp_path, suffix):
+    """No size check needed for them: their readers count the bytes they get."""
+    path = tmp_path / f't1{suffix}'
+    sitk.WriteImage(sitk.GetImageFromArray(ramp().T.copy()), str(path))
+    cut_in_half(path)
+    subject = pt.subjects_from_manifest(manifest_of(tmp_path, images=[path]))[0]
+    with pytest.raises(LoadError, match=r'subject "sub-bad": file .*t1\.(nrrd|mha): unreadable image'):
+        subject.load()
+
+
 def test_load_check_is_cheap_and_validate_reads_the_whole_stream(tmp_path, capsys):
     """A damaged middle with an intact trailer passes the load check; validate decompresses it all."""
     path = write_nifti(tmp_path / 't1.nii.gz', ramp())
