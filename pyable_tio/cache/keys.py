@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
-from .. import sources
+from .. import backend, sources
 from ..constants import CACHE_FORMAT_VERSION, CACHE_KEY_VERSION, DEFAULT_NONFINITE
 from ..hashing import digest_of, entries_digest, file_digest, file_signature, known_digest, remember_digest
 from ..manifest.records import TransformEntry
