@@ -17,6 +17,7 @@ from .errors import LoadError, ManifestError, PyableTioError
 from .geometry import Grid, axis_aligned_grid, reorient_grid
 from .inference import GridInference, SubjectGridAggregator, inference_loader, predict_subject
 from .manifest import FileEntry, Manifest, SubjectRecord, TransformEntry, read_manifest
+from .monai_data import monai_dataset
 from .native import NativeSpaceError, native_grid, save_prediction, to_native
 from .patches import PatchQueue
 from .pyable_dataset import PyableDataset
@@ -58,6 +59,7 @@ __all__ = [
     'dataset_from_manifest',
     'inference_loader',
     'make_sampler',
+    'monai_dataset',
     'native_grid',
     'predict_subject',
     'pyable_available',

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -83,7 +83,8 @@ def to_native(
 
     Args:
         prediction: C x D x H x W (Z,Y,X) tensor or array on the subject's current grid
-            (2-D subjects: C x 1 x H x W), or a ``tio.Image`` (its affine is used).
+            (2-D subjects: C x 1 x H x W), or a ``tio.Image`` or a MONAI ``MetaTensor``
+            (their affine is used, so they may lie on a crop or another grid).
         subject: The ``tio.Subject`` the prediction was made on (from pyable-tio).
         target: The source file whose grid to use: a subject key (``"labelmap_0"``,
             ``"images"`` = its first file), a path listed in ``meta['source_paths']``, or
@@ -268,9 +269,14 @@ def _prediction_tensor(
     prediction: Prediction, subject: tio.Subject, key: str, image: tio.Image
 ) -> tuple[torch.Tensor, np.ndarray, bool]:
     """The prediction as a 4-D tensor on the subject's original grid, with its affine."""
+    located = isinstance(prediction, tio.Image) or _is_meta_tensor(prediction)
     if isinstance(prediction, tio.Image):
         tensor, affine = prediction.data, prediction.affine
         is_label = isinstance(prediction, tio.LabelMap)
+    elif located:
+        # A MONAI MetaTensor (e.g. from pt.monai_dataset, after Invertd or a crop): its affine
+        # (index to RAS, as TorchIO's) locates it.
+        tensor, affine, is_label = prediction.as_tensor(), prediction.affine.detach().cpu().numpy(), False
     else:
         if isinstance(prediction, np.ndarray):
             prediction = torch.from_numpy(np.ascontiguousarray(prediction))
@@ -281,7 +287,7 @@ def _prediction_tensor(
     if tensor.ndim != 4:
         problem = f'prediction must be C x D x H x W, got shape {tuple(tensor.shape)}'
         raise NativeSpaceError(describe(subject_id, None, problem))
-    if not isinstance(prediction, tio.Image) and tuple(tensor.shape[1:]) != tuple(image.spatial_shape):
+    if not located and tuple(tensor.shape[1:]) != tuple(image.spatial_shape):
         problem = (
             f'prediction spatial shape {tuple(tensor.shape[1:])} is not the subject grid\'s (D, H, W)'
             f' {tuple(image.spatial_shape)}; pass a tio.Image with its own affine for other grids'
@@ -291,6 +297,11 @@ def _prediction_tensor(
     if history:
         tensor, affine = _undo_history(tensor, affine, is_label, subject, key)
     return tensor, np.asarray(affine, dtype=float), is_label
+
+
+def _is_meta_tensor(prediction: Any) -> bool:
+    """A ``monai.data.MetaTensor``, recognised without importing MONAI."""
+    return isinstance(prediction, torch.Tensor) and hasattr(prediction, 'affine') and hasattr(prediction, 'as_tensor')
 
 
 def _undo_history(
