@@ -304,3 +304,54 @@ def test_deterministic_monai_transforms_keep_their_physics_in_torchio_datasets(m
     for key in KEYS:
         assert torch.equal(sample[key].data, plain[key].data)
         np.testing.assert_allclose(sample[key].affine, plain[key].affine, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+def python_blocks(text: str) -> list[str]:
+    import re
+
+    return re.findall(r'```python\n(.+?)\n```', text, flags=re.DOTALL)
+
+
+def readme_monai_section() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    start = text.index('## Using pyable-tio from MONAI')
+    end = text.find('\n## ', start + 1)
+    return text[start:end if end > 0 else None]
+
+
+@pytest.fixture(scope='module')
+def sample(tmp_path_factory):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / 'examples' / 'data' / 'make_sample_data.py'
+    spec = importlib.util.spec_from_file_location('make_sample_data', script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = tmp_path_factory.mktemp('sample')
+    module.make_sample_data(folder)
+    return folder
+
+
+@pytest.mark.parametrize('where', ['docs/MONAI.md', 'README.md'])
+def test_monai_docs_run_as_written(where, sample, capsys):
+    """Every python block, in order, in one namespace; /tmp/sample is the sample data folder."""
+    from pathlib import Path
+
+    text = readme_monai_section() if where == 'README.md' else (Path(__file__).resolve().parents[1] / where).read_text()
+    blocks = python_blocks(text)
+    assert blocks, f'no python block in {where}'
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block.replace('/tmp/sample', str(sample)), where, 'exec'), namespace)
+    if where == 'docs/MONAI.md':
+        subjects = pt.subjects_from_manifest(sample / 'sample_manifest.json', missing='empty')
+        assert tuple(namespace['back']['pred'].shape[1:]) == subjects[1]['labelmap_0'].spatial_shape
+        labels = sitk.ReadImage(str(sample / 'sub-02_labels.nii.gz'))
+        assert namespace['native'].GetSize() == labels.GetSize()
+        np.testing.assert_array_equal(namespace['sample']['images'].affine, subjects[0]['images'].affine)
