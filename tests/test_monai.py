@@ -355,3 +355,12 @@ def test_monai_docs_run_as_written(where, sample, capsys):
         labels = sitk.ReadImage(str(sample / 'sub-02_labels.nii.gz'))
         assert namespace['native'].GetSize() == labels.GetSize()
         np.testing.assert_array_equal(namespace['sample']['images'].affine, subjects[0]['images'].affine)
+
+
+def test_monai_augmentation_in_pyable_dataset_keeps_the_grid(manifest):
+    augment = tio.MonaiAdapter(mt.RandAffined(KEYS, prob=1, rotate_range=(0.4, 0, 0), mode=('bilinear', 'nearest')))
+    item = pt.PyableDataset(manifest, transforms=augment)[0]  # no LayoutError
+    plain = pt.PyableDataset(manifest)[0]
+    assert item['meta']['affine'] == plain['meta']['affine']
+    assert not torch.equal(item['images'], plain['images'])
+    assert set(torch.unique(item['labelmaps'][0]).tolist()) <= LABELS
