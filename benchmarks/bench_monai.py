@@ -5,7 +5,8 @@ thick-slice T2 resampled onto it, and a label map), same checks (``BatchChecker`
 (``PeakMemory``, PSS of the process tree) and CPU accounting. Two variants, each in its own
 process, after an untimed warm-up epoch that fills its cache:
 
-    f  pyable-tio: pt.monai_dataset(manifest, transform=recipe, cache_dir=...)   (.npy memory maps)
+    f  pyable-tio: pt.monai_dataset(manifest, transform=recipe, cache_dir=..., stack_channels=False)
+       (.npy memory maps, one key per channel: ConcatItemsd after the crop, so crops copy patches only)
     g  MONAI: PersistentDataset(LoadImaged + EnsureChannelFirstd + ResampleToMatchd + recipe)
        (torch.save pickles of the resampled volumes, cached up to the first random transform)
 
@@ -56,10 +57,17 @@ def recipe(keys: list[str], image_keys: list[str], args) -> list:
 
 
 def pyable_dataset(args, manifest: Path, cache_dir: Path):
+    from monai import transforms as mt
+
     import pyable_tio as pt
 
-    keys = ['images', 'labelmap_0']
-    return pt.monai_dataset(manifest, transform=recipe(keys, ['images'], args), cache_dir=cache_dir)
+    # One key per channel (stack_channels=False): each is a memory map of its cached volume, so the
+    # crops copy only the patches; the channels are concatenated after the crop.
+    keys = ['image_0', 'image_1', 'labelmap_0']
+    crop = recipe(keys, ['images'], args)[0]
+    concat = [mt.ConcatItemsd(['image_0', 'image_1'], 'images'), mt.DeleteItemsd(['image_0', 'image_1'])]
+    augment = recipe(['images', 'labelmap_0'], ['images'], args)[1:]
+    return pt.monai_dataset(manifest, transform=[crop, *concat, *augment], cache_dir=cache_dir, stack_channels=False)
 
 
 def persistent_dataset(args, manifest: Path, cache_dir: Path):

@@ -73,7 +73,8 @@ def _collate_meta(batch: Sequence[SubjectMeta], *, collate_fn_map: Any = None) -
     return list(batch)
 
 
-# torch's default_collate (used by MONAI's list_data_collate) looks types up in this map first.
+# torch's default_collate (used by MONAI's list_data_collate) looks types up in this map first:
+# torch's documented way to collate a custom type (torch.utils.data.default_collate docs).
 default_collate_fn_map.setdefault(SubjectMeta, _collate_meta)
 
 
