@@ -503,11 +503,13 @@ def test_monai_transforms_through_the_adapter(manifest, subject):
     normalized = tio.MonaiAdapter(monai_transforms.NormalizeIntensityd(keys=['images'], channel_wise=True))(subject)
     np.testing.assert_allclose(normalized['images'].data.mean(dim=(1, 2, 3)), 0, atol=1e-4)
     assert T.is_zyx(normalized)
-    # MONAI's spatial augmentation rewrites the affine onto a rotated grid: the guard refuses it.
+    # MONAI's spatial augmentation rewrites the affine onto a rotated grid; in our datasets it keeps
+    # the subject's grid as TorchIO's augmentations do (tests/test_monai.py checks the content).
     rotate = monai_transforms.RandAffined(keys=keys, prob=1, rotate_range=(0.3, 0.3, 0.3), mode='nearest')
     dataset = pt.dataset_from_manifest(manifest, transform=tio.MonaiAdapter(rotate))
+    assert T.is_zyx(dataset[0])
     with pytest.raises(T.LayoutError, match='not a permutation of the Z,Y,X axes'):
-        dataset[0]
+        T.ToZYX()(tio.MonaiAdapter(rotate)(subject))  # a bare adapter still moves the grid
 
 
 # --- the seed's callable contract (one for CallableTransform and PyableDataset) ----------------
