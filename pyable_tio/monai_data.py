@@ -20,6 +20,7 @@ MONAI is optional (``pip install "pyable-tio[monai]"``) and imported only when u
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -124,7 +125,7 @@ def subject_to_monai(subject: tio.Subject) -> dict[str, Any]:
         if isinstance(value, tio.Image):
             item[key] = _meta_tensor(monai, value)
         elif key == META:
-            item[key] = SubjectMeta(value)
+            item[key] = SubjectMeta(copy.deepcopy(value))  # the item's own: the subject's stays as it is
         else:
             item[key] = value
     return item
