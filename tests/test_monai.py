@@ -274,9 +274,12 @@ def test_missing_monai_gives_a_clear_error(manifest, monkeypatch):
 # ----------------------------------------------------------------------------- item 3: tio.MonaiAdapter
 
 
-@pytest.mark.parametrize('name', ['RandAffined', 'Rand3DElasticd'])
+@pytest.mark.parametrize('name', ['RandAffined', 'Rand3DElasticd', 'RandFlipd'])
 def test_monai_augmentation_in_torchio_dataset_keeps_the_grid(name, manifest):
-    if name == 'RandAffined':
+    """The content moves as MONAI moved the array; the grid stays (RandFlipd: no longer undone by the guard)."""
+    if name == 'RandFlipd':
+        make = lambda: mt.RandFlipd(KEYS, prob=1, spatial_axis=2)  # noqa: E731
+    elif name == 'RandAffined':
         make = lambda: mt.RandAffined(KEYS, prob=1, rotate_range=(0.4, 0.2, 0.1), mode=('bilinear', 'nearest'))  # noqa: E731
     else:
         make = lambda: mt.Rand3DElasticd(KEYS, sigma_range=(2, 3), magnitude_range=(15, 20), prob=1,  # noqa: E731
@@ -290,7 +293,8 @@ def test_monai_augmentation_in_torchio_dataset_keeps_the_grid(name, manifest):
     expected = make().set_random_state(7)({key: MetaTensor(plain[key].data, affine=torch.as_tensor(grid)) for key in KEYS})
     for key in KEYS:
         np.testing.assert_array_equal(sample[key].affine, grid)  # the grid stays
-        assert not torch.equal(sample[key].data, plain[key].data)  # the content moved
+        if key == 'images' or name != 'RandFlipd':  # (the phantom's labels are left-right symmetric)
+            assert not torch.equal(sample[key].data, plain[key].data)  # the content moved
         np.testing.assert_allclose(sample[key].data.float(), expected[key].as_tensor().float(), atol=1e-5)
     assert set(torch.unique(sample['labelmap_0'].data).tolist()) <= LABELS
 
