@@ -8,10 +8,10 @@ content-keyed ``.npy`` cache, memory-mapped, no pickle). Every MONAI dictionary 
 then applies as it does after ``LoadImaged``.
 
 Axis order: tensors are C x D x H x W in **Z,Y,X** order (MONAI's ``LoadImaged`` gives
-C x I x J K, i.e. x,y,z). The ``MetaTensor.affine`` maps (d, h, w) indices to RAS millimetres,
+C x I x J x K, i.e. x,y,z). The ``MetaTensor.affine`` maps (d, h, w) indices to RAS millimetres,
 as MONAI's affines do, so affine-driven transforms (``Spacingd``, ``Orientationd``,
-``RandAffined``, ``Invertd``, ``SaveImaged``...) are physically the same as on MONAI's own
-items, while per-axis parameters (``spatial_axis=``, ``pixdim=``, ``roi_size=``) read as
+``Invertd``...) are physically the same as on MONAI's own items, while per-axis parameters
+(``spatial_axis=``, ``pixdim=``, ``roi_size=``, ``rotate_range=``) read as
 (D, H, W) = (z, y, x): ``RandFlipd(spatial_axis=0)`` flips along z here, along x after
 ``LoadImaged``.
 
