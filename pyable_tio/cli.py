@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -26,13 +27,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import backend
-from .constants import (
-    ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, NONFINITE_MODES, REFERENCE_FIRST, REFERENCE_LARGEST,
-)
+from .constants import ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, MISSING_KEEP, MISSING_MODES
+from .constants import NONFINITE_MODES, REFERENCE_FIRST, REFERENCE_LARGEST
 from .errors import ManifestError, PyableTioError
+from .geometry import check_orientation
 from .manifest import Manifest, read_manifest
+from .planning import SPELLING_CLI
 from .reader import GridReader
-from .subjects import MISSING_EMPTY, MISSING_ERROR
 from .validation import Validation, _label, validate
 
 PROG = 'pyable-tio'
@@ -105,6 +106,13 @@ def _reference(text: str) -> str | int:
         raise argparse.ArgumentTypeError(f'expected first, largest or an index, got {text!r}') from None
 
 
+def _orientation(text: str) -> str:
+    try:
+        return check_orientation(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def format_bytes(count: float) -> str:
     """A byte count for humans (powers of 1024).
 
@@ -144,9 +152,13 @@ def _print_validation(report: Validation) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    options = (args.reference, args.reference_space, args.root, args.missing)
-    data = {'nonfinite': args.nonfinite, 'check_data': not args.headers_only}
-    reports = [validate(source, *options, **data) for source in _sources(args)]
+    check = functools.partial(
+        validate, reference=args.reference, reference_space=args.reference_space, root=args.root,
+        missing=args.missing, orientation=args.orientation, axis_aligned=args.axis_aligned, align=args.align,
+        extra_fields=args.extra_field, spelling=SPELLING_CLI, nonfinite=args.nonfinite,
+        check_data=not args.headers_only,
+    )
+    reports = [check(source) for source in _sources(args)]
     for report in reports:
         _print_validation(report)
         for note in report.notes:
@@ -178,7 +190,7 @@ def _run_cache(args: argparse.Namespace) -> int:
     build = functools.partial(
         subjects_from_manifest, reference=args.reference, reference_space=args.reference_space,
         interpolator=args.interpolator, default_value=args.default_value, orientation=args.orientation,
-        axis_aligned=args.axis_aligned, align=args.align,
+        axis_aligned=args.axis_aligned, align=args.align, extra_fields=args.extra_field,
         dtype=getattr(torch, args.dtype), missing=args.missing, root=args.root, cache_dir=cache,
         nonfinite=args.nonfinite,
     )
@@ -302,6 +314,9 @@ def _run_info(args: argparse.Namespace) -> int:
     rows.append(('pyable importable', 'yes' if backend.pyable_available() else 'no'))
     rows.append(('active backend', backend.active_backend()))
     problems = []
+    if args.check and args.cache_dir is None:
+        print(f'{PROG} info: error: --check needs --cache-dir DIR (the cache to verify)', file=sys.stderr)
+        return EXIT_USAGE
     if args.cache_dir is not None:
         from .cache import VolumeCache
 
@@ -312,7 +327,10 @@ def _run_info(args: argparse.Namespace) -> int:
         rows += [('cache folder', str(cache.folder)), ('cache entries', str(stats.entries)),
                  ('cache size', format_bytes(stats.bytes))]
         if args.check:
-            problems = [f'cache entry {key}: {p}' for key, _, _ in cache.entries() if (p := cache.check(key))]
+            problems = [
+                f'cache entry {key} (of {_entry_source(sidecar)}): {problem}'
+                for key, _, sidecar in cache.entries() if (problem := cache.check(key))
+            ]
             rows.append(('cache check', f'{len(problems)} bad entr{"y" if len(problems) == 1 else "ies"}'))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -321,6 +339,15 @@ def _run_info(args: argparse.Namespace) -> int:
         _print_problems(problems)
         return EXIT_PROBLEMS
     return EXIT_OK
+
+
+def _entry_source(sidecar: Path) -> str:
+    """The source file a cache entry was made from, as its sidecar records it."""
+    try:
+        source = json.loads(sidecar.read_text(encoding='utf-8')).get('source')
+    except (OSError, ValueError, AttributeError):
+        return 'unknown source: unreadable sidecar'
+    return str(source) if source else 'unknown source'
 
 
 # -------------------------------------------------------------------- parsing
@@ -338,6 +365,7 @@ def _print_problems(problems: Sequence[str], prefix: str = '') -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description='Manifests of medical images for TorchIO.')
+    parser.add_argument('--version', action='version', version=f'{PROG} {versions()["pyable-tio"]}')
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
     def manifest_options(command: argparse.ArgumentParser) -> None:
@@ -348,8 +376,17 @@ def _parser() -> argparse.ArgumentParser:
                              help='reference image of each subject: first (default), largest or an index')
         command.add_argument('--reference-space', metavar='PATH', help='image whose grid every subject uses')
         command.add_argument('--root', metavar='DIR', help='folder relative manifest paths resolve against')
-        command.add_argument('--missing', choices=(MISSING_ERROR, MISSING_EMPTY), default=MISSING_ERROR,
-                             help='subjects with fewer ROIs/label maps: error (default) or fill with empty ones')
+        command.add_argument('--missing', choices=MISSING_MODES, default=MISSING_KEEP,
+                             help='subjects that list different ROIs/label maps: keep (default; each has its'
+                                  ' own), error (they must agree, as a patch queue or batch needs) or empty'
+                                  ' (fill the missing ones with all-zero label maps)')
+        command.add_argument('--extra-field', action='append', default=[], metavar='NAME',
+                             help='a manifest field that is extra on purpose though close to a known one'
+                                  ' (repeatable)')
+        command.add_argument('--orientation', type=_orientation, metavar='CODE',
+                             help='reorient reference grids, e.g. LPS or RAS')
+        command.add_argument('--axis-aligned', action='store_true', help='axis-aligned grids instead of oblique ones')
+        command.add_argument('--align', choices=ALIGN_MODES, help='register images onto the reference first')
         command.add_argument('--nonfinite', choices=NONFINITE_MODES, default=DEFAULT_NONFINITE,
                              help='NaN/Inf voxels: error (default), zero (replace by 0) or keep (as stored)')
 
@@ -368,9 +405,6 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument('--interpolator', choices=INTERPOLATORS, default=LINEAR)
     cache.add_argument('--dtype', choices=_DTYPES, default='float32', help='image dtype')
     cache.add_argument('--default-value', type=float, default=0.0, help='image value outside a file')
-    cache.add_argument('--orientation', metavar='CODE', help='reorient reference grids, e.g. LPS or RAS')
-    cache.add_argument('--axis-aligned', action='store_true', help='axis-aligned grids instead of oblique ones')
-    cache.add_argument('--align', choices=ALIGN_MODES, help='register images onto the reference first')
     cache.add_argument('--no-progress', action='store_true', help='no progress bar')
     cache.set_defaults(run=_run_cache)
 

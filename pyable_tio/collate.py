@@ -105,7 +105,11 @@ class PadCollate:
         images = [_as_channels(item[ITEM_IMAGES]) for item in batch]
         channels = {name: image.shape[0] for name, image in zip(ids, images)}
         if len(set(channels.values())) > 1:
-            raise ValueError(f'items have different numbers of image channels {channels}; use pad=False')
+            raise ValueError(
+                f'items have different numbers of image channels {channels}: a padded batch stacks'
+                ' them; use pad=False, or PyableDataset(..., missing="error") to find such'
+                ' subjects before training'
+            )
         shapes = [tuple(image.shape[1:]) for image in images]
         labels = {key: [list(item.get(key, [])) for item in batch] for key in (ITEM_ROIS, ITEM_LABELMAPS)}
         every_shape = shapes + [tuple(t.shape) for lists in labels.values() for entries in lists for t in entries]

@@ -26,6 +26,13 @@ CSV_LIST_COLUMNS = {
     'transforms': FIELD_TRANSFORMS,
 }
 
+#: ``missing=``: each subject keeps the ROIs/label maps it lists (as in TorchIO), every subject
+#: must list the same numbers (batches need it), or missing ones are filled with all-zero maps.
+MISSING_KEEP = 'keep'
+MISSING_ERROR = 'error'
+MISSING_EMPTY = 'empty'
+MISSING_MODES = (MISSING_KEEP, MISSING_ERROR, MISSING_EMPTY)
+
 #: Reference selectors understood by name.
 REFERENCE_FIRST = 'first'
 REFERENCE_LARGEST = 'largest'

@@ -8,15 +8,24 @@ from typing import Any
 import torchio as tio
 from torch.utils.data import SequentialSampler
 
-from .constants import LABELMAP_PREFIX, META
+from .constants import LABELMAP_PREFIX, META, MISSING_EMPTY, MISSING_ERROR, MISSING_KEEP, ROI_PREFIX
 from .errors import ManifestError, describe
 from .geometry import grid_from_meta
-from .manifest import ManifestSource
+from .manifest import ManifestSource, parse_manifest
 from .patches import PatchQueue
 from .subjects import subjects_from_manifest
 from .transforms.layout import with_layout_guard
+from .transforms.adapter import CallableTransform
+from .transforms.spatial import RandomRotation90, Rotation90
 
 SAMPLERS = ('uniform', 'label', 'weighted')
+
+#: TorchIO transforms that may change a subject's spatial shape: with one of them in
+#: ``transform=``, a subject smaller than the patch may still give whole patches.
+#: Rotation90 and RandomRotation90 swap H and W of unequal in-plane shapes.
+RESIZING_TRANSFORMS = (
+    tio.CropOrPad, tio.Resize, tio.Resample, tio.Pad, tio.EnsureShapeMultiple, Rotation90, RandomRotation90,
+)
 
 
 def dataset_from_manifest(
@@ -32,7 +41,12 @@ def dataset_from_manifest(
             It is followed by :class:`pyable_tio.transforms.ToZYX`: samples are always Z,Y,X
             (axis reorderings such as ``tio.ToCanonical`` are undone; a resampling onto a grid
             that is not a permutation of the subject's raises ``LayoutError``).
-        **kwargs: Passed to :func:`pyable_tio.subjects_from_manifest`.
+        **kwargs: Passed to :func:`pyable_tio.subjects_from_manifest`. Subjects may differ
+            (``missing="keep"``, the default): each has the keys it lists. A
+            ``tio.SubjectsLoader`` with ``batch_size > 1`` needs subjects that agree: pass
+            ``missing="error"`` (checked here, before training) or ``missing="empty"``;
+            otherwise the loader stops at the first subject without a key, with a
+            ``KeyError`` naming the subject and the fix (:class:`pyable_tio.subjects.ManifestSubject`).
 
     Example:
         >>> dataset = dataset_from_manifest('manifest.json', transform=tio.RandomFlip())  # doctest: +SKIP
@@ -58,6 +72,7 @@ def queue_from_manifest(
     distributed: bool = False,
     seed: int = 0,
     fast_patches: bool | None = None,
+    missing: str = MISSING_ERROR,
     **kwargs: Any,
 ) -> tio.Queue:
     """A ``tio.Queue`` of patches from the manifest's subjects.
@@ -86,11 +101,19 @@ def queue_from_manifest(
         fast_patches: Return a :class:`pyable_tio.PatchQueue` (workers cut the patches and,
             without a transform, read only the patch regions, e.g. from the cache's memory
             maps) instead of a ``tio.Queue``. ``None`` (default): when ``transform`` is None.
+        missing: Patches of different subjects share batches, so subjects must agree:
+            ``"error"`` (default) refuses subjects with different numbers of ROIs/label maps
+            (or image channels), naming them, before training starts; ``"empty"`` fills the
+            missing ROIs/label maps with all-zero ones.
         **kwargs: Passed to :func:`pyable_tio.subjects_from_manifest`.
 
     Raises:
-        ManifestError: a subject smaller than the patch (when no transform may resize it).
-        ValueError: an unknown sampler, or a label sampler without a label map.
+        ManifestError: subjects that cannot share a batch, or a subject smaller than the
+            patch (when no transform may resize it: ``tio.CropOrPad``, ``tio.Resize``,
+            ``tio.Resample``, ``tio.Pad``, ``tio.EnsureShapeMultiple``, the 90-degree
+            rotations, or a callable that is not a TorchIO transform).
+        ValueError: an unknown sampler, a bad patch size or a label name that no subject has,
+            before any header is read.
 
     Example:
         >>> queue = queue_from_manifest('m.json', patch_size=(32, 64, 64), samples_per_volume=8,
@@ -98,9 +121,19 @@ def queue_from_manifest(
         >>> batch = next(iter(tio.SubjectsLoader(queue, batch_size=4)))  # doctest: +SKIP
         >>> batch['images'][tio.DATA].shape  # B x C x D x H x W  # doctest: +SKIP
     """
-    subjects = subjects_from_manifest(source, **kwargs)
+    # Options first: a typo here must not wait for thousands of headers.
     patch = _patch_size(patch_size)
-    if transform is None:
+    if not isinstance(sampler, tio.data.PatchSampler) and sampler not in SAMPLERS:
+        raise ValueError(f'sampler must be one of {SAMPLERS} or a tio sampler, got {sampler!r}')
+    if missing == MISSING_KEEP:
+        raise ValueError(f'a queue batches patches of different subjects: missing must be "{MISSING_ERROR}"'
+                         f' or "{MISSING_EMPTY}", got {missing!r}')
+    if label_name is not None and not isinstance(sampler, tio.data.PatchSampler) and sampler != 'uniform':
+        # From the manifest alone (no header); its problems are reported with the others below.
+        parsed, _, _ = parse_manifest(source, root=kwargs.get('root'), extra_fields=kwargs.get('extra_fields', ()))
+        _check_label_name(label_name, parsed, missing)
+    subjects = subjects_from_manifest(source, missing=missing, **kwargs)
+    if may_resize(transform) is False:
         _check_patch_fits(subjects, patch)
     dataset = tio.SubjectsDataset(subjects, transform=with_layout_guard(transform))  # patches stay Z,Y,X
     patch_sampler = make_sampler(sampler, patch, label_name, subjects[0])
@@ -233,20 +266,77 @@ def make_sampler(
 
 
 def _patch_size(patch_size: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(patch_size, bool):
+        raise ValueError(f'patch_size must be an int or 3 positive ints (D, H, W), got {patch_size!r}')
     if isinstance(patch_size, int):
+        if patch_size < 1:
+            raise ValueError(f'patch_size must be an int or 3 positive ints (D, H, W), got {patch_size!r}')
         return (patch_size,) * 3
-    patch = tuple(int(n) for n in patch_size)
+    try:
+        patch = tuple(int(n) for n in patch_size)
+    except (TypeError, ValueError):
+        patch = ()
     if len(patch) != 3 or min(patch) < 1:
         raise ValueError(f'patch_size must be an int or 3 positive ints (D, H, W), got {patch_size!r}')
     return patch
 
 
+#: TorchIO transforms around arbitrary code: whether they resize is unknown.
+_OPAQUE_TRANSFORMS = tuple(
+    cls for cls in (getattr(tio, 'Lambda', None), getattr(tio, 'MonaiAdapter', None), CallableTransform) if cls
+)
+
+
+def may_resize(transform: Callable | None) -> bool | None:
+    """Whether ``transform`` may change a subject's spatial shape: False, True, or None (unknown).
+
+    A ``tio.Compose``/``tio.OneOf`` (and pyable-tio's ``Compose``) is looked into; a TorchIO
+    transform resizes only if it is one of :data:`RESIZING_TRANSFORMS`; ``tio.Lambda``,
+    ``tio.MonaiAdapter``, ``transforms.CallableTransform`` and any other callable are unknown
+    (they may crop or pad).
+
+    Example:
+        >>> may_resize(tio.Compose([tio.RandomFlip(), tio.CropOrPad(32)])), may_resize(tio.RandomFlip())
+        (True, False)
+    """
+    if transform is None:
+        return False
+    if isinstance(transform, RESIZING_TRANSFORMS):
+        return True
+    children = getattr(transform, 'transforms', None)
+    if children is None:
+        children = getattr(transform, 'transforms_dict', None)  # tio.OneOf: {transform: probability}
+    if isinstance(children, dict):
+        children = list(children)
+    if isinstance(transform, tio.Transform) and children is not None:
+        answers = [may_resize(child) for child in children]
+        return True if True in answers else (None if None in answers else False)
+    if isinstance(transform, _OPAQUE_TRANSFORMS):
+        return None  # wraps a function (or MONAI transform) that may crop or pad
+    return False if isinstance(transform, tio.Transform) else None
+
+
+def _check_label_name(label_name: str, manifest: Any, missing: str) -> None:
+    """``label_name`` must be a ROI or label map key every subject has (from the manifest alone)."""
+    counts = {
+        prefix: [len(getattr(record, field)) for record in manifest]
+        for prefix, field in ((LABELMAP_PREFIX, 'labelmaps'), (ROI_PREFIX, 'rois'))
+    }
+    pick = max if missing == MISSING_EMPTY else min
+    keys = [f'{prefix}{i}' for prefix, numbers in counts.items() for i in range(pick(numbers, default=0))]
+    if label_name not in keys:
+        raise ValueError(f'label_name must be a label map or ROI key of every subject, one of {keys}; got {label_name!r}')
+
+
 def _check_patch_fits(subjects: Sequence[tio.Subject], patch: tuple[int, int, int]) -> None:
     problems = []
     for subject in subjects:
-        shape = grid_from_meta(subject[META]).shape_zyx
+        shape = tuple(int(n) for n in grid_from_meta(subject[META]).shape_zyx)
         if any(p > s for p, s in zip(patch, shape)):
-            problem = f'grid shape (D, H, W) {shape} is smaller than patch_size {patch}'
+            problem = (
+                f'grid shape (D, H, W) {shape} is smaller than patch_size {patch};'
+                ' use a smaller patch or a transform that resizes (e.g. tio.CropOrPad)'
+            )
             problems.append(describe(subject['id'], 'patch_size', problem))
     if problems:
         raise ManifestError.from_problems(problems)

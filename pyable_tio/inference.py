@@ -15,6 +15,7 @@ import torch
 import torchio as tio
 
 from .constants import OVERLAP_MODES
+from .errors import describe
 
 
 class SubjectGridAggregator(tio.GridAggregator):
@@ -147,6 +148,12 @@ def inference_loader(
     shape = tuple(subject.spatial_shape)
     patch = _triplet(patch_size, 'patch_size', shape, minimum=1)
     overlap = _triplet(patch_overlap, 'patch_overlap', shape, minimum=0)
+    # padding_mode pads overlap // 2 on each side; TorchIO's own error names no subject.
+    padded = tuple(s + (o // 2) * 2 if padding_mode is not None else s for s, o in zip(shape, overlap))
+    if any(p > s for p, s in zip(patch, padded)):
+        where = 'padded grid shape (D, H, W)' if padding_mode is not None else 'grid shape (D, H, W)'
+        problem = f'{where} {tuple(int(n) for n in padded)} is smaller than patch_size {patch}; use a smaller patch'
+        raise ValueError(describe(_subject_id(subject), 'inference_loader', problem))
     sampler = tio.GridSampler(subject, patch_size=patch, patch_overlap=overlap, padding_mode=padding_mode)
     loader = tio.SubjectsLoader(sampler, batch_size=batch_size, num_workers=num_workers)
     affine = np.asarray(subject.get_first_image().affine, dtype=float)
@@ -193,6 +200,11 @@ def predict_subject(
                 inputs = inputs.to(device)
             aggregator.add_batch(model(inputs).cpu(), batch[tio.LOCATION])
     return aggregator.get_output_image(label=label)
+
+
+def _subject_id(subject: tio.Subject) -> str | None:
+    value = subject.get('id')
+    return str(value) if value is not None else None
 
 
 def _triplet(

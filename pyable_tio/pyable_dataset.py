@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -31,7 +32,7 @@ from .constants import (
 )
 from .manifest import ManifestSource
 from .reference import ReferenceSelector, ReferenceSpace
-from .subjects import MISSING_EMPTY, subjects_from_manifest
+from .subjects import subjects_from_manifest
 from .transforms.adapter import CallableTransform, item_meta
 from .transforms.layout import with_layout_guard
 
@@ -66,13 +67,19 @@ class PyableDataset(torch.utils.data.Dataset):
     describes the returned tensors: after a spatial TorchIO transform it is recomputed from
     the transformed affine. ``size`` reversed is the tensors' (D, H, W) (2-D: (H, W)).
 
+    Subjects may differ (``missing="keep"``): each item lists its subject's own images,
+    ROIs and label maps, and ``DataLoader(dataset, batch_size=1)`` with PyTorch's default
+    collate works. :func:`pyable_tio.collate` pads shapes and ROI counts; it needs the same
+    image channels in every item of a batch (build with ``missing="error"`` to check that
+    here, before training starts).
+
     Args:
-        manifest: Anything :func:`pyable_tio.read_manifest` accepts (JSON, CSV, list of
-            CSVs, dict, list of image paths).
-        reference_selector: How each subject's reference grid is chosen: ``"first"``,
-            ``"largest"``, an index, or a callable given the image headers returning an
-            index. A subject's own ``reference`` in the manifest wins. Passed to
-            ``subjects_from_manifest(reference=...)``.
+        source: Anything :func:`pyable_tio.read_manifest` accepts (JSON, CSV, list of
+            CSVs, dict, list of image paths). ``manifest=`` is the deprecated spelling.
+        reference: How each subject's reference grid is chosen: ``"first"``, ``"largest"``,
+            an index, or a callable given the image headers returning an index. A subject's
+            own ``reference`` in the manifest wins. ``reference_selector=`` is the
+            deprecated spelling.
         reference_space: One grid for every subject (image path, grid dict in x,y,z order, or
             :class:`Grid`); overrides every reference.
         transforms: ``None``, one transform or a sequence of them, applied in order to the loaded
@@ -95,7 +102,7 @@ class PyableDataset(torch.utils.data.Dataset):
         default_value: Image value outside a file's field of view.
         root: Folder that relative manifest paths resolve against (default: the manifest's).
         **subject_options: Any other keyword of :func:`pyable_tio.subjects_from_manifest`
-            (e.g. ``cache_max_bytes``, ``orientation``, ``progress``); ``missing`` is set here.
+            (e.g. ``missing``, ``cache_max_bytes``, ``orientation``, ``progress``).
 
     Raises:
         ManifestError: at construction, for a bad manifest, missing or unreadable files or
@@ -103,7 +110,7 @@ class PyableDataset(torch.utils.data.Dataset):
         ValueError: a ``transforms`` entry that is not callable.
 
     Example:
-        >>> dataset = PyableDataset('manifest.json', reference_selector='largest')  # doctest: +SKIP
+        >>> dataset = PyableDataset('manifest.json', reference='largest')  # doctest: +SKIP
         >>> item = dataset[0]  # doctest: +SKIP
         >>> item['images'].shape, len(item['rois']), item['meta']['axis_order']  # doctest: +SKIP
         (torch.Size([2, 32, 40, 48]), 1, 'xyz')
@@ -111,8 +118,8 @@ class PyableDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        manifest: ManifestSource,
-        reference_selector: ReferenceSelector = REFERENCE_FIRST,
+        source: ManifestSource | None = None,
+        reference: ReferenceSelector = REFERENCE_FIRST,
         reference_space: ReferenceSpace | None = None,
         transforms: TransformSpec | None = None,
         stack_channels: bool = True,
@@ -125,30 +132,28 @@ class PyableDataset(torch.utils.data.Dataset):
         root: str | os.PathLike | None = None,
         **subject_options: Any,
     ) -> None:
+        source = _renamed(subject_options, 'manifest', 'source', source)
+        reference = _renamed(subject_options, 'reference_selector', 'reference', reference, REFERENCE_FIRST)
+        if source is None:
+            raise TypeError('PyableDataset needs a manifest: PyableDataset(source, ...)')
         self.transforms = seed_transforms(transforms)
         # As for datasets and queues: TorchIO's transforms see 2-D subjects in TorchIO's 2-D
         # layout, and whatever a transform reordered (ToCanonical...), items stay Z,Y,X.
         self._pipeline = with_layout_guard(tio.Compose(self.transforms)) if self.transforms else None
         self.stack_channels = stack_channels
         self.return_meta = return_meta
-        # missing="empty" lets subjects list different numbers of ROIs/label maps; the fillers
-        # are removed below so that each item lists only its subject's own files.
-        subjects = subjects_from_manifest(
-            manifest,
-            reference=reference_selector,
+        self.subjects = subjects_from_manifest(
+            source,
+            reference=reference,
             reference_space=reference_space,
             stack_channels=stack_channels,
             dtype=dtype,
             interpolator=interpolator,
             default_value=default_value,
-            missing=MISSING_EMPTY,
             cache_dir=cache_dir,
             root=root,
             **subject_options,
         )
-        for subject in subjects:
-            _drop_fillers(subject)
-        self.subjects = subjects
 
     def __len__(self) -> int:
         return len(self.subjects)
@@ -250,11 +255,12 @@ def _numbered(subject: tio.Subject, prefix: str) -> list[tio.Image]:
     return found
 
 
-def _drop_fillers(subject: tio.Subject) -> None:
-    """Remove the all-zero ROIs/label maps added for subjects that list fewer of them."""
-    sources = subject[META]['source_paths']
-    for field, prefix in ((ITEM_ROIS, ROI_PREFIX), (ITEM_LABELMAPS, LABELMAP_PREFIX)):
-        index = len(sources[field])
-        while f'{prefix}{index}' in subject:
-            subject.remove_image(f'{prefix}{index}')
-            index += 1
+def _renamed(options: dict[str, Any], old: str, new: str, value: Any, default: Any = None) -> Any:
+    """``value``, or the deprecated keyword ``old`` popped from ``options`` (with a warning)."""
+    if old not in options:
+        return value
+    if value is not default:
+        raise TypeError(f'pass {new}= only ({old}= is its deprecated spelling)')
+    warnings.warn(f'PyableDataset({old}=...) is deprecated; use {new}=..., as subjects_from_manifest does',
+                  DeprecationWarning, stacklevel=3)
+    return options.pop(old)

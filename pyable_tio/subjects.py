@@ -4,43 +4,43 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torchio as tio
-from tqdm.auto import tqdm
 
-from . import backend, integrity, registration
-from .alignment import Alignment, align_subject
+from . import backend, integrity
 from .constants import (
-    ALIGN_MODES,
     DEFAULT_BACKGROUND,
     DEFAULT_NONFINITE,
-    FIELD_TRANSFORMS,
     ID,
     IMAGE_PREFIX,
     IMAGES,
     LABELMAP_PREFIX,
     LINEAR,
     META,
+    MISSING_EMPTY,
+    MISSING_ERROR,
+    MISSING_KEEP,
     REFERENCE_FIRST,
     ROI_PREFIX,
 )
-from .errors import ManifestError, describe, short_error
-from .geometry import Grid, axis_aligned_grid, check_orientation, reorient_grid
-from .manifest import ManifestSource, SubjectRecord, read_manifest
+from .errors import ManifestError, describe
+from .geometry import Grid
+from .manifest import ManifestSource
 from .manifest.records import FileEntry, TransformEntry
+from .planning import PlanOptions, SubjectPlan, plan_source, plan_subject, raise_problems
 from .reader import GridReader
-from .reference import ImageHeader, Reference, ReferenceSelector, ReferenceSpace
-from .reference import choose_reference, grid_of_space
+from .reference import ReferenceSelector, ReferenceSpace
 
-#: What to do when subjects list different numbers of ROIs or label maps.
-MISSING_ERROR = 'error'
-MISSING_EMPTY = 'empty'
+__all__ = [
+    'EmptyLabelReader', 'MISSING_EMPTY', 'MISSING_ERROR', 'MISSING_KEEP', 'SubjectPlan',
+    'plan_subject', 'subjects_from_manifest',
+]
 
 #: ``tio.Subject`` methods that an extra field of the same name would hide (``subject.load``).
 _SUBJECT_METHODS = frozenset(
@@ -55,19 +55,6 @@ _TIO_PATHS = {'verify_path': False}
 _FIELD_ROLE = {'images': backend.ROLE_IMAGE, 'rois': backend.ROLE_ROI, 'labelmaps': backend.ROLE_LABELMAP}
 
 
-@dataclass(frozen=True)
-class SubjectPlan:
-    """A subject checked against its headers, with its reference chosen."""
-
-    record: SubjectRecord
-    reference: Reference
-    channels: int
-    #: ``{str(image path): Alignment}`` found by ``align=`` (applied before manifest transforms).
-    alignments: Mapping[str, Alignment] = field(default_factory=dict)
-    #: The header of every file, in ``record.entries()`` order.
-    headers: tuple[ImageHeader, ...] = ()
-
-
 def subjects_from_manifest(
     source: ManifestSource,
     *,
@@ -77,7 +64,7 @@ def subjects_from_manifest(
     dtype: torch.dtype = torch.float32,
     interpolator: str = LINEAR,
     default_value: float = DEFAULT_BACKGROUND,
-    missing: str = MISSING_ERROR,
+    missing: str = MISSING_KEEP,
     cache_dir: str | os.PathLike | None = None,
     root: str | os.PathLike | None = None,
     progress: bool = False,
@@ -85,6 +72,7 @@ def subjects_from_manifest(
     orientation: str | None = None,
     axis_aligned: bool = False,
     align: str | None = None,
+    extra_fields: Sequence[str] = (),
     nonfinite: str = DEFAULT_NONFINITE,
 ) -> list[tio.Subject]:
     """Build one lazily loaded ``tio.Subject`` per manifest subject.
@@ -105,8 +93,14 @@ def subjects_from_manifest(
         interpolator: Image interpolator (``"linear"``, ``"bspline"``, ...). ROIs and label
             maps are always nearest-neighbour.
         default_value: Image value outside a file's field of view (labels get 0).
-        missing: ``"error"`` when subjects list different numbers of ROIs/label maps, or
-            ``"empty"`` to fill the missing ones with all-zero label maps.
+        missing: ``"keep"`` (default): each subject has the images, ROIs and label maps it
+            lists, as in TorchIO (subjects may differ; fine for a batch size of 1).
+            ``"error"``: subjects must agree, as a batch needs (same image channels, same
+            numbers of ROIs and label maps); checked here, before training starts.
+            ``"empty"``: as ``"error"``, but missing ROIs/label maps are filled with all-zero
+            ones (:class:`EmptyLabelReader`), appended after the subject's own. An all-zero
+            label map means "background everywhere" to a loss, so it is never the default;
+            as a mask of ``transforms.IntensityNormalization`` it means "no mask".
         cache_dir: Folder for the on-disk cache of resampled volumes (off when None), or a
             :class:`~pyable_tio.cache.VolumeCache`.
         root: Folder that relative manifest paths resolve against.
@@ -120,6 +114,9 @@ def subjects_from_manifest(
         align: ``"rigid"`` or ``"affine"`` registers each non-reference image onto the
             reference image once, here (cached in ``cache_dir/alignment``); None (default)
             trusts the files' physical space and the manifest transforms.
+        extra_fields: Manifest fields you add on purpose whose names are close to a known
+            field (e.g. ``"label"`` is fine, ``"labelmap"`` needs declaring); see
+            :func:`pyable_tio.read_manifest`.
         nonfinite: NaN/+-Inf voxels, per file before interpolation: ``"error"`` (default; one
             NaN would spread into a NaN loss far from its cause), ``"zero"`` or ``"keep"``
             (as stored, past SimpleITK's NIfTI reader, which zeroes them). In the cache key.
@@ -137,174 +134,27 @@ def subjects_from_manifest(
         >>> subjects[0]['images'].data.shape  # doctest: +SKIP
         torch.Size([2, 48, 64, 64])
     """
-    if missing not in (MISSING_ERROR, MISSING_EMPTY):
-        raise ValueError(f'missing must be "{MISSING_ERROR}" or "{MISSING_EMPTY}", got {missing!r}')
-    manifest = read_manifest(source, root=root)
+    options = PlanOptions(reference, reference_space, missing, orientation, axis_aligned, align)
     backend.interpolator_for(backend.ROLE_IMAGE, interpolator)
     integrity.check_nonfinite_mode(nonfinite)
-    _check_geometry_options(orientation, align)
-    global_space = None
-    if reference_space is not None:
-        # Read once; keep its description (a path stays a path in meta['reference_used']).
-        global_space = Reference(*grid_of_space(reference_space))
-    plans, problems = [], []
-    for record in tqdm(manifest, desc='reading headers', disable=not progress, unit='subject'):
-        try:
-            plans.append(plan_subject(record, reference, global_space))
-        except ManifestError as error:
-            problems.extend(error.problems)
-    if problems:
-        raise ManifestError.from_problems(problems)
-    _check_batchable(plans, missing)
-    plans = _prepare_grids(plans, orientation, axis_aligned)
-    options = {
+    numpy_dtype = _numpy_dtype(dtype)
+    cache = _make_cache(cache_dir, cache_max_bytes)
+    # The same planning as pyable-tio validate: every problem of every subject in one error.
+    planned = plan_source(source, options, root=root, extra_fields=extra_fields,
+                          cache_folder=getattr(cache, 'folder', None), progress=progress)
+    raise_problems(planned.problems)
+    plans = planned.plans
+    reader_options = {
         'interpolator': interpolator,
-        'dtype': _numpy_dtype(dtype),
+        'dtype': numpy_dtype,
         'default_value': float(default_value),
-        'cache': _make_cache(cache_dir, cache_max_bytes),
+        'cache': cache,
         'nonfinite': nonfinite,
     }
-    if align is not None:
-        plans = _align(plans, align, getattr(options['cache'], 'folder', None), progress)
-    counts = {name: max(len(getattr(p.record, name)) for p in plans) for name in ('rois', 'labelmaps')}
-    return [_to_subject(plan, stack_channels, counts, options) for plan in plans]
-
-
-def plan_subject(
-    record: SubjectRecord,
-    selector: ReferenceSelector = REFERENCE_FIRST,
-    reference_space: ReferenceSpace | Reference | None = None,
-) -> SubjectPlan:
-    """Read the subject's headers, choose its reference and check dimensions.
-
-    Raises:
-        ManifestError: listing every unreadable header and dimension mismatch.
-    """
-    problems, headers = [], {}
-    for name, entry in record.entries():
-        try:
-            headers[(name, entry.path)] = ImageHeader.read(entry.path)
-        except RuntimeError as error:
-            where = f'field "{name}": file {entry.path}'
-            # A ValueError (e.g. a DICOM folder's series list) is a complete message.
-            problem = str(error) if isinstance(error, ValueError) else f'unreadable image header: {short_error(error)}'
-            problems.append(describe(record.id, where, problem))
-    if problems:
-        raise ManifestError.from_problems(problems)
-    image_headers = [headers[('images', e.path)] for e in record.images]
-    chosen = choose_reference(record, image_headers, selector, reference_space)
-    for (name, path), header in headers.items():
-        if header.grid.dimension != chosen.grid.dimension:
-            problem = (
-                f'mismatched dimensions: {header.grid.dimension}-D file,'
-                f' {chosen.grid.dimension}-D reference ({chosen.used})'
-            )
-            problems.append(describe(record.id, f'field "{name}": file {path}', problem))
-    if problems:
-        raise ManifestError.from_problems(problems)
-    channels = sum(h.components for h in image_headers)
-    in_order = tuple(headers[(name, entry.path)] for name, entry in record.entries())
-    return SubjectPlan(record, chosen, channels, headers=in_order)
-
-
-def _check_batchable(plans: Sequence[SubjectPlan], missing: str) -> None:
-    """Subjects of one dataset must have the same channels (and ROIs/label maps)."""
-    first = plans[0]
-    problems = []
-    for plan in plans[1:]:
-        if plan.channels != first.channels:
-            problem = f'{plan.channels} image channel(s), but subject "{first.record.id}" has {first.channels}'
-            problems.append(describe(plan.record.id, 'field "images"', problem))
-    if missing == MISSING_ERROR:
-        for name in ('rois', 'labelmaps'):
-            counts = {p.record.id: len(getattr(p.record, name)) for p in plans}
-            if len(set(counts.values())) > 1:
-                problem = f'subjects list different numbers of {name}: {counts} (use missing="empty" to fill)'
-                problems.append(describe(None, f'field "{name}"', problem))
-    if problems:
-        raise ManifestError.from_problems(problems)
-
-
-def _check_geometry_options(orientation: str | None, align: str | None) -> None:
-    if orientation is not None:
-        check_orientation(orientation)
-    if align is not None and align not in ALIGN_MODES:
-        raise ValueError(f'align must be one of {ALIGN_MODES} or None, got {align!r}')
-
-
-def _prepare_grids(
-    plans: Sequence[SubjectPlan], orientation: str | None, axis_aligned: bool
-) -> list[SubjectPlan]:
-    """Check every manifest transform against its grid, then reorient the grids if asked."""
-    problems: list[str] = []
-    checked: dict[tuple[Any, bool, int], str | None] = {}
-    prepared = []
-    for plan in plans:
-        record, grid = plan.record, plan.reference.grid
-        problems += _transform_problems(record, grid.dimension, checked)
-        try:
-            if axis_aligned and grid.dimension == 3 and not grid.is_axis_aligned():
-                grid = axis_aligned_grid(grid, orientation)
-            elif orientation is not None:
-                grid = reorient_grid(grid, orientation)
-        except ValueError as error:
-            problems.append(describe(record.id, f'reference {plan.reference.used}', str(error)))
-        prepared.append(replace(plan, reference=replace(plan.reference, grid=grid)))
-    if problems:
-        raise ManifestError.from_problems(list(dict.fromkeys(problems)))
-    return prepared
-
-
-def _transform_problems(
-    record: SubjectRecord, dimension: int, checked: dict[tuple[Any, bool, int], str | None] | None = None
-) -> list[str]:
-    """One line per manifest transform of ``record`` that a ``dimension``-D grid cannot use.
-
-    Transform files are read, displacement fields only by header
-    (:func:`pyable_tio.registration.check_transform`).
-
-    Args:
-        record: The subject.
-        dimension: Dimension of its reference grid.
-        checked: Results by transform, shared between subjects so that a file listed by
-            many subjects is read once.
-
-    Returns:
-        The problems (subject, field and file named), without repeats.
-
-    Example:
-        >>> _transform_problems(plan.record, plan.reference.grid.dimension)  # doctest: +SKIP
-        []
-    """
-    checked = {} if checked is None else checked
-    problems = []
-    for entry in record.transform_entries():
-        source = entry.source if isinstance(entry.source, Path) else id(entry.source)
-        key = (source, entry.invert, dimension)
-        if key not in checked:
-            try:
-                registration.check_transform(entry, dimension)
-                checked[key] = None
-            except ValueError as error:
-                checked[key] = str(error)
-        if checked[key] is not None:
-            problems.append(describe(record.id, f'field "{FIELD_TRANSFORMS}"', checked[key]))
-    return list(dict.fromkeys(problems))
-
-
-def _align(plans: Sequence[SubjectPlan], kind: str, folder: Path | None, progress: bool) -> list[SubjectPlan]:
-    """Each plan with its alignments, computed (or read from ``folder``) once per subject."""
-    aligned, problems = [], []
-    for plan in tqdm(plans, desc=f'{kind} alignment', disable=not progress, unit='subject'):
-        try:
-            alignments = align_subject(plan.record, plan.reference, kind, folder)
-        except ManifestError as error:
-            problems.extend(error.problems)
-            continue
-        aligned.append(replace(plan, alignments=alignments))
-    if problems:
-        raise ManifestError.from_problems(problems)
-    return aligned
+    counts = {name: 0 for name in ('rois', 'labelmaps')}
+    if missing == MISSING_EMPTY:
+        counts = {name: max(len(getattr(p.record, name)) for p in plans) for name in counts}
+    return [_to_subject(plan, stack_channels, counts, reader_options) for plan in plans]
 
 
 def _aligned(plan: SubjectPlan, entry: FileEntry) -> tuple[TransformEntry, ...]:
@@ -344,7 +194,7 @@ def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> 
     if clashes:
         problem = f'extra fields {clashes} clash with names pyable-tio or tio.Subject use'
         raise ManifestError.from_problems([describe(record.id, 'fields', problem)])
-    return tio.Subject(**images, **{ID: record.id, META: _meta(plan)}, **record.extra)
+    return ManifestSubject(**images, **{ID: record.id, META: _meta(plan)}, **record.extra)
 
 
 def _meta(plan: SubjectPlan) -> dict[str, Any]:
@@ -355,8 +205,9 @@ def _meta(plan: SubjectPlan) -> dict[str, Any]:
         applied += [f'{entry.path.name}: {t.describe()}' for t in entry.transforms]
     applied += [f'all files: {t.describe()}' for t in record.transforms]
     applied += [alignment.describe() for alignment in plan.alignments.values()]
+    # '' for an unnamed file: None would break PyTorch's default_collate.
     names = {
-        name: [e.name for e in getattr(record, name)]
+        name: [e.name or '' for e in getattr(record, name)]
         for name in ('images', 'rois', 'labelmaps')
         if any(e.name for e in getattr(record, name))
     }
@@ -373,6 +224,27 @@ def _meta(plan: SubjectPlan) -> dict[str, Any]:
         'transforms_applied': applied,
         'names': names,
     }
+
+
+class ManifestSubject(tio.Subject):
+    """A ``tio.Subject`` whose missing keys say why: subjects may differ (``missing="keep"``).
+
+    ``tio.SubjectsLoader`` collates the keys of a batch's first subject; over subjects that
+    list different ROIs, TorchIO's bare ``KeyError: 'roi_0'`` would name neither the subject
+    nor the fix.
+
+    Example:
+        >>> subjects_from_manifest('sample_manifest.json')[1]['roi_0']  # doctest: +SKIP
+        KeyError: 'subject "sub-02" has no key "roi_0" (its keys: ...); ...'
+    """
+
+    def __missing__(self, key: str) -> Any:
+        keys = sorted(str(k) for k in dict.keys(self))
+        raise KeyError(
+            f'subject "{dict.get(self, ID)}" has no key "{key}" (its keys: {keys}); subjects keep the'
+            ' keys they list (missing="keep"): a batch needs missing="error" (checked before'
+            ' training) or missing="empty" (fills ROIs/label maps)'
+        )
 
 
 @dataclass(frozen=True)

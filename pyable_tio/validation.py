@@ -20,14 +20,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .constants import REFERENCE_FIRST
-from .constants import DEFAULT_NONFINITE
+from .constants import DEFAULT_NONFINITE, MISSING_KEEP, REFERENCE_FIRST
 from .errors import ManifestError, describe
 from .integrity import FileCheck, check_file, check_nonfinite_mode
-from .manifest import Manifest, SubjectRecord, read_manifest
-from .manifest import _check_files as check_files_exist
-from .reference import Reference, grid_of_space
-from .subjects import _FIELD_ROLE, MISSING_ERROR, SubjectPlan, _check_batchable, _transform_problems, plan_subject
+from .manifest import Manifest, SubjectRecord
+from .planning import SPELLING_PYTHON, PlanOptions, SubjectPlan, batch_problems, plan_source
+from .reference import ReferenceSelector, ReferenceSpace
+from .subjects import _FIELD_ROLE
 
 
 @dataclass
@@ -45,34 +44,46 @@ class Validation:
 
     source: str
     problems: list[str] = field(default_factory=list)
+    #: Findings that do not stop training, one line each: non-finite voxels kept or zeroed as
+    #: asked, subjects that differ (which a batch would refuse).
+    notes: list[str] = field(default_factory=list)
     listed: int = 0
     subjects: int = 0
     counts: dict[str, Counter] = field(default_factory=lambda: {k: Counter() for k in ('images', 'rois', 'labelmaps')})
     spacings: Counter = field(default_factory=Counter)
     orientations: Counter = field(default_factory=Counter)
     reference_sizes: Counter = field(default_factory=Counter)
-    #: Findings that do not stop training (non-finite voxels kept or zeroed as asked), one line each.
-    notes: list[str] = field(default_factory=list)
 
 
 def validate(
-    source: str | os.PathLike | Sequence[str | os.PathLike],
-    reference: str | int = REFERENCE_FIRST,
-    reference_space: str | None = None,
-    root: str | None = None,
-    missing: str = MISSING_ERROR,
+    source: str | os.PathLike | Sequence[str | os.PathLike] | Manifest,
+    reference: ReferenceSelector = REFERENCE_FIRST,
+    reference_space: ReferenceSpace | None = None,
+    root: str | os.PathLike | None = None,
+    missing: str = MISSING_KEEP,
     *,
+    orientation: str | None = None,
+    axis_aligned: bool = False,
+    align: str | None = None,
+    extra_fields: Sequence[str] = (),
+    spelling: str = SPELLING_PYTHON,
     nonfinite: str = DEFAULT_NONFINITE,
     check_data: bool = True,
 ) -> Validation:
-    """Check a manifest: files exist, headers and transforms read, then each file's data.
+    """Check a manifest as :func:`pyable_tio.subjects_from_manifest` plans it, then each file's data.
+
+    Runs the same planning code (:func:`pyable_tio.planning.plan_manifest`): files exist,
+    headers and transforms read, references chosen, grids reoriented, images aligned
+    (``align=`` registers them) and, with
+    ``missing="error"``/``"empty"``, subjects checked to fit one batch. Every problem of
+    every subject is reported at once: a subject's problems never stop the others' checks.
 
     Args:
-        source: Manifest file (JSON or CSV), or a list of CSV files (multi-CSV).
-        reference: ``"first"``, ``"largest"`` or an index (a subject's own reference wins).
-        reference_space: Optional image whose grid every subject uses.
-        root: Folder that relative manifest paths resolve against.
-        missing: ``"error"`` or ``"empty"``, as in :func:`pyable_tio.subjects_from_manifest`.
+        source: Manifest file (JSON or CSV), a list of CSV files (multi-CSV), a dict or a
+            parsed :class:`pyable_tio.Manifest`.
+        reference, reference_space, root, missing, orientation, axis_aligned, align,
+            extra_fields: As in :func:`pyable_tio.subjects_from_manifest`.
+        spelling: ``"python"`` or ``"cli"``: how messages spell a fix (``--missing empty``).
         nonfinite: The policy training will use (``"error"``, ``"zero"`` or ``"keep"``):
             non-finite voxels are problems with ``"error"``, notes otherwise.
         check_data: Also read every file completely (full decompression): truncated or
@@ -81,46 +92,37 @@ def validate(
     Returns:
         The problems (one line each) and a summary of the subjects without problems.
 
+    Raises:
+        ValueError: a bad option (reference keyword, missing mode, orientation...), before
+            anything is read.
+
     Example:
-        >>> validate('manifest.json').problems  # doctest: +SKIP
+        >>> validate('manifest.json', missing='error').problems  # doctest: +SKIP
         []
     """
+    options = PlanOptions(reference, reference_space, missing, orientation, axis_aligned, align, spelling)
     check_nonfinite_mode(nonfinite)
     report = Validation(_label(source))
     try:
-        manifest = read_manifest(source, root=root, check_files=False)
-        space = Reference(*grid_of_space(reference_space)) if reference_space else None
+        planned = plan_source(source, options, root=root, extra_fields=extra_fields)
     except ManifestError as error:
         report.problems.extend(error.problems)
         return report
-    plans = []
-    checked: dict = {}  # transform results shared by the subjects (see _transform_problems)
+    report.listed, report.problems, plans = planned.listed, planned.problems, planned.plans
     data_checked: dict[tuple[str, str], FileCheck] = {}  # a file listed by many subjects is read once
-    report.listed = len(manifest)
-    for record in manifest:
-        try:
-            check_files_exist(Manifest((record,)))
-            plan = plan_subject(record, reference, space)
-        except ManifestError as error:
-            report.problems.extend(error.problems)
-            continue
-        # Displacement fields by header only, as subjects_from_manifest checks them.
-        problems = _transform_problems(record, plan.reference.grid.dimension, checked)
-        if problems:
-            report.problems.extend(problems)
-            continue
-        if check_data:
-            problems = _data_problems(record, nonfinite, report, data_checked)
-            if problems:
-                report.problems.extend(problems)
-                continue
-        plans.append(plan)
-        _summarise(report, plan)
-    if plans:
-        try:
-            _check_batchable(plans, missing)
-        except ManifestError as error:
-            report.problems.extend(error.problems)
+    for plan in plans:
+        problems = _data_problems(plan.record, nonfinite, report, data_checked) if check_data else []
+        report.problems.extend(problems)
+        if not problems:
+            _summarise(report, plan)
+    if missing == MISSING_KEEP and len(plans) > 1:
+        batch = PlanOptions(missing='error', spelling=spelling)
+        if batch_problems(plans, batch):
+            report.notes.append(
+                'subjects differ in images, ROIs or label maps: fine for subjects and datasets'
+                ' (batch size 1), refused by a patch queue or a batched loader (check with'
+                f' {batch.fix("error")}; fill missing ROIs/label maps with {batch.fix("empty")})'
+            )
     return report
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -72,7 +75,7 @@ def test_validate_good_manifest_prints_a_summary(manifest, capsys):
 
 
 def test_validate_reports_each_problem_on_one_line(bad_manifest, capsys):
-    assert cli.main(['validate', str(bad_manifest)]) == 1
+    assert cli.main(['validate', str(bad_manifest), '--missing', 'error']) == 1
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert lines[-1] == '5 problems found'
@@ -86,7 +89,8 @@ def test_validate_reports_each_problem_on_one_line(bad_manifest, capsys):
     }
     for subject_id, (name, problem) in expected.items():
         assert any(f'subject "{subject_id}"' in l and name in l and problem in l for l in problems), subject_id
-    assert any('different numbers of rois' in line for line in problems)  # "extra" has no ROI
+    rois = next(line for line in problems if 'different numbers of rois' in line)  # "extra" has no ROI
+    assert '"extra"' in rois and '"good"' in rois and '--missing empty' in rois  # the fix, as typed here
     assert 'Traceback' not in out + err
     assert '2 valid of 6 listed' in out  # "good" and "extra" are fine on their own
 
@@ -97,6 +101,8 @@ def test_validate_from_python(manifest, bad_manifest):
     assert report.orientations == {'LPS': 12} and report.counts['images'] == {2: 3}
     bad = validate(bad_manifest, missing='empty')  # ROI counts may now differ
     assert bad.subjects == 2 and len(bad.problems) == 4
+    kept = validate(bad_manifest)  # the default: each subject has its own ROIs; a note says a batch would not
+    assert kept.subjects == 2 and len(kept.problems) == 4 and 'missing="empty"' in kept.notes[0]
 
 
 def test_validate_checks_transforms_as_subjects_from_manifest_does(manifest, tmp_path):
@@ -335,8 +341,13 @@ def test_info_lists_versions_backend_and_cache(manifest, tmp_path, capsys):
     assert cli.main(['info', '--cache-dir', str(cache_dir), '--check']) == 1
     out, err = capsys.readouterr()
     assert '1 bad entry' in out and 'truncated' in err
+    sidecar = array_path.with_suffix('.json')
+    source = json.loads(sidecar.read_text())['source']
+    assert f'(of {source})' in err  # the damaged entry's source file, not only its hash
     assert cli.main(['info', '--cache-dir', str(tmp_path / 'nope')]) == 1
     assert 'does not exist' in capsys.readouterr().err
+    assert cli.main(['info', '--check']) == 2  # nothing to check
+    assert '--check needs --cache-dir' in capsys.readouterr().err
 
 
 # ------------------------------------------------------------- command line
@@ -356,6 +367,94 @@ def test_usage_errors_exit_2(capsys):
                                             ('3GiB', 3 * 2**30), ('1e9', 10**9)])
 def test_parse_size(text, expected):
     assert cli.parse_size(text) == expected
+
+
+def test_version(capsys):
+    assert cli.main(['--version']) == 0
+    assert capsys.readouterr().out.strip() == f'pyable-tio {importlib.metadata.version("pyable-tio")}'
+
+
+def test_ctrl_c_during_start_up_prints_no_traceback():
+    """The console script's entry point catches Ctrl-C while torch is still being imported."""
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                         os.environ.get('PYTHONPATH', '')])}
+    code = 'import sys, pyable_tio_cli; sys.exit(pyable_tio_cli.main(["info"]))'
+    process = subprocess.Popen([sys.executable, '-c', code], stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(0.8)  # the interpreter is up, torch's import (seconds) is under way
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and 'Traceback' not in err and 'interrupted' in err
+
+
+def test_validate_names_every_problem_at_once(manifest, tmp_path, capsys):
+    """An empty subject, a missing file, a misspelt field and a misspelt reference: all named in one run."""
+    folder = manifest.parent
+    first = json.loads(manifest.read_text())['sub-00']
+    images = [str(folder / p) for p in first['images']]
+    records = {
+        'empty': {},
+        'gone': {'images': [images[0], str(tmp_path / 'gone.nii.gz')]},
+        'typo': {'images': images, 'labelmap': [str(folder / first['labelmaps'][0])]},
+        'ref': {'images': images, 'reference': 'largset'},
+        'fine': {'images': images},
+    }
+    path = tmp_path / 'four.json'
+    path.write_text(json.dumps(records))
+    assert cli.main(['validate', str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert '1 valid of 5 listed' in out
+    lines = err.splitlines()
+
+    def line_of(subject_id: str) -> str:
+        return next(line for line in lines if f'subject "{subject_id}"' in line)
+
+    assert f'file {path}: field "images": no images listed' in line_of('empty')
+    assert f'field "images": file {tmp_path / "gone.nii.gz"}: file not found' in line_of('gone')
+    assert 'field "labelmap": unknown field, did you mean "labelmaps"?' in line_of('typo')
+    assert '"largset" is neither "first" nor "largest"' in line_of('ref') and 'not found' not in line_of('ref')
+    assert '4 problems found' in err
+    assert cli.main(['validate', str(path), '--extra-field', 'labelmap']) == 1
+    assert 'labelmap' not in capsys.readouterr().err
+
+
+def test_validate_csv_column_typo_names_subject_and_file(manifest, tmp_path, capsys):
+    folder = manifest.parent
+    first = json.loads(manifest.read_text())['sub-00']
+    csv = tmp_path / 'typo.csv'
+    csv.write_text('id,image_paths,labelmap_path\n'
+                   f'a,{folder / first["images"][0]},{folder / first["labelmaps"][0]}\n')
+    assert cli.main(['validate', str(csv)]) == 1
+    err = capsys.readouterr().err
+    assert f'{csv}: subject "a": file {csv}: field "labelmap_path": unknown field, did you mean "labelmap_paths"?' in err
+
+
+def test_validate_plans_like_training(manifest, tmp_path, capsys):
+    """orientation=, axis_aligned= and align= run in validate, from the planning code of subjects_from_manifest."""
+    from pyable_tio import planning
+
+    assert cli.main(['validate', str(manifest), '--orientation', 'RAS']) == 0
+    assert 'reference sizes' in capsys.readouterr().out
+    report = validate(manifest, orientation='RAS', axis_aligned=True)
+    subjects = pt.subjects_from_manifest(manifest, orientation='RAS', axis_aligned=True)
+    sizes = {' x '.join(map(str, s['meta']['size'])) for s in subjects}
+    assert set(report.reference_sizes) == sizes and {s['meta']['orientation'] for s in subjects} == {'RAS'}
+    calls = []
+    real = planning.plan_manifest
+
+    def spy(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(planning, 'plan_manifest', spy)  # what plan_source, shared by both, calls
+        validate(manifest, orientation='RAS', align='rigid')
+        pt.subjects_from_manifest(manifest, orientation='RAS', align='rigid')
+    assert len(calls) == 2 and calls[0] == calls[1]  # the same frozen options, the same planning code
+    assert calls[0].align == 'rigid' and calls[0].orientation == 'RAS'
+    assert cli.main(['validate', str(manifest), '--orientation', 'XYZ']) == 2  # checked before any header
+    assert cli.main(['validate', str(manifest), '--align', 'rigid']) == 0
+    with pytest.raises(ValueError, match='largset'):
+        validate(manifest, reference='largset')
 
 
 def test_python_m_pyable_tio_reports_problems_without_traceback(bad_manifest):

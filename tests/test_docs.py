@@ -4,11 +4,17 @@ and the README's fresh-machine commands are the ones CI runs."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 import re
 import shlex
+import shutil
+import textwrap
+import warnings
 from pathlib import Path
+
+import pytest
 
 import pyable_tio
 
@@ -127,3 +133,72 @@ def test_readme_covers_the_user_guide_and_its_code_parses():
         assert topic in text, f'README does not cover {topic!r}'
     for block in re.findall(r'```python\n(.+?)\n```', text, flags=re.DOTALL):
         ast.parse(block)  # a SyntaxError here names the broken README example
+
+
+# ------------------------------------------------------- every code block runs
+
+#: A ```python block, possibly indented (in a list item); its code is dedented before it runs.
+PYTHON_BLOCK = re.compile(r'^(?P<indent>[ \t]*)```python[ \t]*\n(?P<code>.*?)^(?P=indent)```[ \t]*$',
+                          re.MULTILINE | re.DOTALL)
+#: Written on the line just before a block that cannot run here (GPU, several processes...).
+NOT_RUN = re.compile(r'<!--\s*not-run:\s*(?P<reason>[^>]*?)\s*-->\s*$')
+DOCUMENTS = [README, *sorted((ROOT / 'docs').glob('*.md'))]
+
+
+def python_blocks(path: Path) -> list[tuple[int, str, str | None]]:
+    """``(line, code, not_run_reason)`` of every ```python block of ``path``, in order."""
+    text = path.read_text()
+    blocks = []
+    for match in PYTHON_BLOCK.finditer(text):
+        before = text[:match.start()].rstrip('\n').rsplit('\n', 1)[-1]
+        marker = NOT_RUN.search(before)
+        code = textwrap.dedent(match.group('code'))
+        blocks.append((text.count('\n', 0, match.start()) + 1, code, marker.group('reason') if marker else None))
+    return blocks
+
+
+@pytest.fixture(scope='module')
+def sample_data(tmp_path_factory) -> Path:
+    """The package's sample data, made as the docs say (examples/data/make_sample_data.py)."""
+    folder = tmp_path_factory.mktemp('sample')
+    script = ROOT / 'examples' / 'data' / 'make_sample_data.py'
+    spec = importlib.util.spec_from_file_location('make_sample_data', script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.make_sample_data(folder)
+    return folder
+
+
+@pytest.mark.parametrize('document', DOCUMENTS, ids=lambda path: path.name)
+def test_every_python_block_runs_as_written(document, sample_data, tmp_path, monkeypatch):
+    """Blocks of one file run in order in one namespace, in a folder holding the sample data."""
+    folder = tmp_path / 'sample'
+    shutil.copytree(sample_data, folder)
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    namespace: dict = {'__name__': '__docs__'}
+    failures = []
+    blocks = python_blocks(document)
+    for line, code, reason in blocks:
+        if reason is not None:
+            assert reason, f'{document.name}:{line}: a not-run marker needs a reason'
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                exec(compile(code, f'{document.name}:{line}', 'exec'), namespace)
+        except BaseException as error:  # noqa: BLE001 - every failing block is reported
+            failures.append(f'{document.name}:{line}: {type(error).__name__}: {str(error).strip()[:400]}')
+    hint = ('\n(blocks run in the sample-data folder, in order, in one namespace; signatures go in'
+            ' ```text blocks; a block that cannot run here follows <!-- not-run: reason -->)')
+    assert not failures, '\n'.join(failures) + hint
+    skipped = [line for line, _, reason in blocks if reason is not None]
+    assert len(skipped) <= max(2, len(blocks) // 10), f'{document.name}: too many not-run blocks at lines {skipped}'
+
+
+def test_python_blocks_are_found_indented_and_marked(tmp_path):
+    page = tmp_path / 'page.md'
+    page.write_text('# t\n\n```python\nx = 1\n```\n\n- item:\n  ```python\n  y = x + 1\n  ```\n\n'
+                    '<!-- not-run: needs a GPU -->\n```python\nz = torch.ones(1).cuda()\n```\n\n```text\nno\n```\n')
+    assert python_blocks(page) == [(3, 'x = 1\n', None), (8, 'y = x + 1\n', None),
+                                   (13, 'z = torch.ones(1).cuda()\n', 'needs a GPU')]

@@ -111,7 +111,11 @@ def test_bad_arguments_are_reported(subject):
         pt.inference_loader(subject, 4, overlap_mode='max')
     with pytest.raises(ValueError, match='even'):
         pt.inference_loader(subject, 6, patch_overlap=3)
-    with pytest.raises(ValueError, match='larger than image size'):
+    with pytest.raises(ValueError) as info:
         pt.inference_loader(subject, (14, 8, 8))
+    shape = tuple(subject.spatial_shape)
+    assert f'subject "{subject["id"]}"' in str(info.value)
+    assert f'grid shape (D, H, W) {shape}' in str(info.value) and 'patch_size (14, 8, 8)' in str(info.value)
+    assert 'np.' not in str(info.value)
     with pytest.raises(ValueError, match='patch_size'):
         pt.inference_loader(subject, (4, 4))

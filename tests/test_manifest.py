@@ -271,8 +271,12 @@ def test_csv_without_image_paths(files):
 def test_multi_csv_inconsistent_sequences(files):
     path = files / 'images.csv'
     path.write_text('id,sequence,path\ns1,t1,s1_t1.nii.gz\ns1,t2,s1_t2.nii.gz\ns2,t1,s2_t1.nii.gz\ns2,flair,s2_t2.nii.gz\n')
-    message = problems_of([path])
-    assert 'subject "s2"' in message and 'flair' in message and 's1' in message
+    manifest = pt.read_manifest([path])  # subjects may differ...
+    assert [e.name for e in manifest['s2'].images] == ['flair', 't1']
+    with pytest.raises(pt.ManifestError) as info:  # ...but not in one batch
+        pt.subjects_from_manifest([path], missing='error')
+    message = str(info.value)
+    assert '"s2"' in message and 'flair' in message and '"s1"' in message and 'images' in message
 
 
 def test_multi_csv_missing_columns_and_duplicates(files):
@@ -307,3 +311,53 @@ def test_read_manifest_passes_manifest_through(files):
     assert isinstance(manifest['a'].images[0].path, Path)
     with pytest.raises(KeyError, match='zzz'):
         manifest['zzz']
+
+
+@pytest.mark.parametrize('field, suggestion', [
+    ('labelmap', 'labelmaps'), ('refrence', 'reference'), ('imgs', 'images'), ('roi', 'rois'),
+    ('label_maps', 'labelmaps'), ('transform', 'transforms'),
+])
+def test_misspelt_fields_are_errors_with_did_you_mean(files, field, suggestion):
+    manifest = {'s1': {'images': ['s1_t1.nii.gz'], field: ['s1_labels.nii.gz'], 'label': 1, 'age': 40}}
+    with pytest.raises(pt.ManifestError) as info:
+        pt.read_manifest(manifest, root=files)
+    message = str(info.value)
+    assert f'subject "s1": field "{field}": unknown field, did you mean "{suggestion}"?' in message
+    assert '1 problem' in message and 'field "label"' not in message  # real extra fields stay allowed
+    record = pt.read_manifest(manifest, root=files, extra_fields=[field])['s1']  # declared: kept as extra
+    assert record.extra[field] == ['s1_labels.nii.gz'] and record.extra['label'] == 1
+
+
+def test_misspelt_csv_column_uses_the_csv_spelling(files):
+    path = files / 'typo.csv'
+    path.write_text('id,image_paths,labelmap_path\ns1,s1_t1.nii.gz,s1_labels.nii.gz\n')
+    message = problems_of(path)
+    assert 'subject "s1"' in message and str(path) in message
+    assert 'field "labelmap_path": unknown field, did you mean "labelmap_paths"?' in message
+
+
+def test_misspelt_reference_keyword_is_not_file_not_found(files):
+    manifest = {'s1': {'images': ['s1_t1.nii.gz'], 'reference': 'largset'}}
+    message = problems_of(manifest, root=files)
+    assert '"largset" is neither "first" nor "largest" (did you mean "largest"?), an index nor an existing file' in message
+    assert 'not found' not in message
+    (files / 'largset').mkdir()  # an existing file or folder of that name is a path after all
+    assert pt.read_manifest(manifest, root=files)['s1'].reference == files / 'largset'
+
+
+def test_structural_problems_do_not_hide_other_subjects_files(files):
+    manifest = {
+        'bad-index': {'images': ['s1_t1.nii.gz', 'gone_a.nii.gz'], 'reference': 5},
+        'empty': {},
+        'gone': {'images': ['gone_b.nii.gz']},
+        'fine': {'images': ['s2_t1.nii.gz']},
+    }
+    message = problems_of(manifest, root=files)
+    for expected in ('subject "bad-index": field "reference": index 5 out of range',
+                     'subject "bad-index": field "images": file ' + str(files / 'gone_a.nii.gz'),
+                     'subject "empty": field "images": no images listed',
+                     'subject "gone": field "images": file ' + str(files / 'gone_b.nii.gz')):
+        assert expected in message
+    assert '4 problems' in message
+    parsed, problems, listed = pt.manifest.parse_manifest(manifest, root=files)
+    assert parsed.ids == ['gone', 'fine'] and listed == 4 and len(problems) == 3

@@ -243,7 +243,20 @@ def test_unreadable_image_is_reported_at_build(tmp_path):
     assert 'sub-x' in message and str(bad) in message and 'unreadable' in message
 
 
-def test_different_numbers_of_rois(tmp_path):
+def test_heterogeneous_subjects_keep_their_own_keys(tmp_path):
+    # The seed's CSV example: two images and a ROI for one subject, one image and no ROI for the other.
+    image = synthetic.phantom(size=(10, 9, 8))
+    roi = write(sitk.Cast(image > 60, sitk.sitkUInt8), tmp_path / 'roi.nii.gz')
+    a, b = write(image, tmp_path / 'a.nii.gz'), write(image, tmp_path / 'b.nii.gz')
+    manifest = {'full': {'images': [a, b], 'rois': [roi]}, 'bare': {'images': [a]}}
+    subjects = pt.subjects_from_manifest(manifest)
+    assert subjects[0]['images'].data.shape[0] == 2 and subjects[1]['images'].data.shape[0] == 1
+    assert 'roi_0' in subjects[0] and 'roi_0' not in subjects[1]
+    dataset = pt.dataset_from_manifest(manifest)
+    assert 'roi_0' not in dataset[1] and dataset[0]['roi_0'].data.any()
+
+
+def test_batches_need_uniform_subjects_named_with_the_fix(tmp_path):
     image = synthetic.phantom(size=(10, 9, 8))
     roi = write(sitk.Cast(image > 60, sitk.sitkUInt8), tmp_path / 'roi.nii.gz')
     manifest = {
@@ -251,22 +264,30 @@ def test_different_numbers_of_rois(tmp_path):
         'without-roi': {'images': [write(image, tmp_path / 'b.nii.gz')]},
     }
     with pytest.raises(pt.ManifestError) as info:
-        pt.subjects_from_manifest(manifest)
+        pt.subjects_from_manifest(manifest, missing='error')
     message = str(info.value)
-    assert 'with-roi' in message and 'without-roi' in message and 'rois' in message
+    assert '"with-roi"' in message and '"without-roi"' in message and 'rois' in message
+    assert 'missing="empty"' in message
+    with pytest.raises(pt.ManifestError, match='missing="empty"'):  # queues batch: checked before training
+        pt.queue_from_manifest(manifest, patch_size=4, samples_per_volume=1, max_length=2)
     subjects = pt.subjects_from_manifest(manifest, missing='empty')
     filled = subjects[1]['roi_0']
     assert isinstance(filled, tio.LabelMap)
     assert filled.data.shape == (1, 8, 9, 10) and not filled.data.any()
     np.testing.assert_array_equal(filled.affine, subjects[1]['images'].affine)
     assert subjects[0]['roi_0'].data.any()
+    queue = pt.queue_from_manifest(manifest, patch_size=4, samples_per_volume=1, max_length=2, missing='empty')
+    batch = next(iter(tio.SubjectsLoader(queue, batch_size=2)))
+    assert batch['roi_0'][tio.DATA].shape[0] == 2
 
 
 def test_different_numbers_of_channels(tmp_path):
     image = synthetic.phantom(size=(10, 9, 8))
     a, b = write(image, tmp_path / 'a.nii.gz'), write(image, tmp_path / 'b.nii.gz')
-    with pytest.raises(pt.ManifestError, match='"two".*channel'):
-        pt.subjects_from_manifest({'one': [a], 'two': [a, b]})
+    assert len(pt.subjects_from_manifest({'one': [a], 'two': [a, b]})) == 2
+    with pytest.raises(pt.ManifestError, match='"two".*"one"|"one".*"two"') as info:
+        pt.subjects_from_manifest({'one': [a], 'two': [a, b]}, missing='empty')  # images are never filled
+    assert 'channel' in str(info.value)
 
 
 def test_mixed_2d_and_3d_in_one_subject(tmp_path):
@@ -306,7 +327,7 @@ def test_bad_options_are_rejected(tmp_path):
         pt.subjects_from_manifest([path], reference_space={'size': [4, 4, 4]})
     with pytest.raises(pt.ManifestError, match='out of range'):
         pt.subjects_from_manifest([path], reference=3)
-    with pytest.raises(pt.ManifestError, match='reference'):
+    with pytest.raises(ValueError, match='biggest'):
         pt.subjects_from_manifest([path], reference='biggest')
 
 

@@ -194,7 +194,11 @@ def test_intensity_normalization_is_per_channel(subject, mask):
 def test_intensity_normalization_errors(subject):
     with pytest.raises(ValueError, match='mask "roi_9" is not a subject key'):
         T.IntensityNormalization(mask='roi_9')(subject)
+    # An all-zero mask (missing="empty"'s filler) means "no mask": the whole image's statistics.
     subject['roi_0'].set_data(torch.zeros_like(subject['roi_0'].data))
+    out = T.IntensityNormalization(mask='roi_0')(subject)
+    assert torch.allclose(out['images'].data, T.IntensityNormalization()(subject)['images'].data)
+    subject['images'].set_data(torch.ones_like(subject['images'].data))
     with pytest.raises(ValueError, match=r'subject "sub-00": image "images" channel 0: cannot z-score'):
         T.IntensityNormalization(mask='roi_0')(subject)
 

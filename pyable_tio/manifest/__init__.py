@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..constants import (
+    CSV_LIST_COLUMNS,
     FIELD_IMAGES,
     FIELD_LABELMAPS,
     FIELD_REFERENCE,
@@ -25,6 +26,7 @@ from ..constants import (
 from ..errors import ManifestError, describe
 from .. import dicom
 from . import cells, formats
+from .fields import KNOWN_FIELDS, unknown_field_problem
 from .records import FileEntry, Manifest, SubjectRecord, TransformEntry
 
 __all__ = [
@@ -33,16 +35,15 @@ __all__ = [
     'ManifestSource',
     'SubjectRecord',
     'TransformEntry',
+    'file_problems',
+    'parse_manifest',
     'read_manifest',
 ]
 
 #: Anything :func:`read_manifest` accepts.
 ManifestSource = Union[str, os.PathLike, Mapping[str, Any], Sequence[Any], Manifest]
 
-_KNOWN_FIELDS = {
-    FIELD_IMAGES, FIELD_ROIS, FIELD_LABELMAPS, FIELD_REFERENCE, FIELD_REFERENCE_SPACE,
-    FIELD_TRANSFORMS, 'id',
-}
+_KNOWN_FIELDS = {*KNOWN_FIELDS, 'id'}
 
 
 def read_manifest(
@@ -50,8 +51,17 @@ def read_manifest(
     *,
     root: str | os.PathLike | None = None,
     check_files: bool = True,
+    extra_fields: Sequence[str] = (),
 ) -> Manifest:
     """Parse a manifest into typed records, reporting every problem at once.
+
+    Fields other than the known ones (``images``, ``rois``, ``labelmaps``, ``reference``,
+    ``reference_space``, ``transforms``; CSV columns ``image_paths``, ``roi_paths``,
+    ``labelmap_paths``) are kept as extra fields (a class label, an age...), except a name
+    close to a known one (singular/plural, a ``_path``/``_paths`` suffix, or at most two
+    letters apart: ``"labelmap"``, ``"refrence"``, ``"imgs"``), which is an error with
+    "did you mean": a typo would otherwise silently drop the files it lists. Declare such a
+    field in ``extra_fields`` to keep it.
 
     Args:
         source: A ``.json`` or ``.csv`` file; a list of CSV files (multi-CSV); a dict
@@ -61,6 +71,7 @@ def read_manifest(
         root: Folder that relative paths resolve against. Defaults to the manifest
             file's folder, or the working directory for dicts and lists.
         check_files: Check that every listed file exists (also for a parsed :class:`Manifest`).
+        extra_fields: Field names that are extra on purpose, never taken for typos.
 
     Returns:
         The :class:`Manifest`, subjects in manifest order.
@@ -75,15 +86,45 @@ def read_manifest(
         >>> [record.id for record in manifest]  # doctest: +SKIP
         ['sub-01', 'sub-02']
     """
-    if isinstance(source, Manifest):
-        manifest = source
-    else:
-        rows, default_root, name = _rows(source)
-        base = Path(root) if root is not None else default_root
-        manifest = _build(rows, base.resolve(), name)
+    manifest, problems, _ = parse_manifest(source, root=root, extra_fields=extra_fields)
     if check_files:
-        _check_files(manifest)
+        problems += file_problems(manifest)
+    if problems:
+        raise ManifestError.from_problems(problems)
     return manifest
+
+
+def parse_manifest(
+    source: ManifestSource,
+    *,
+    root: str | os.PathLike | None = None,
+    extra_fields: Sequence[str] = (),
+) -> tuple[Manifest, list[str], int]:
+    """Parse what can be parsed; a bad subject never hides the others.
+
+    Args:
+        source, root, extra_fields: As in :func:`read_manifest`.
+
+    Returns:
+        ``(manifest, problems, listed)``: the subjects without structural problems, one line
+        per problem, and how many subjects the source lists (bad ones included). Files are
+        not checked (see :func:`file_problems`), but the files of a subject with structural
+        problems are checked here, so that every problem shows at once.
+
+    Raises:
+        ManifestError: only when the source itself cannot be read (no such file, invalid JSON...).
+
+    Example:
+        >>> manifest, problems, listed = parse_manifest({'a': {'images': []}})
+        >>> len(manifest), listed, problems
+        (0, 1, ['subject "a": field "images": no images listed'])
+    """
+    if isinstance(source, Manifest):
+        return source, [], len(source)
+    rows, default_root, name = _rows(source)
+    base = Path(root) if root is not None else default_root
+    spelling = _CSV_SPELLING if _is_csv(source) else {}
+    return _build(rows, base.resolve(), name, frozenset(extra_fields), spelling)
 
 
 def _rows(source: Any) -> tuple[list[formats.RawRow], Path, str | None]:
@@ -116,7 +157,20 @@ def _rows(source: Any) -> tuple[list[formats.RawRow], Path, str | None]:
     raise ManifestError.from_problems([f'cannot read a manifest from {type(source).__name__} {source!r}'])
 
 
-def _build(rows: list[formats.RawRow], root: Path, name: str | None) -> Manifest:
+#: How a single CSV spells the list fields (its column names).
+_CSV_SPELLING = {field: column for column, field in CSV_LIST_COLUMNS.items()}
+
+
+def _is_csv(source: Any) -> bool:
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).suffix.lower() in ('.csv', '.tsv')
+    return False
+
+
+def _build(
+    rows: list[formats.RawRow], root: Path, name: str | None, extra_fields: frozenset[str] = frozenset(),
+    spelling: Mapping[str, str] | None = None,
+) -> tuple[Manifest, list[str], int]:
     problems: list[str] = []
     records: list[SubjectRecord] = []
     seen: set[str] = set()
@@ -131,17 +185,22 @@ def _build(rows: list[formats.RawRow], root: Path, name: str | None) -> Manifest
             problems.append(describe(subject_id, f'{prefix}id', 'duplicate subject id'))
             continue
         seen.add(subject_id)
-        record = _record(subject_id, row, root, problems, prefix)
-        if record is not None:
+        record, bad = _record(subject_id, row, root, problems, prefix, extra_fields, spelling or {})
+        if bad:
+            # Its files are checked all the same: one pass shows every problem.
+            problems += file_problems(Manifest((record,)))
+        else:
             records.append(record)
-    if not records and not problems:
+    if not rows:
         problems.append('the manifest lists no subjects')
-    if problems:
-        raise ManifestError.from_problems(problems)
-    return Manifest(tuple(records), name)
+    return Manifest(tuple(records), name), problems, len(rows)
 
 
-def _record(subject_id: str, row: Mapping[str, Any], root: Path, problems: list[str], prefix: str = ''):
+def _record(
+    subject_id: str, row: Mapping[str, Any], root: Path, problems: list[str], prefix: str = '',
+    extra_fields: frozenset[str] = frozenset(), spelling: Mapping[str, str] | None = None,
+) -> tuple[SubjectRecord, bool]:
+    """The record (fields that do not parse left empty) and whether it had problems."""
     start = len(problems)
 
     def field(name: str, parse, default):
@@ -162,20 +221,26 @@ def _record(subject_id: str, row: Mapping[str, Any], root: Path, problems: list[
     if isinstance(reference, int) and images and not 0 <= reference < len(images):
         problem = f'index {reference} out of range for {len(images)} image(s)'
         problems.append(describe(subject_id, f'{prefix}field "{FIELD_REFERENCE}"', problem))
-    if len(problems) > start:
-        return None
     extra = {k: v for k, v in row.items() if k not in _KNOWN_FIELDS}
-    return SubjectRecord(
-        subject_id, images, rois, labelmaps, reference, reference_space, transforms, extra
-    )
+    for key in extra:
+        problem = None if key in extra_fields else unknown_field_problem(str(key), spelling)
+        if problem:
+            problems.append(describe(subject_id, f'{prefix}field "{key}"', problem))
+    record = SubjectRecord(subject_id, images, rois, labelmaps, reference, reference_space, transforms, extra)
+    return record, len(problems) > start
 
 
 def _entries(value: Any, root: Path) -> tuple[FileEntry, ...]:
     return tuple(cells.parse_file_entry(item, root) for item in cells.parse_list(value))
 
 
-def _check_files(manifest: Manifest) -> None:
-    """List every missing file of the manifest in one error."""
+def file_problems(manifest: Manifest) -> list[str]:
+    """One line per listed file that does not exist (subject, field and file named).
+
+    Example:
+        >>> file_problems(read_manifest({'s': {'images': ['gone.nii.gz']}}, check_files=False))  # doctest: +SKIP
+        ['subject "s": field "images": file /work/gone.nii.gz: file not found']
+    """
     problems = []
     for record in manifest:
         paths = [(f'field "{name}"', e.path) for name, e in record.entries()]
@@ -188,5 +253,4 @@ def _check_files(manifest: Manifest) -> None:
         for where, path in paths:
             if not dicom.exists(path):  # a file, a DICOM folder or "folder#UID"
                 problems.append(describe(record.id, f'{where}: file {path}', 'file not found'))
-    if problems:
-        raise ManifestError.from_problems(problems)
+    return problems

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from .. import dicom
 from ..constants import REFERENCE_FIRST, REFERENCE_LARGEST
 from ..geometry import Grid
+from .fields import reference_problem
 from .records import FileEntry, ReferenceValue, TransformEntry
 
 
@@ -133,7 +134,11 @@ def parse_reference(value: Any, root: Path) -> ReferenceValue | None:
         return int(text)
     if text in (REFERENCE_FIRST, REFERENCE_LARGEST):
         return text
-    return resolve_path(text, root)
+    path = resolve_path(text, root)
+    # A bare word ("largset") is a misspelt keyword far more often than a file without suffix.
+    if not any(sep in text for sep in ('.', '/', '\\')) and not path.exists():
+        raise ValueError(reference_problem(text))
+    return path
 
 
 def parse_reference_space(value: Any, root: Path) -> Path | Grid | None:

@@ -121,9 +121,8 @@ def rows_from_multi_csv(paths: Sequence[Path]) -> list[RawRow]:
                 row.setdefault('_reference_names', []).append(entry['name'])
     if problems:
         raise ManifestError.from_problems(problems)
-    _check_same_names(rows, problems)
-    if problems:
-        raise ManifestError.from_problems(problems)
+    # Subjects may list different sequences (TorchIO's subjects have the keys they have);
+    # batches check that they agree (pyable_tio.planning.batch_problems).
     for row in rows.values():
         flagged = row.pop('_reference_names', [])
         if len(flagged) > 1:
@@ -133,19 +132,6 @@ def rows_from_multi_csv(paths: Sequence[Path]) -> list[RawRow]:
     if problems:
         raise ManifestError.from_problems(problems)
     return list(rows.values())
-
-
-def _check_same_names(rows: Mapping[str, RawRow], problems: list[str]) -> None:
-    """Channels must mean the same thing for every subject, or batches mix sequences."""
-    for field in (FIELD_IMAGES, FIELD_ROIS, FIELD_LABELMAPS):
-        expected = None
-        for row in rows.values():
-            names = [e['name'] for e in row.get(field, [])]
-            if expected is None:
-                expected, first = names, row['id']
-            elif names != expected:
-                problem = f'has {names}, but subject "{first}" has {expected}'
-                problems.append(describe(row['id'], field, problem))
 
 
 def _merge_extra_table(table: pd.DataFrame, path: Path, rows: dict, problems: list) -> None:

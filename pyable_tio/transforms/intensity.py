@@ -18,12 +18,13 @@ class IntensityNormalization(NormalizationTransform):
 
     Args:
         mask: Subject key of a ROI or label map (e.g. ``"roi_0"``); statistics use its voxels > 0.
-            ``None`` uses every voxel.
+            ``None`` uses every voxel, and so does an all-zero mask: the filler that
+            ``missing="empty"`` gives a subject without that ROI means "no mask, whole image".
         **kwargs: See ``tio.Transform``.
 
     Raises:
-        ValueError: ``mask`` is not a key of the subject, or is empty, or a channel is constant
-            over it (the message names the subject, image and channel).
+        ValueError: ``mask`` is not a key of the subject, or a channel is constant over it
+            (the message names the subject, image and channel).
 
     Example:
         >>> from pyable_tio.transforms import IntensityNormalization
@@ -48,6 +49,9 @@ class IntensityNormalization(NormalizationTransform):
         image = subject[image_name]
         data = image.data.float()
         mask = mask.bool()
+        if not mask.any():
+            # An all-zero mask is missing="empty"'s filler for a subject without this ROI.
+            mask = torch.ones_like(mask)
         if mask.shape[0] == 1 and data.shape[0] > 1:
             mask = mask.expand_as(data)
         normalized = torch.empty_like(data)
