@@ -343,10 +343,11 @@ def sample(tmp_path_factory):
 
 
 @pytest.mark.parametrize('where', ['docs/MONAI.md', 'README.md'])
-def test_monai_docs_run_as_written(where, sample, capsys):
-    """Every python block, in order, in one namespace; /tmp/sample is the sample data folder."""
+def test_monai_docs_run_as_written(where, sample, capsys, monkeypatch):
+    """Every python block, in order, in one namespace, in the sample data folder (as tests/test_docs.py)."""
     from pathlib import Path
 
+    monkeypatch.chdir(sample)
     text = readme_monai_section() if where == 'README.md' else (Path(__file__).resolve().parents[1] / where).read_text()
     blocks = python_blocks(text)
     assert blocks, f'no python block in {where}'
