@@ -9,6 +9,12 @@ and an integer label map on the T1 grid), then times one epoch of a patch queue 
     d  pyable-tio, warm cache (the folder filled by c)
     e  MONAI PersistentDataset, warm (LoadImaged + ResampleToMatchd + RandSpatialCropSamplesd)
 
+With ``--augment`` every row trains with the same augmentation: TorchIO's
+``RandomAffine(degrees=10, scales=0.1)`` + ``RandomFlip(axes=('LR',))`` + ``RandomGamma()`` for
+a-d (a: on the whole resampled subject, as ``tio.Queue`` does; b-d: ``transform=`` of
+``queue_from_manifest``, run per patch), and MONAI's crop-then-augment ``RandAffined`` +
+``RandFlipd`` + ``RandAdjustContrastd`` (same ranges) on each crop for e.
+
 Every variant uses the same patch size, patches per volume, worker count and seed, and runs in
 its own process so that its peak memory (PSS of the process tree: RSS double-counts the
 pages forked workers share) is its own. Every batch is checked: shape, finite values, integer
@@ -17,6 +23,7 @@ labels from the label map's value set. Prints a table and one JSON line.
 Usage:
     python benchmarks/bench_queue.py                      # default: 8 x 256x256x160, patch 96
     python benchmarks/bench_queue.py --subjects 4 --size 128 128 96 --patch 48   # smoke run
+    python benchmarks/bench_queue.py --augment            # the same rows, training with augmentation
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+#: --augment: TorchIO's log-gamma range, as MONAI's gamma range (RandAdjustContrastd).
+LOG_GAMMA = (-0.3, 0.3)
+DEGREES, SCALES = 10.0, 0.1
 
 VARIANTS = {
     'a': 'plain TorchIO (tio.Resample + tio.Queue)',
@@ -179,6 +190,14 @@ def torchio_batches(args, loader_source):
         yield batch
 
 
+def torchio_augmentation():
+    """The --augment recipe, as TorchIO steps."""
+    import torchio as tio
+
+    return [tio.RandomAffine(degrees=DEGREES, scales=SCALES), tio.RandomFlip(axes=('LR',)),
+            tio.RandomGamma(log_gamma=LOG_GAMMA)]
+
+
 def run_plain_torchio(args, manifest: Path):
     import torchio as tio
 
@@ -189,7 +208,8 @@ def run_plain_torchio(args, manifest: Path):
         subjects.append(tio.Subject(
             t1=tio.ScalarImage(t1), t2=tio.ScalarImage(t2), labels=tio.LabelMap(folder / entry['labelmaps'][0]),
         ))
-    dataset = tio.SubjectsDataset(subjects, transform=tio.Resample('t1'))
+    steps = [tio.Resample('t1')] + (torchio_augmentation() if args.augment else [])
+    dataset = tio.SubjectsDataset(subjects, transform=tio.Compose(steps))
     queue = tio.Queue(
         dataset, max_length=args.max_length, samples_per_volume=args.samples_per_volume,
         sampler=_tio_sampler(args, 'labels'), num_workers=args.workers,
@@ -215,6 +235,8 @@ def run_pyable(args, manifest: Path, cache_dir: Path | None):
     kwargs = {'cache_dir': str(cache_dir)} if cache_dir is not None else {}
     if args.fast_patches != 'auto':
         kwargs['fast_patches'] = args.fast_patches == 'on'
+    if args.augment:
+        kwargs['transform'] = tio.Compose(torchio_augmentation())
     queue = pt.queue_from_manifest(
         manifest, patch_size=args.patch, samples_per_volume=args.samples_per_volume,
         max_length=args.max_length, sampler=args.sampler, label_name='labelmap_0',
@@ -227,7 +249,8 @@ def run_pyable(args, manifest: Path, cache_dir: Path | None):
 def monai_dataset(args, manifest: Path, cache_dir: Path):
     from monai.data import PersistentDataset
     from monai.transforms import (
-        Compose, EnsureChannelFirstd, LoadImaged, RandSpatialCropSamplesd, ResampleToMatchd,
+        Compose, EnsureChannelFirstd, LoadImaged, RandAdjustContrastd, RandAffined, RandFlipd,
+        RandSpatialCropSamplesd, ResampleToMatchd,
     )
 
     folder = manifest.parent
@@ -237,13 +260,22 @@ def monai_dataset(args, manifest: Path, cache_dir: Path):
         for e in json.loads(manifest.read_text()).values()
     ]
     keys = ['t1', 't2', 'labels']
-    transform = Compose([
+    steps = [
         LoadImaged(keys, image_only=True),
         EnsureChannelFirstd(keys),
         ResampleToMatchd(['t2'], key_dst='t1', mode='bilinear'),
         RandSpatialCropSamplesd(keys, roi_size=(args.patch,) * 3, num_samples=args.samples_per_volume,
                                 random_size=False),
-    ])
+    ]
+    if args.augment:  # MONAI's usual crop-then-augment: the random steps run on each crop
+        radians = np.deg2rad(DEGREES)
+        steps += [
+            RandAffined(keys, prob=1.0, rotate_range=(radians,) * 3, scale_range=(SCALES,) * 3,
+                        mode=('bilinear', 'bilinear', 'nearest'), padding_mode='zeros'),
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandAdjustContrastd(['t1', 't2'], prob=1.0, gamma=tuple(float(np.exp(g)) for g in LOG_GAMMA)),
+        ]
+    transform = Compose(steps)
     return PersistentDataset(items, transform=transform, cache_dir=str(cache_dir))
 
 
@@ -325,7 +357,7 @@ def child(args, variant: str, cache_dir: Path | None) -> dict:
         '--max-length', str(args.max_length), '--seed', str(args.seed), '--sampler', args.sampler,
         '--fast-patches', args.fast_patches, '--torch-threads', str(args.torch_threads),
         '--memory-interval', str(args.memory_interval),
-    ]
+    ] + (['--augment'] if args.augment else [])
     if cache_dir is not None:
         command += ['--cache-dir', str(cache_dir)]
     if args.profile and variant in args.profile:
@@ -356,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--sampler', choices=('uniform', 'label'), default='uniform',
                         help='TorchIO variants only; MONAI always crops uniformly')
     parser.add_argument('--variants', default='abcde', help='subset of abcde to run')
+    parser.add_argument('--augment', action='store_true',
+                        help='train with RandomAffine(degrees=10, scales=0.1) + RandomFlip(LR) + RandomGamma'
+                             ' (MONAI: RandAffined + RandFlipd + RandAdjustContrastd on each crop)')
     parser.add_argument('--fast-patches', choices=('auto', 'on', 'off'), default='auto',
                         help="pyable-tio's fast_patches option (auto: its default)")
     parser.add_argument('--torch-threads', type=int, default=1,
@@ -420,9 +455,10 @@ def report(args, results: dict) -> None:
     header = (f'{"variant":<44} {"first batch s":>13} {"epoch s":>8} {"patches/s":>10} {"x (a)":>7}'
               f' {"CPU ms/patch":>12} {"x (a) CPU":>9} {"peak MB":>9}')
     base_cpu = results.get('a', {}).get('cpu_ms_per_patch')
+    augment = ', augmentation RandomAffine + RandomFlip + RandomGamma' if args.augment else ''
     print(f'\n{args.subjects} subjects, T1 {tuple(args.size)}, patch {args.patch}^3, {args.samples_per_volume}'
           f' patches/volume, batch {args.batch_size}, {args.workers} workers, sampler {args.sampler},'
-          f' {os.cpu_count()} CPUs')
+          f' {os.cpu_count()} CPUs{augment}')
     print(header)
     print('-' * len(header))
     for key, r in results.items():
@@ -436,14 +472,32 @@ def report(args, results: dict) -> None:
         d, e = results['d'], results['e']
         print(f'(d) / (e): {d["patches_per_s"] / e["patches_per_s"]:.2f} in patches/s,'
               f' {e["cpu_ms_per_patch"] / d["cpu_ms_per_patch"]:.2f} in CPU per patch')
+    if args.augment:
+        print_targets(results)
     summary = {
         'config': {k: getattr(args, k) for k in ('subjects', 'patch', 'samples_per_volume', 'batch_size',
                                                  'workers', 'max_length', 'seed', 'sampler', 'fast_patches',
-                                                 'torch_threads', 'repeat')}
+                                                 'torch_threads', 'repeat', 'augment')}
         | {'size': list(args.size), 'cpus': os.cpu_count()},
         'results': results,
     }
     print(json.dumps(summary))
+
+
+def print_targets(results: dict) -> None:
+    """The augmentation targets (issue 12) as ratios measured side by side in this run."""
+    rows = [('warm cache (d) / plain TorchIO (a), patches/s', 'd', 'a', 8.0, 'patches_per_s'),
+            ('warm cache (d) / MONAI warm (e), patches/s', 'd', 'e', 3.0, 'patches_per_s'),
+            ('no cache (b) / plain TorchIO (a), patches/s', 'b', 'a', 2.0, 'patches_per_s')]
+    print('\naugmentation targets:')
+    for label, top, bottom, target, key in rows:
+        if top in results and bottom in results:
+            ratio = results[top][key] / results[bottom][key]
+            print(f'  {label:<48} {ratio:6.2f}  (target >= {target:g}: {"met" if ratio >= target else "NOT met"})')
+    if 'd' in results and 'a' in results:
+        d, a = results['d']['peak_mem_mb'], results['a']['peak_mem_mb']
+        print(f'  {"peak PSS warm cache (d) / plain TorchIO (a)":<48} {d / a:6.2f}'
+              f'  (target <= 1: {"met" if d <= a else "NOT met"}; {d:.0f} vs {a:.0f} MB)')
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ from .inference import GridInference, SubjectGridAggregator, inference_loader, p
 from .manifest import FileEntry, Manifest, SubjectRecord, TransformEntry, read_manifest
 from .monai_data import monai_dataset
 from .native import NativeSpaceError, native_grid, save_prediction, to_native
+from .patch_plan import TransformPlan, plan_transform
 from .patches import PatchQueue
 from .pyable_dataset import PyableDataset
 from .reader import GridReader
@@ -51,6 +52,7 @@ __all__ = [
     'SubjectRecord',
     'ToZYX',
     'TransformEntry',
+    'TransformPlan',
     'VolumeCache',
     'active_backend',
     'align_subject',
@@ -62,6 +64,7 @@ __all__ = [
     'monai_dataset',
     'native_grid',
     'predict_subject',
+    'plan_transform',
     'pyable_available',
     'queue_from_manifest',
     'read_manifest',

@@ -107,3 +107,12 @@ NONFINITE_ZERO = 'zero'
 NONFINITE_ERROR = 'error'
 NONFINITE_MODES = (NONFINITE_KEEP, NONFINITE_ZERO, NONFINITE_ERROR)
 DEFAULT_NONFINITE = NONFINITE_ERROR
+
+#: Per-patch augmentation (pyable_tio.patch_augment): whole-volume statistics kept per process.
+STATISTICS_MEMO_SIZE = 512
+#: Extra source voxels read around a patch's preimage, per interpolator: the interpolation
+#: support (linear and nearest reach 1 voxel, B-spline / windowed sinc further) plus rounding.
+INTERPOLATION_SUPPORT = {'nearest': 1, 'linear': 2}
+INTERPOLATION_SUPPORT_DEFAULT = 4
+#: ``truncate`` of scipy.ndimage.gaussian_filter (TorchIO's RandomBlur): kernel radius in stds.
+BLUR_TRUNCATE = 4.0

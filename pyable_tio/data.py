@@ -12,6 +12,7 @@ from .constants import LABELMAP_PREFIX, META, MISSING_EMPTY, MISSING_ERROR, MISS
 from .errors import ManifestError, describe
 from .geometry import grid_from_meta
 from .manifest import ManifestSource, parse_manifest
+from .patch_plan import log_fallback, plan_transform
 from .patches import PatchQueue
 from .subjects import subjects_from_manifest
 from .transforms.layout import with_layout_guard
@@ -99,8 +100,12 @@ def queue_from_manifest(
             ``shuffle_subjects``); call :func:`set_epoch` at the start of every epoch.
         seed: Shuffling seed of the distributed sampler (the same on every rank).
         fast_patches: Return a :class:`pyable_tio.PatchQueue` (workers cut the patches and,
-            without a transform, read only the patch regions, e.g. from the cache's memory
-            maps) instead of a ``tio.Queue``. ``None`` (default): when ``transform`` is None.
+            when every step of ``transform`` runs per patch, read only the patch regions plus
+            the augmentation's margin, e.g. from the cache's memory maps) instead of a
+            ``tio.Queue``. ``None`` (default): when ``transform`` is None or all its steps run
+            per patch (see :func:`pyable_tio.plan_transform`; the fallback to whole volumes is
+            logged once, naming the step). ``True`` with a whole-volume prefix: the prefix runs
+            in worker processes, the per-patch rest on each patch.
         missing: Patches of different subjects share batches, so subjects must agree:
             ``"error"`` (default) refuses subjects with different numbers of ROIs/label maps
             (or image channels), naming them, before training starts; ``"empty"`` fills the
@@ -139,7 +144,12 @@ def queue_from_manifest(
     patch_sampler = make_sampler(sampler, patch, label_name, subjects[0])
     if distributed:
         subject_sampler = _distributed_sampler(dataset, subject_sampler, shuffle_subjects, seed)
-    fast = transform is None if fast_patches is None else fast_patches
+    plan = plan_transform(transform)
+    # Steps that all run per patch read only the patch boxes, in threads (PatchQueue). A whole-volume
+    # prefix keeps tio.Queue unless fast_patches=True (then: prefix in worker processes, rest per patch).
+    fast = (transform is None or plan.per_patch) if fast_patches is None else fast_patches
+    if transform is not None:
+        log_fallback(plan)
     return (PatchQueue if fast else tio.Queue)(
         dataset,
         max_length=max_length,

@@ -20,13 +20,15 @@ SHAPE = (12, 18, 20)  # D, H, W of the synthetic T1
 
 
 
-def test_queue_from_manifest_chooses_the_fast_queue_without_transform(manifest):
+def test_queue_from_manifest_chooses_the_fast_queue_without_whole_volume_steps(manifest):
     kwargs = dict(patch_size=PATCH, samples_per_volume=1, max_length=2)
     assert isinstance(pt.queue_from_manifest(manifest, **kwargs), pt.PatchQueue)
     flipped = pt.queue_from_manifest(manifest, transform=tio.RandomFlip(), **kwargs)
-    assert type(flipped) is tio.Queue
+    assert isinstance(flipped, pt.PatchQueue) and flipped.threads  # a flip runs per patch
+    moved = pt.queue_from_manifest(manifest, transform=tio.RandomMotion(), **kwargs)
+    assert type(moved) is tio.Queue  # nothing of it runs per patch
     assert type(pt.queue_from_manifest(manifest, fast_patches=False, **kwargs)) is tio.Queue
-    assert isinstance(pt.queue_from_manifest(manifest, transform=tio.RandomFlip(), fast_patches=True, **kwargs),
+    assert isinstance(pt.queue_from_manifest(manifest, transform=tio.RandomMotion(), fast_patches=True, **kwargs),
                       pt.PatchQueue)
 
 
@@ -111,7 +113,8 @@ def test_two_epochs_and_num_samples_attribute(manifest):
 
 
 def test_transform_loads_the_subject_in_the_worker(manifest):
-    transform = tio.RescaleIntensity(out_min_max=(0, 1))
+    # RandomMotion needs the whole volume: it runs in the worker, then RescaleIntensity per patch.
+    transform = tio.Compose([tio.RandomMotion(degrees=1, translation=1), tio.RescaleIntensity(out_min_max=(0, 1))])
     queue = pt.queue_from_manifest(
         manifest, patch_size=PATCH, samples_per_volume=2, max_length=6, num_workers=2,
         transform=transform, fast_patches=True,
@@ -124,7 +127,7 @@ def test_transform_loads_the_subject_in_the_worker(manifest):
         assert images.shape == (2, 2, *PATCH) and images.min() >= 0 and images.max() <= 1
     # The patches carry the subject's history as tio.Queue's do: the transform, then the crop.
     patch = SubjectPatches(queue.subjects_dataset, queue.sampler, 1)[0][0]
-    assert [name for name, _ in patch.applied_transforms] == ['RescaleIntensity', 'Crop']
+    assert [name for name, _ in patch.applied_transforms] == ['Motion', 'RescaleIntensity', 'Crop']
 
 
 def test_custom_sampler_falls_back_to_loading(manifest, full_subjects):

@@ -1,0 +1,278 @@
+"""Cutting patches from the readers' arrays: the patch location first, then only its region.
+
+:class:`SubjectPatches` is the dataset a :class:`pyable_tio.PatchQueue` iterates: item ``i``
+is the list of patches of subject ``i``. With a ``tio.UniformSampler``, ``tio.WeightedSampler``
+or ``tio.LabelSampler`` it draws each patch location as TorchIO's sampler would, then asks each
+image's reader for its array (a memory map when the volume cache is on) and copies only the
+patch region; the probability map of a weighted/label sampler is the only volume read whole.
+With a transform whose steps are patch-local (:func:`pyable_tio.plan_transform`), it reads
+the patch's box plus the margin the drawn augmentation needs and augments that box only
+(:mod:`pyable_tio.patch_augment`); a volume-level prefix of the transform runs on the loaded
+subject first. Any other sampler or transform loads the subject as ``tio.Queue`` does.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torchio as tio
+from torch.utils.data import Dataset, get_worker_info
+from torchio.constants import LOCATION, MIN_FLOAT_32, NUM_SAMPLES
+from torchio.data.io import check_uint_to_int
+from torchio.data.sampler.label import LabelSampler
+from torchio.data.sampler.uniform import UniformSampler
+from torchio.data.sampler.weighted import WeightedSampler
+
+from .constants import ID
+from .patch_augment import augment_patch
+from .patch_plan import TransformPlan, plan_transform
+
+# Samplers whose patch locations need only the spatial shape or the probability map.
+_LAZY_GENERATORS = (UniformSampler._generate_patches, WeightedSampler._generate_patches)
+
+
+class SubjectPatches(Dataset):
+    """Map-style dataset: item ``i`` is the list of patches drawn from subject ``i``.
+
+    Args:
+        subjects_dataset: The subjects (unloaded; their readers are called here).
+        sampler: The TorchIO patch sampler.
+        samples_per_volume: Patches per subject, unless the subject has a ``num_samples``
+            attribute (as in ``tio.Queue``).
+
+    Example:
+        >>> patches = SubjectPatches(tio.SubjectsDataset(subjects), tio.UniformSampler(32), 4)  # doctest: +SKIP
+        >>> [p[tio.LOCATION] for p in patches[0]]  # D0, H0, W0, D1, H1, W1  # doctest: +SKIP
+    """
+
+    def __init__(self, subjects_dataset: tio.SubjectsDataset, sampler: tio.data.PatchSampler,
+                 samples_per_volume: int) -> None:
+        self.subjects_dataset = subjects_dataset
+        self.sampler = sampler
+        self.samples_per_volume = samples_per_volume
+        self.plan: TransformPlan = plan_transform(getattr(subjects_dataset, '_transform', None))
+
+    def __len__(self) -> int:
+        return len(self.subjects_dataset)
+
+    def __getitem__(self, index: int) -> list[tio.Subject]:
+        return self.patches(index)
+
+    def patches(self, index: int, generator: torch.Generator | None = None) -> list[tio.Subject]:
+        """The patches of subject ``index``.
+
+        Args:
+            index: Subject index.
+            generator: Random generator of the patch locations and augmentations when read
+                lazily (threads draw from their own); None: the global one (drawn exactly as
+                TorchIO draws, without augmentation; augmentation then draws a generator
+                from it).
+        """
+        subject = self.subjects_dataset.dry_iter()[int(index)]
+        num_patches = getattr(subject, NUM_SAMPLES, self.samples_per_volume)
+        if not self.sampler_is_lazy() or (self.plan.volume_steps and not self.plan.patch_steps):
+            return list(self.sampler(self.subjects_dataset[int(index)], num_patches))
+        if self.plan.patch_steps and generator is None:
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,)).item()))
+        volume_steps, patch_steps = self.plan.volume_steps, self.plan.patch_steps
+        if patch_steps and _is_planar(subject):
+            # 2-D subjects: the whole guarded transform, with its in-plane (TorchIO 2-D) conventions.
+            volume_steps, patch_steps = (self.subjects_dataset._transform,), ()
+        if volume_steps:
+            # The whole-volume prefix runs on the loaded subject, as TorchIO runs it.
+            subject = copy.deepcopy(subject)
+            subject.load()
+            subject = tio.Compose(list(volume_steps))(subject)
+        return self._lazy_patches(subject, num_patches, generator, patch_steps)
+
+    def sampler_is_lazy(self) -> bool:
+        """True when the sampler's locations can be drawn without loading the subject."""
+        generator = getattr(type(self.sampler)._generate_patches, '__func__', type(self.sampler)._generate_patches)
+        return isinstance(self.sampler, (UniformSampler, WeightedSampler)) and generator in _LAZY_GENERATORS
+
+    def reads_lazily(self) -> bool:
+        """True when patches are cut (and augmented) from the readers' arrays without loading subjects."""
+        lazy_transform = getattr(self.subjects_dataset, '_transform', None) is None or self.plan.per_patch
+        return lazy_transform and getattr(self.subjects_dataset, 'load_getitem', True) and self.sampler_is_lazy()
+
+    def _lazy_patches(self, subject: tio.Subject, num_patches: int, generator: torch.Generator | None,
+                      steps: Sequence[tio.Transform] = ()) -> list[tio.Subject]:
+        volumes = {name: Volume.of(image) for name, image in subject.get_images_dict(intensity_only=False).items()}
+        shapes = {v.shape for v in volumes.values()}
+        subject_id = subject.get(ID, '')
+        if len(shapes) != 1:
+            raise RuntimeError(f'images of subject {subject_id!r} have different spatial'
+                               f' shapes {sorted(shapes)}; they must share one grid to be cut into patches')
+        shape = np.array(shapes.pop())
+        patch_size = self.sampler.patch_size.astype(int)
+        if np.any(patch_size > shape):
+            raise RuntimeError(f'subject {subject_id!r}: Patch size {tuple(patch_size)} cannot be larger'
+                               f' than image size {tuple(shape)}')
+        draw = self._location_drawer(subject, volumes, shape, generator)
+        patches = []
+        for _ in range(num_patches):
+            start = tuple(int(i) for i in draw())
+            tensors, applied = None, ()
+            if steps:
+                tensors, applied = augment_patch(steps, subject, volumes, start, tuple(patch_size), generator)
+            elif generator is None:
+                # tio.Crop.__call__ draws one number per patch: keep the random stream TorchIO's,
+                # so that a seed gives the patches tio.Queue would give.
+                torch.rand(1)
+            patches.append(cut_patch(subject, volumes, start, tuple(patch_size), shape, tensors, applied))
+        return patches
+
+    def _location_drawer(self, subject: tio.Subject, volumes: dict, shape: np.ndarray,
+                         generator: torch.Generator | None):
+        """A function drawing one patch start (D, H, W) as the TorchIO sampler would."""
+        sampler = self.sampler
+        if isinstance(sampler, WeightedSampler):
+            # TorchIO's own probability map and inverse-CDF sampling, on a one-image subject.
+            image = sampler.get_probability_map_image(subject)  # TorchIO's choice and errors; not loaded
+            name = next(key for key, value in subject.items() if value is image)
+            half = sampler.patch_size.astype(int) // 2
+            if generator is not None and isinstance(sampler, LabelSampler) and not sampler.label_probabilities_dict:
+                return _binary_label_drawer(sampler, volumes[name].read(), half, generator, image.path)
+            one = tio.Subject({name: type(image)(tensor=volumes[name].read(), affine=volumes[name].affine)})
+            probability = sampler.process_probability_map(sampler.get_probability_map(one), one)
+            cdf = sampler.get_cumulative_distribution_function(probability)
+            if generator is None:
+                return lambda: sampler.get_random_index_ini(probability, cdf)
+
+            def weighted() -> np.ndarray:  # WeightedSampler.sample_probability_map, own generator
+                number = max(MIN_FLOAT_32, torch.rand(1, generator=generator).item()) * cdf[-1]
+                return np.array(np.unravel_index(np.searchsorted(cdf, number), probability.shape)) - half
+
+            return weighted
+        valid_range = shape - sampler.patch_size.astype(int)
+        return lambda: [int(torch.randint(x + 1, (1,), generator=generator).item()) for x in valid_range]
+
+
+def _is_planar(subject: tio.Subject) -> bool:
+    """True when the subject's reference grid (its readers') is 2-D."""
+    grids = [getattr(getattr(image, 'reader', None), 'grid', None) for image in subject.get_images(intensity_only=False)]
+    return any(getattr(grid, 'dimension', 3) == 2 for grid in grids)
+
+
+def _binary_label_drawer(sampler: LabelSampler, label: torch.Tensor, half: np.ndarray,
+                         generator: torch.Generator, path: Any):
+    """``tio.LabelSampler`` without label probabilities: a centre drawn uniformly among the voxels
+    of the first channel > 0 away from the borders, the distribution TorchIO's inverse CDF over
+    that binary map gives, without its float64 map and cumulative sum (~10x faster)."""
+    mask = (label[0] > 0).numpy()
+    WeightedSampler.clear_probability_borders(mask, sampler.patch_size)
+    candidates = np.flatnonzero(mask)
+    if not candidates.size:
+        raise RuntimeError(f'Empty probability map found: {path}; voxels with positive probability might be'
+                           f' near the image border: try tio.Pad({tuple(int(n) for n in half)})')
+
+    def draw() -> np.ndarray:
+        index = candidates[int(torch.randint(candidates.size, (1,), generator=generator).item())]
+        return np.array(np.unravel_index(index, mask.shape)) - half
+
+    return draw
+
+
+class Volume:
+    """An image's voxels as the arrays its reader returns (one per file), read on demand."""
+
+    def __init__(self, image: tio.Image, arrays: Sequence[Any], affine: np.ndarray) -> None:
+        self.image = image
+        self.arrays = arrays
+        self.affine = affine
+        self.shape = tuple(int(n) for n in arrays[0].shape[1:])
+        self.channels = sum(int(array.shape[0]) for array in arrays)
+        self.statistics: dict[str, Any] = {}  # whole-volume statistics of a loaded volume (patch_augment)
+
+    @classmethod
+    def of(cls, image: tio.Image) -> Volume:
+        """The volume of ``image``: its data when loaded, else its reader's arrays (not read yet)."""
+        if image._loaded:
+            return cls(image, [image.data], image.affine)
+        paths = image.path if isinstance(image.path, list) else [image.path]
+        arrays, affine = [], None
+        for path in paths:
+            array, file_affine = image.reader(path)
+            array = array.numpy() if isinstance(array, torch.Tensor) else np.asarray(array)  # no copy
+            if array.ndim != 4:
+                raise ValueError(f'reader of {path} returned a {array.ndim}-D array; expected C x D x H x W')
+            arrays.append(array)
+            affine = np.asarray(file_affine, dtype=np.float64) if affine is None else affine
+        return cls(image, arrays, affine)
+
+    def crop(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> torch.Tensor:
+        """A new C x D x H x W tensor of the region (only the region is read from the arrays)."""
+        region = (slice(None), *(slice(a, b) for a, b in zip(start, stop)))
+        if isinstance(self.arrays[0], torch.Tensor):  # a loaded image
+            return self.arrays[0][region].clone()
+        parts = [np.asarray(array[region]) for array in self.arrays]
+        dtype = np.result_type(*(check_uint_to_int(p[:0]) for p in parts))
+        out = _new_tensor((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), dtype)
+        view, channel = out.numpy(), 0
+        for part in parts:  # files stacked as channels: each region copied once, into place
+            view[channel:channel + part.shape[0]] = part
+            channel += part.shape[0]
+        return out
+
+    def read(self) -> torch.Tensor:
+        """The whole C x D x H x W volume (a new tensor)."""
+        return self.crop((0, 0, 0), self.shape)
+
+
+def _new_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+    """An uninitialised tensor; in shared memory inside DataLoader workers.
+
+    A worker's tensors travel to the main process through shared memory: allocating them
+    there saves the copy ``share_memory_()`` would make when they are sent.
+    """
+    tensor = torch.from_numpy(np.empty(0, dtype=dtype))
+    if get_worker_info() is None or not hasattr(torch.UntypedStorage, '_new_shared'):
+        return torch.empty(shape, dtype=tensor.dtype)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * tensor.element_size())
+    return tensor.set_(storage, 0, shape)
+
+
+def cut_patch(subject: tio.Subject, volumes: dict[str, Volume], start: tuple, size: tuple, shape,
+              tensors: dict[str, torch.Tensor] | None = None, applied: Sequence[tio.Transform] = ()) -> tio.Subject:
+    """The patch at ``start``, built as ``tio.Crop`` builds it from a loaded subject.
+
+    Args:
+        subject: The subject the patch comes from.
+        volumes: Its images' volumes, by name.
+        start: Patch start (D, H, W).
+        size: Patch size (D, H, W).
+        shape: The volumes' spatial shape (D, H, W).
+        tensors: The patch's data per image (e.g. augmented); None: cropped from ``volumes``.
+        applied: Steps applied to ``tensors``, recorded in the history before the crop (as
+            ``tio.Queue``'s patches carry the transform, then the crop).
+
+    Example:
+        >>> patch = cut_patch(subject, volumes, (0, 4, 4), (8, 8, 8), (12, 18, 20))  # doctest: +SKIP
+    """
+    stop = tuple(a + n for a, n in zip(start, size))
+    patch = subject.__class__.__new__(subject.__class__)
+    for key, value in subject.__dict__.items():
+        if key in volumes:
+            volume = volumes[key]
+            affine = volume.affine.copy()
+            affine[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=np.float64) + affine[:3, 3]
+            data = volume.crop(start, stop) if tensors is None else tensors[key]
+            patch[key] = type(value)(tensor=data, affine=affine, type=value.type, path=value.path)
+        else:
+            copied = copy.deepcopy(value)
+            if key in subject:
+                patch[key] = copied
+            patch.__dict__[str(key)] = copied
+    cropping = tuple(int(v) for a, b, n in zip(start, stop, shape) for v in (a, n - b))
+    for step in applied:
+        step._add_transform_to_subject_history(patch)
+    tio.Crop(cropping)._add_transform_to_subject_history(patch)
+    patch[LOCATION] = torch.as_tensor([*start, *stop])
+    patch.update_attributes()
+    return patch
+
+

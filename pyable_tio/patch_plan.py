@@ -1,0 +1,183 @@
+"""Which steps of a transform run per patch, and which need the whole volume.
+
+:func:`plan_transform` splits a transform (a ``tio.Compose`` is flattened) into a volume-level
+prefix, run on the loaded subject as TorchIO runs it, and a patch-local suffix, run by
+:mod:`pyable_tio.patch_augment` on the patch's box only. A step is patch-local when its value
+at a voxel depends on a bounded neighbourhood of the source (spatial steps: the preimage of the
+patch; blur: the kernel) or on whole-volume statistics computed once per volume
+(:mod:`pyable_tio.volume_stats`). Only TorchIO's own classes (exact types) are recognised:
+a subclass or an unknown callable may do anything, so it runs on the whole volume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torchio as tio
+
+from .transforms.compose import Compose
+from .transforms.layout import FromTorchIO2D, ToTorchIO2D, ToZYX
+
+logger = logging.getLogger('pyable_tio')
+
+#: Step kinds. Spatial steps move voxels; the others change values in place.
+SPATIAL, POINTWISE, KERNEL, FIELD, STATISTICS = 'spatial', 'pointwise', 'kernel', 'field', 'statistics'
+
+_KINDS: dict[type, str] = {
+    tio.Affine: SPATIAL,
+    tio.RandomAffine: SPATIAL,
+    tio.Flip: SPATIAL,
+    tio.RandomFlip: SPATIAL,
+    tio.ElasticDeformation: SPATIAL,
+    tio.RandomElasticDeformation: SPATIAL,
+    tio.RandomNoise: POINTWISE,
+    tio.RandomGamma: POINTWISE,
+    tio.Gamma: POINTWISE,
+    tio.Clamp: POINTWISE,
+    tio.RandomBlur: KERNEL,
+    tio.Blur: KERNEL,
+    tio.RandomBiasField: FIELD,
+    tio.BiasField: FIELD,
+    tio.RescaleIntensity: STATISTICS,
+    tio.ZNormalization: STATISTICS,
+}
+
+# Arguments whose dict form (one value per image) is not supported per patch.
+_PER_IMAGE_ARGUMENTS = ('gamma', 'std', 'coefficients', 'order', 'mean', 'seed')
+_logged: set[str] = set()
+
+
+@dataclass(frozen=True)
+class TransformPlan:
+    """A transform split into whole-volume steps (first) and per-patch steps (then).
+
+    Attributes:
+        volume_steps: Steps run on the loaded subject, in order, before the patches are cut.
+        patch_steps: Steps run on each patch's box, in order.
+        reason: Why the volume steps cannot run per patch (names the step); None when all
+            steps run per patch.
+
+    Example:
+        >>> plan = plan_transform(tio.Compose([tio.RandomMotion(), tio.RandomAffine()]))
+        >>> [type(s).__name__ for s in plan.volume_steps], [type(s).__name__ for s in plan.patch_steps]
+        (['RandomMotion'], ['RandomAffine'])
+    """
+
+    volume_steps: tuple[Callable, ...]
+    patch_steps: tuple[tio.Transform, ...]
+    reason: str | None = None
+
+    @property
+    def per_patch(self) -> bool:
+        """True when there are steps and every one runs per patch."""
+        return not self.volume_steps and bool(self.patch_steps)
+
+    def table(self) -> str:
+        """One line per step: ``per patch`` or ``per volume`` and the step."""
+        rows = [f'per volume  {_name(step)}' for step in self.volume_steps]
+        rows += [f'per patch   {_name(step)}' for step in self.patch_steps]
+        if self.reason:
+            rows.append(f'(volume path because {self.reason})')
+        return '\n'.join(rows) if rows else '(no transform)'
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def plan_transform(transform: Callable | None) -> TransformPlan:
+    """Tell which steps of ``transform`` run per patch and which on the whole volume.
+
+    ``tio.Compose`` (probability 1) is flattened; the layout guard (:class:`ToZYX`, and the
+    2-D layout switch :func:`pyable_tio.transforms.layout.in_torchio_layout` wraps TorchIO
+    steps in) is dropped from the patch steps, which never reorder axes. The patch steps are the longest suffix
+    whose steps are all patch-local, whose spatial steps are consecutive and whose
+    statistics-based steps (``ZNormalization``, ``RescaleIntensity``) see only spatial steps
+    before them (their statistics are the volume's); everything before it runs per volume.
+
+    Args:
+        transform: A TorchIO transform, any callable taking a subject, or None.
+
+    Returns:
+        The :class:`TransformPlan`.
+
+    Example:
+        >>> import torchio as tio
+        >>> import pyable_tio as pt
+        >>> print(pt.plan_transform(tio.Compose([tio.RandomAffine(degrees=10), tio.RandomGamma()])))
+        per patch   RandomAffine
+        per patch   RandomGamma
+    """
+    if transform is None:
+        return TransformPlan((), ())
+    steps = _flatten(transform)
+    guard_free = [step for step in steps if not isinstance(step, ToZYX)]
+    reasons = [_volume_reason(step) for step in guard_free]
+    start = max((i + 1 for i, reason in enumerate(reasons) if reason), default=0)
+    reason = reasons[start - 1] if start else None
+    while start < len(guard_free) and (problem := _suffix_problem(guard_free[start:])):
+        reason = reason or problem
+        start += 1
+    volume = tuple(guard_free[:start])
+    if volume and any(isinstance(step, ToZYX) for step in steps):
+        volume = (*volume, ToZYX())
+    return TransformPlan(volume, tuple(guard_free[start:]), reason)
+
+
+def log_fallback(plan: TransformPlan) -> None:
+    """Log (once per reason) that a transform falls back to the whole-volume path."""
+    if plan.reason and plan.reason not in _logged:
+        _logged.add(plan.reason)
+        logger.warning('pyable-tio: transform steps run on whole volumes because %s:\n%s', plan.reason, plan.table())
+
+
+def kind(step: tio.Transform) -> str:
+    """The patch-local kind of a supported step (see the module constants)."""
+    return _KINDS[type(step)]
+
+
+def _flatten(transform: Callable) -> list[Any]:
+    if type(transform) in (tio.Compose, Compose):
+        if transform.probability < 1:
+            return [transform]
+        return [step for inner in transform.transforms for step in _flatten(inner)]
+    if isinstance(transform, (ToTorchIO2D, FromTorchIO2D)):
+        # The guard's 2-D layout switch: a no-op on 3-D subjects, and 2-D subjects never run
+        # spatial steps per patch (SubjectPatches runs the whole guarded transform on them).
+        return []
+    return [transform]
+
+
+def _volume_reason(step: Any) -> str | None:
+    """Why ``step`` must run on the whole volume, or None when it can run per patch."""
+    if type(step) not in _KINDS:
+        return f'{_name(step)} is not a patch-local TorchIO transform'
+    if getattr(step, 'keep', None):
+        return f'{_name(step)} keeps a copy of an image (keep=)'
+    for argument in _PER_IMAGE_ARGUMENTS:
+        if isinstance(getattr(step, argument, None), dict):
+            return f'{_name(step)} has per-image {argument}'
+    return None
+
+
+def _suffix_problem(steps: list[tio.Transform]) -> str | None:
+    """Why ``steps`` cannot all run per patch (None when they can)."""
+    kinds = [kind(step) for step in steps]
+    spatial = [i for i, k in enumerate(kinds) if k == SPATIAL]
+    if spatial and spatial[-1] - spatial[0] + 1 != len(spatial):
+        # One resampling per patch: the spatial steps must be consecutive.
+        between = next(steps[i] for i in range(spatial[0], spatial[-1]) if kinds[i] != SPATIAL)
+        return f'{_name(between)} sits between spatial steps (they are resampled once per patch)'
+    for i, k in enumerate(kinds):
+        earlier = next((steps[j] for j in range(i) if kinds[j] not in (SPATIAL, STATISTICS)), None)
+        if k == STATISTICS and earlier is not None:
+            # Its statistics would be those of a volume the earlier step changed.
+            return (f'{_name(steps[i])} follows {_name(earlier)}: per patch, statistics are the source'
+                    ' volume\'s, so put it first')
+    return None
+
+
+def _name(step: Any) -> str:
+    return type(step).__name__ if not callable(step) or hasattr(step, '__dict__') else repr(step)

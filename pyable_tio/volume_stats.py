@@ -1,0 +1,102 @@
+"""Whole-volume intensity statistics, computed once per volume and kept, for per-patch steps.
+
+A patch must never be normalised by its own statistics: ``ZNormalization``,
+``RescaleIntensity`` and the pad values of the spatial steps (``'minimum'``, ``'mean'``,
+``'otsu'``) use the statistics of the whole volume, computed here with TorchIO's own masks
+and formulas, once per (volume, statistic) and kept in memory per process (the readers'
+arrays are memory-mapped, so the one whole read is cheap). Volumes changed by a whole-volume
+step (a loaded, transformed subject) are not memoised: their statistics change every draw.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torchio as tio
+from torchio.data.io import nib_to_sitk
+
+from .constants import STATISTICS_MEMO_SIZE
+
+_memo: OrderedDict[Hashable, Any] = OrderedDict()
+_lock = threading.Lock()
+
+
+def volume_key(image: tio.Image) -> Hashable | None:
+    """What identifies an unloaded image's voxels: its paths and its reader; None when loaded.
+
+    Example:
+        >>> volume_key(subject['images'])  # doctest: +SKIP
+        (('t1.nii.gz', 't2.nii.gz'), "GridReader(grid=...)")
+    """
+    if image._loaded:
+        return None
+    paths = image.path if isinstance(image.path, list) else [image.path]
+    return tuple(str(p) for p in paths), repr(image.reader)
+
+
+def remembered(key: Hashable | None, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept under ``key`` (bounded, thread-safe); always computed when key is None."""
+    if key is None:
+        return compute()
+    with _lock:
+        if key in _memo:
+            _memo.move_to_end(key)
+            return _memo[key]
+    value = compute()
+    with _lock:
+        _memo[key] = value
+        while len(_memo) > STATISTICS_MEMO_SIZE:
+            _memo.popitem(last=False)
+    return value
+
+
+def channel_minima(tensor: torch.Tensor) -> list[float]:
+    """Per-channel minimum of a C x D x H x W tensor (TorchIO's ``'minimum'`` pad value)."""
+    return [float(channel.min()) for channel in tensor]
+
+
+def border_means(tensor: torch.Tensor, affine: np.ndarray, otsu: bool) -> list[float]:
+    """Per-channel mean of the volume's border voxels, as ``tio.Affine`` computes ``'mean'``/``'otsu'``."""
+    from torchio.transforms.augmentation.spatial.random_affine import get_borders_mean
+
+    return [float(get_borders_mean(nib_to_sitk(channel[None], affine, force_3d=True), filter_otsu=otsu))
+            for channel in tensor]
+
+
+def normalization_statistics(step: tio.transforms.NormalizationTransform, subject: tio.Subject,
+                             name: str) -> dict[str, Any]:
+    """The statistics ``step`` computes on image ``name`` of a whole-volume subject.
+
+    ``ZNormalization``: ``mean`` and ``std`` of the masked values. ``RescaleIntensity``: the
+    percentile ``cutoff`` of the masked values and the ``in_min``/``in_max`` TorchIO rescales
+    from (given, or the extremes of the clipped volume). ``empty``: the mask is empty;
+    ``flat``: nothing to rescale (TorchIO leaves the image unchanged, with a warning).
+    """
+    tensor = subject[name].data
+    mask = step.get_mask_from_masking_method(step.masking_method, subject, tensor)
+    if isinstance(step, tio.ZNormalization):
+        values = tensor.float()[mask]
+        return {'mean': float(values.mean()), 'std': float(values.std())}
+    array = tensor.float().numpy()
+    mask_array = mask.numpy()
+    if not mask_array.any():
+        return {'empty': True}
+    cutoff = np.percentile(array[mask_array], step.percentiles)
+    if step.in_min_max is None:
+        in_min = max(float(cutoff[0]), float(array.min()))
+        in_max = min(float(cutoff[1]), float(array.max()))
+    else:
+        in_min, in_max = (float(v) for v in step.in_min_max)
+    return {'cutoff': [float(c) for c in cutoff], 'in_min': in_min, 'in_max': in_max,
+            'flat': in_max - in_min == 0}
+
+
+def sitk_grid(affine: np.ndarray, shape: tuple[int, int, int]) -> sitk.Image:
+    """A uint8 SimpleITK image of a whole grid (for B-spline domains); the voxels are not used."""
+    return nib_to_sitk(torch.zeros((1, *shape), dtype=torch.uint8), affine, force_3d=True)
