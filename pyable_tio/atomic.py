@@ -2,14 +2,16 @@
 
 One helper for every file the package writes (cache entries and memos, alignment ``.tfm``
 files, native-space predictions), so that a crash or Ctrl-C never leaves a half-written file
-under its final name. Temporary names are ``.<name>.<pid>.<random>.tmp`` followed by the
-target's own suffixes (SimpleITK picks the file format from them): the pid tells a cleaner
-whether the writer is still alive.
+under its final name. Temporary names are ``.<name>.<host>.<pid>.<random>.tmp`` followed by
+the target's own suffixes (SimpleITK picks the file format from them): the host and pid tell a
+cleaner whether the writer is still alive (``pyable_tio.cache.entry.stale_temporary``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .constants import CACHE_TEMP_SUFFIX
+
+#: Which host writes a temporary file (8 hex digits): its pid means something only there.
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def temporary_path(path: Path, keep_suffix: bool = False) -> Path:
@@ -34,7 +39,7 @@ def temporary_path(path: Path, keep_suffix: bool = False) -> Path:
         True
     """
     suffix = CACHE_TEMP_SUFFIX + (''.join(path.suffixes) if keep_suffix else '')
-    return path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}')
+    return path.with_name(f'.{path.name}.{HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}')
 
 
 @contextmanager

@@ -3,7 +3,8 @@
 A digest depends on what a file holds, not where it is: renaming a file keeps its digest,
 rewriting its bytes changes it. Hashing a 50 MB volume costs a fraction of a second, so a
 process remembers the digest of a file while its stat signature (size, mtime, ctime, inode)
-stays the same.
+stays the same: one digest per path (the latest version), for at most
+:data:`DIGEST_MEMO_LIMIT` paths.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,10 +24,14 @@ from . import sources
 from .manifest.records import TransformEntry
 
 _CHUNK = 1 << 20
+#: At most this many paths' digests are remembered per process (least recently used forgotten).
+DIGEST_MEMO_LIMIT = 65536
 #: A file's stat signature: (resolved path, size, mtime_ns, ctime_ns, inode).
 FileSignature = tuple[str, int, int, int, int]
-# signature -> sha256; the signature is re-read on every call.
-_memo: dict[FileSignature, str] = {}
+# resolved path -> (signature, sha256) of its latest version seen; the signature is re-read on
+# every call, so a changed file never gets an old digest.
+_memo: OrderedDict[str, tuple[FileSignature, str]] = OrderedDict()
+_memo_lock = threading.Lock()
 
 
 def file_signature(path: str | os.PathLike) -> FileSignature:
@@ -49,7 +56,22 @@ def known_digest(signature: FileSignature) -> str | None:
         >>> known_digest(file_signature('t1.nii.gz'))  # doctest: +SKIP
         '9f86d081884c7d65...'
     """
-    return _memo.get(signature)
+    with _memo_lock:
+        known = _memo.get(signature[0])
+        if known is None or known[0] != signature:
+            return None
+        _memo.move_to_end(signature[0])
+        return known[1]
+
+
+def memo_size() -> int:
+    """How many paths' digests this process remembers (at most :data:`DIGEST_MEMO_LIMIT`).
+
+    Example:
+        >>> memo_size() <= DIGEST_MEMO_LIMIT
+        True
+    """
+    return len(_memo)
 
 
 def remember_digest(signature: FileSignature, digest: str) -> None:
@@ -58,7 +80,11 @@ def remember_digest(signature: FileSignature, digest: str) -> None:
     Example:
         >>> remember_digest(file_signature('t1.nii.gz'), '9f86d081884c7d65...')  # doctest: +SKIP
     """
-    _memo[signature] = digest
+    with _memo_lock:
+        _memo[signature[0]] = (signature, digest)
+        _memo.move_to_end(signature[0])
+        while len(_memo) > DIGEST_MEMO_LIMIT:
+            _memo.popitem(last=False)
 
 
 def file_digest(path: str | os.PathLike, signature: FileSignature | None = None) -> str:
@@ -86,14 +112,28 @@ def file_digest(path: str | os.PathLike, signature: FileSignature | None = None)
         return digest_of({'series': [file_digest(file) for file in files]})
     if signature is None:
         signature = file_signature(path)
-    digest = _memo.get(signature)
+    digest = known_digest(signature)
     if digest is None:
-        sha = hashlib.sha256()
-        with path.open('rb') as stream:
-            for chunk in iter(lambda: stream.read(_CHUNK), b''):
-                sha.update(chunk)
-        digest = _memo[signature] = sha.hexdigest()
+        digest = hash_file(path)
+        remember_digest(signature, digest)
     return digest
+
+
+def hash_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex), read now (no memo).
+
+    Raises:
+        OSError: when the file cannot be read.
+
+    Example:
+        >>> hash_file('t1.nii.gz')  # doctest: +SKIP
+        '9f86d081884c7d65...'
+    """
+    sha = hashlib.sha256()
+    with Path(path).open('rb') as stream:
+        for chunk in iter(lambda: stream.read(_CHUNK), b''):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
 def transform_digest(transform: sitk.Transform) -> str:

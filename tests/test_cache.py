@@ -23,6 +23,7 @@ import torchio as tio
 import pyable_tio as pt
 from pyable_tio import synthetic
 from pyable_tio.cache import VolumeCache
+from pyable_tio.cache.volume import disk_bytes
 from pyable_tio.geometry import Grid
 from pyable_tio.manifest.records import TransformEntry
 
@@ -351,7 +352,8 @@ def test_object_arrays_are_refused_and_loads_never_unpickle(tmp_path):
     array_path, sidecar_path = cache.paths('cd' * 32)
     array_path.parent.mkdir(parents=True)
     np.save(array_path, np.array([{'a': 1}], dtype=object), allow_pickle=True)
-    sidecar = {'format': 1, 'file_bytes': array_path.stat().st_size, 'shape': [1], 'dtype': '|O', 'crc32': 0}
+    sidecar = {'format': 1, 'key': 'cd' * 32, 'file_bytes': array_path.stat().st_size, 'shape': [1],
+               'dtype': '|O', 'crc32': 0}
     sidecar_path.write_text(json.dumps(sidecar))
     with pytest.warns(RuntimeWarning, match='unreadable array'):
         assert cache.get('cd' * 32) is None
@@ -437,8 +439,15 @@ def test_eviction_keeps_the_folder_under_its_limit_least_recently_used_first(tmp
     paths = [
         write(synthetic.phantom(size=(16, 16, 8), seed=10 + i), tmp_path / f'{i}.nii.gz') for i in range(5)
     ]
-    one_entry = 16 * 16 * 8 * 4 + 128 + 2000  # array + .npy header + sidecar, roughly
-    limit = int(2.5 * one_entry)
+    # Limits count allocated blocks: room for two entries and the five source memos, not three entries.
+    def on_disk(size: int) -> int:
+        probe = tmp_path / 'probe'
+        probe.write_bytes(b'x' * size)
+        return disk_bytes(probe.stat())
+
+    one_entry = on_disk(16 * 16 * 8 * 4 + 128) + on_disk(2500)
+    limit = 2 * one_entry + 5 * on_disk(300) + one_entry // 4
+    (tmp_path / 'probe').unlink()
     cache = VolumeCache(tmp_path / 'cache', max_bytes=limit)
     grid = Grid.from_image(sitk.ReadImage(str(paths[0])))
     reader = image_reader(paths[0], cache, grid=grid)
@@ -472,8 +481,8 @@ def test_evict_removes_stale_temporaries_and_respects_a_new_limit(tmp_path):
     fresh.write_bytes(b'x' * 10)
     assert cache.evict() == 0
     assert not stale.exists() and fresh.exists()
-    sizes = [sum(p.stat().st_size for p in cache.paths(k)) for k, _, _ in cache.entries()]
-    assert cache.evict(max_bytes=max(sizes) + 10 + 1) == 2  # sidecars differ by a byte or two
+    sizes = [sum(disk_bytes(p.stat()) for p in cache.paths(k)) for k, _, _ in cache.entries()]
+    assert cache.evict(max_bytes=max(sizes) + disk_bytes(fresh.stat())) == 2
     assert cache.stats().entries == 1
     fresh.unlink()
     mine = cache.folder / 'notes.txt'  # a cache folder shared with other files
@@ -488,11 +497,11 @@ def test_evict_removes_stale_temporaries_and_respects_a_new_limit(tmp_path):
 
 
 def test_cache_pickles_with_fresh_counters_and_rejects_bad_options(tmp_path):
-    cache = VolumeCache(tmp_path / 'cache', max_bytes=1000)
+    cache = VolumeCache(tmp_path / 'cache', max_bytes=10**6)
     cache.put('ab' * 32, np.zeros((1, 2, 2, 2), np.uint8), {})
     assert cache.stats().writes == 1
     clone = pickle.loads(pickle.dumps(cache))
-    assert (clone.folder, clone.max_bytes) == (cache.folder, 1000)
+    assert (clone.folder, clone.max_bytes) == (cache.folder, 10**6)
     assert clone.stats().as_dict() == {**cache.stats().as_dict(), 'writes': 0}
     assert np.array_equal(clone.get('ab' * 32), np.zeros((1, 2, 2, 2), np.uint8))
     for bad in ({'max_bytes': 0}, {'max_bytes': -5}, {'verify': 'maybe'}):
@@ -531,7 +540,7 @@ def test_untouched_entry_skips_the_checksum_in_a_new_process_but_a_rewrite_does_
 
     cache, reader, path, expected = oblique_entry(tmp_path, seed=7)
     _, array_path, _ = only_entry(cache)
-    monkeypatch.setattr(entry, '_verified', set())  # as in a fresh process
+    entry.forget_verified()  # as in a fresh process
     original_crc = entry.crc32
 
     def no_crc(array):
@@ -544,7 +553,7 @@ def test_untouched_entry_skips_the_checksum_in_a_new_process_but_a_rewrite_does_
     # The same bytes written again (a new mtime): the stamp no longer vouches for them.
     array_path.write_bytes(array_path.read_bytes())
     checked = []
-    monkeypatch.setattr(entry, '_verified', set())
+    entry.forget_verified()
     original = entry.crc32
     monkeypatch.setattr(entry, 'crc32', lambda array: checked.append(1) or original(array))
     again, _ = reader(path)

@@ -1,17 +1,24 @@
 """One cache entry on disk: ``<key>.npy`` (uncompressed array) + ``<key>.json`` (sidecar).
 
-The array is written first and the sidecar last, each to a temporary file in the same
-folder renamed into place (``os.replace`` is atomic on one file system), so an entry is
-valid only when both files exist and agree. Nothing is pickled: arrays are written and read
-with ``allow_pickle=False``, metadata is JSON.
+The array is written first (and flushed to disk) and the sidecar last, each to a temporary
+file in the same folder renamed into place (``os.replace`` is atomic on one file system), so
+an entry is valid only when both files exist and agree. The sidecar names its own key and
+stamps the array file it was written with (inode, size, mtime and ctime): a reader trusts an
+entry's checksum without re-reading it only while all of these still hold. Nothing is
+pickled: arrays are written and read with ``allow_pickle=False``, metadata is JSON.
+
+Temporary files are named ``.<name>.<host>.<pid>.<random>.tmp`` so that a later process can
+tell that their writer is gone (:func:`stale_temporary`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,11 +31,22 @@ except ImportError:  # Windows: no cross-process lock (see docs/CACHE_AND_CLI.md
 
 import numpy as np
 
+from ..atomic import HOST as _HOST
 from ..atomic import atomic_write, temporary_path as _temporary
-from ..constants import CACHE_FORMAT_VERSION
+from ..constants import CACHE_FORMAT_VERSION, CACHE_TEMP_SUFFIX
 
-# Arrays whose checksum this process already verified: (path, size, mtime_ns, inode).
-_verified: set[tuple[str, int, int, int]] = set()
+#: A temporary file older than this (seconds) was left by a killed writer and may be removed
+#: even when its writer's pid cannot be checked (another host, a reused pid).
+STALE_TEMP_SECONDS = 3600.0
+#: At most this many verified array versions are remembered per process (least recently used
+#: forgotten first; a forgotten one is simply checksummed again).
+VERIFIED_MEMO_LIMIT = 65536
+
+#: A file version as the stamp records it: (key, size, mtime_ns, ctime_ns, inode).
+ArraySignature = tuple[str, int, int, int, int]
+# Per array path, the file version whose checksum this process verified (bounded LRU).
+_verified: OrderedDict[str, ArraySignature] = OrderedDict()
+_verified_lock = threading.Lock()
 
 
 class CacheCorruption(Exception):
@@ -71,10 +89,12 @@ def write_entry(
     try:
         with array_temporary.open('wb') as stream:
             np.lib.format.write_array(stream, array, allow_pickle=False)
+            stream.flush()
+            # On disk before the sidecar can exist: a power cut never leaves a sidecar whose
+            # stamp vouches for zeroed or missing array bytes.
+            os.fsync(stream.fileno())
         size = array_temporary.stat().st_size
-        # Stamp the array with an mtime at least a second in the past: any later write to it
-        # gets a newer mtime, so a reader that finds this exact stamp (and inode) knows the
-        # bytes are the ones checksummed here and may skip re-reading them for the CRC.
+        # An mtime at least a second in the past: any later write to the file sets a newer one.
         stamp = (time.time_ns() // 10**9 - 1) * 10**9
         os.utime(array_temporary, ns=(stamp, stamp))
         sidecar = {
@@ -84,13 +104,16 @@ def write_entry(
             'dtype': array.dtype.str,
             'file_bytes': size,
             'crc32': crc32(array),
-            'array_stamp': [stamp, array_temporary.stat().st_ino],
             'created': time.time(),
         }
-        payload = json.dumps(sidecar, indent=1, sort_keys=True).encode()
-        sidecar_temporary.write_bytes(payload)
         with folder_lock(lock):
             os.replace(array_temporary, array_path)
+            # The stamp is taken after the rename (which sets the ctime). Writes, ``utime``,
+            # ``cp -p`` and renames all change the ctime, which nobody can set back.
+            stat = array_path.stat()
+            sidecar['array_stamp'] = list(_signature(str(record.get('key', '')), stat))
+            payload = json.dumps(sidecar, indent=1, sort_keys=True).encode()
+            sidecar_temporary.write_bytes(payload)
             os.replace(sidecar_temporary, sidecar_path)
     finally:
         array_temporary.unlink(missing_ok=True)
@@ -125,20 +148,24 @@ def folder_lock(lock: Path | None) -> Iterator[None]:
             os.close(descriptor)  # closing releases the lock
 
 
-def read_entry(array_path: Path, sidecar_text: str | bytes, checksum: str = 'once') -> np.ndarray:
+def read_entry(
+    array_path: Path, sidecar_text: str | bytes, checksum: str = 'once', key: str | None = None
+) -> np.ndarray:
     """The entry's array, memory-mapped copy-on-write, after checking it against its sidecar.
 
     Args:
         array_path: The ``.npy``.
         sidecar_text: The sidecar's JSON text (UTF-8 bytes or str).
         checksum: ``"once"`` checks the CRC-32 the first time this process opens this file
-            version, unless the file still carries the mtime stamp and inode recorded when it
-            was written (any later write changes the mtime); ``"always"`` every time;
-            ``"never"`` only sizes, shape and dtype.
+            version, unless the file still carries the stamp recorded when it was written
+            (key, size, mtime, ctime and inode: any later write, ``utime``, copy or rename
+            changes the ctime); ``"always"`` every time; ``"never"`` only sizes, shape and dtype.
+        key: The entry's key; a sidecar naming another key is refused (default: the file
+            name's stem).
 
     Raises:
-        CacheCorruption: sidecar unreadable, array missing, truncated, of another shape or
-            dtype, not a plain ``.npy``, or with another checksum.
+        CacheCorruption: sidecar unreadable or of another entry, array missing, truncated, of
+            another shape or dtype, not a plain ``.npy``, or with another checksum.
 
     Example:
         >>> array = read_entry(Path('ab/ab12.npy'), Path('ab/ab12.json').read_bytes())  # doctest: +SKIP
@@ -146,8 +173,10 @@ def read_entry(array_path: Path, sidecar_text: str | bytes, checksum: str = 'onc
         (True, True)
     """
     name = array_path.name
+    key = array_path.stem if key is None else key
     try:
         sidecar = json.loads(sidecar_text)
+        owner = sidecar['key']
         expected_bytes = int(sidecar['file_bytes'])
         shape = tuple(int(n) for n in sidecar['shape'])
         dtype = np.dtype(str(sidecar['dtype']))
@@ -156,6 +185,8 @@ def read_entry(array_path: Path, sidecar_text: str | bytes, checksum: str = 'onc
             raise ValueError(f'format {sidecar["format"]}, expected {CACHE_FORMAT_VERSION}')
     except (ValueError, KeyError, TypeError) as error:
         raise CacheCorruption(f'unreadable sidecar of {name}: {error}') from None
+    if owner != key:
+        raise CacheCorruption(f'entry {name}: its sidecar belongs to entry {str(owner)[:16]}..., not this one')
     try:
         stat = array_path.stat()
     except FileNotFoundError:
@@ -170,14 +201,54 @@ def read_entry(array_path: Path, sidecar_text: str | bytes, checksum: str = 'onc
         raise CacheCorruption(f'entry {name}: unreadable array: {error}') from None
     if array.shape != shape or array.dtype != dtype:
         raise CacheCorruption(f'entry {name}: array is {array.shape} {array.dtype}, sidecar says {shape} {dtype}')
-    signature = (str(array_path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if checksum == 'once' and sidecar.get('array_stamp') == [stat.st_mtime_ns, stat.st_ino]:
-        _verified.add(signature)  # untouched since it was written and checksummed
-    if checksum == 'always' or (checksum == 'once' and signature not in _verified):
+    signature = _signature(key, stat)
+    if checksum == 'once' and sidecar.get('array_stamp') == list(signature):
+        _remember_verified(array_path, signature)  # untouched since it was written and checksummed
+    if checksum == 'always' or (checksum == 'once' and not _is_verified(array_path, signature)):
         if crc32(array) != expected_crc:
             raise CacheCorruption(f'entry {name}: checksum mismatch (corrupt bytes)')
-        _verified.add(signature)
+        _remember_verified(array_path, signature)
     return array
+
+
+def forget_verified() -> None:
+    """Forget which entries this process verified (as a fresh process would).
+
+    Example:
+        >>> forget_verified()
+    """
+    with _verified_lock:
+        _verified.clear()
+
+
+def verified_count() -> int:
+    """How many array versions this process remembers as verified (at most ``VERIFIED_MEMO_LIMIT``).
+
+    Example:
+        >>> verified_count() <= VERIFIED_MEMO_LIMIT
+        True
+    """
+    return len(_verified)
+
+
+def _signature(key: str, stat: os.stat_result) -> ArraySignature:
+    return (key, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+def _is_verified(path: Path, signature: ArraySignature) -> bool:
+    with _verified_lock:
+        known = _verified.get(str(path))
+        if known is not None:
+            _verified.move_to_end(str(path))
+        return known == signature
+
+
+def _remember_verified(path: Path, signature: ArraySignature) -> None:
+    with _verified_lock:
+        _verified[str(path)] = signature
+        _verified.move_to_end(str(path))
+        while len(_verified) > VERIFIED_MEMO_LIMIT:
+            _verified.popitem(last=False)
 
 
 def crc32(array: np.ndarray) -> int:
@@ -188,3 +259,58 @@ def crc32(array: np.ndarray) -> int:
         558161692
     """
     return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast('B'))
+
+
+def stale_temporary(path: Path, mtime: float, now: float | None = None) -> str | None:
+    """Why the temporary file ``path`` was left by a writer that is gone, or None if it may be live.
+
+    Its writer is gone when the file is older than :data:`STALE_TEMP_SECONDS`, or when it was
+    written on this host by a process that no longer exists.
+
+    Example:
+        >>> stale_temporary(Path('.ab.npy.0a1b2c3d.999999999.cafe0123.tmp'), time.time())  # doctest: +SKIP
+        'writer pid 999999999 is gone'
+    """
+    now = time.time() if now is None else now
+    if now - mtime > STALE_TEMP_SECONDS:
+        return f'older than {STALE_TEMP_SECONDS:.0f} s'
+    parts = path.name.split('.')
+    if len(parts) < 5 or parts[-4] != _HOST or not parts[-3].isdigit():
+        return None  # another host's writer (or an older name): only its age tells
+    pid = int(parts[-3])
+    if pid == os.getpid():
+        return None  # this process is writing it now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f'writer pid {pid} is gone'
+    except OSError:
+        return None  # alive, owned by another user
+    return None
+
+
+def sweep_temporaries(folder: Path, now: float | None = None) -> list[tuple[Path, str]]:
+    """Remove the temporary files in ``folder`` whose writer is gone; returns them with the reason.
+
+    Example:
+        >>> sweep_temporaries(Path('/tmp/pyable-cache/ab'))  # doctest: +SKIP
+        [(PosixPath('/tmp/pyable-cache/ab/.ab12.npy.0a1b2c3d.4242.cafe0123.tmp'), 'writer pid 4242 is gone')]
+    """
+    removed = []
+    try:
+        children = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for child in children:
+        if not (child.name.startswith('.') and child.name.endswith(CACHE_TEMP_SUFFIX)):
+            continue
+        try:
+            if not child.is_file(follow_symlinks=False):
+                continue
+            reason = stale_temporary(Path(child.path), child.stat(follow_symlinks=False).st_mtime, now)
+            if reason is not None:
+                os.unlink(child.path)
+                removed.append((Path(child.path), reason))
+        except OSError:
+            continue  # removed by another process meanwhile, or a read-only folder
+    return removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,16 @@ import numpy as np
 
 from .. import backend, sources
 from ..constants import CACHE_FORMAT_VERSION, CACHE_KEY_VERSION, DEFAULT_NONFINITE
-from ..hashing import digest_of, entries_digest, file_digest, file_signature, known_digest, remember_digest
+from ..hashing import (
+    FileSignature,
+    digest_of,
+    entries_digest,
+    file_digest,
+    file_signature,
+    hash_file,
+    known_digest,
+    remember_digest,
+)
 from ..manifest.records import TransformEntry
 from .entry import atomic_write
 
@@ -54,13 +64,20 @@ def key_inputs(reader: Any, source: str, entries: Sequence[TransformEntry]) -> d
     }
 
 
+#: Fields of an on-disk source memo, in :data:`~pyable_tio.hashing.FileSignature` order.
+MEMO_FIELDS = ('path', 'size', 'mtime_ns', 'ctime_ns', 'inode')
+
+
 def source_digest(path: str | os.PathLike, memo_folder: Path | None = None) -> str:
     """SHA-256 of a file's bytes, remembered per (path, size, mtime, ctime, inode).
 
     The stat signature is re-read on every call, so any rewrite, copy or ``touch`` of the
     file hashes it again. The memo lives in this process and, when ``memo_folder`` is given,
     on disk: forked DataLoader workers start each epoch with an empty memory, and the disk
-    memo spares them re-hashing every source file.
+    memo spares them re-hashing every source file. There is one memo file per source path
+    (named by the path's digest, so a ``touch`` replaces it rather than adding one); it names
+    the file version it describes and is used only when that still matches the file, so a
+    memo moved, copied or swapped onto another name is ignored.
 
     A DICOM series (a folder, or ``folder#UID``) digests its slice files' digests, in
     order: each one is remembered like a file, and any file added, removed or rewritten
@@ -84,17 +101,72 @@ def source_digest(path: str | os.PathLike, memo_folder: Path | None = None) -> s
     digest = known_digest(signature)
     if digest is not None or memo_folder is None:
         return digest if digest is not None else file_digest(path, signature)
-    memo = memo_folder / f'{digest_of(list(signature))}.txt'
-    try:
-        digest = memo.read_text().strip()
-    except OSError:
-        digest = ''
-    if len(digest) == 64:
+    memo = memo_path(memo_folder, signature[0])
+    digest = read_memo(memo, signature)
+    if digest is not None:
         remember_digest(signature, digest)
         return digest
     digest = file_digest(path, signature)
+    text = json.dumps({**dict(zip(MEMO_FIELDS, signature)), 'sha256': digest}, sort_keys=True)
     try:
-        atomic_write(memo, lambda stream: stream.write(digest.encode()))
+        atomic_write(memo, lambda stream: stream.write(text.encode()))
     except OSError:
         pass  # a read-only cache still works, it just hashes again
     return digest
+
+
+def memo_path(memo_folder: Path, resolved: str) -> Path:
+    """The memo file of the source at ``resolved`` (its resolved path).
+
+    Example:
+        >>> memo_path(Path('/tmp/pyable-cache/sources'), '/data/t1.nii.gz').suffix  # doctest: +SKIP
+        '.json'
+    """
+    return memo_folder / f'{digest_of(resolved)}.json'
+
+
+def read_memo(memo: Path, signature: FileSignature | None = None) -> str | None:
+    """The digest a memo file records, if it is well-formed, under its own name, and describes
+    ``signature`` (when given); else None.
+
+    Example:
+        >>> read_memo(memo_path(folder, '/data/t1.nii.gz'), file_signature('/data/t1.nii.gz'))  # doctest: +SKIP
+        '9f86d081884c7d65...'
+    """
+    try:
+        record = json.loads(memo.read_bytes())
+        recorded = tuple(record[name] for name in MEMO_FIELDS)
+        digest = record['sha256']
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (isinstance(digest, str) and len(digest) == 64) or memo.stem != digest_of(recorded[0]):
+        return None
+    if signature is not None and recorded != tuple(signature):
+        return None
+    return digest
+
+
+def check_memo(memo: Path) -> str | None:
+    """Verify one memo against the file it names; the problem, or None when it is still right.
+
+    A memo of a file that changed or vanished is stale (not wrong: it is never used).
+
+    Example:
+        >>> check_memo(memo_path(folder, '/data/t1.nii.gz'))  # doctest: +SKIP
+    """
+    if read_memo(memo) is None:
+        return 'malformed, or not under its own name'
+    record = json.loads(memo.read_bytes())
+    try:
+        signature = file_signature(record['path'])
+    except OSError:
+        return 'stale (its file is gone)'
+    if read_memo(memo, signature) is None:
+        return 'stale (its file changed)'
+    try:
+        actual = hash_file(record['path'])  # never a remembered digest: that is what is checked
+    except OSError:
+        return 'stale (its file is unreadable)'
+    if actual != record['sha256']:
+        return 'wrong digest for its file'
+    return None

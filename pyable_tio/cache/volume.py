@@ -16,11 +16,18 @@ import numpy as np
 from ..constants import CACHE_ARRAY_SUFFIX, CACHE_SIDECAR_SUFFIX, CACHE_SOURCES_FOLDER, CACHE_TEMP_SUFFIX
 from ..hashing import digest_of
 from ..manifest.records import TransformEntry
-from .entry import CacheCorruption, folder_lock, read_entry, write_entry
+from .entry import (
+    STALE_TEMP_SECONDS,
+    CacheCorruption,
+    folder_lock,
+    read_entry,
+    stale_temporary,
+    sweep_temporaries,
+    write_entry,
+)
 from .keys import key_inputs, source_digest
 
-#: A temporary file older than this (seconds) was left by a killed writer and may be removed.
-STALE_TEMP_SECONDS = 3600.0
+__all__ = ['STALE_TEMP_SECONDS', 'CacheStats', 'VolumeCache']
 #: An array younger than this (seconds) without its sidecar is probably being written now.
 _IN_FLIGHT_SECONDS = 30.0
 #: A hit refreshes the entry's last-use time at most this often (seconds).
@@ -33,6 +40,16 @@ _KEY_FOLDERS = '[0-9a-f][0-9a-f]'
 
 
 _COUNTS_LOCK = threading.Lock()
+# What this process already warned about (warnings are once per process, not once per load):
+# cache folders whose writes failed, and entries that are damaged and cannot be removed.
+_WRITE_FAILURES_REPORTED: set[str] = set()
+_UNREMOVABLE: set[str] = set()
+
+
+def _warn(message: str) -> None:
+    """One clean line (``pyable-tio:0: RuntimeWarning: ...``), without a Python source line."""
+    warnings.warn_explicit(message, RuntimeWarning, 'pyable-tio', 0, module='pyable_tio.cache', registry={})
+
 
 @dataclass(frozen=True)
 class CacheStats:
@@ -46,6 +63,8 @@ class CacheStats:
         writes: Entries written by this process.
         recovered: Corrupt or incomplete entries this process discarded and recomputed.
         evicted: Entries this process removed to stay under ``max_bytes``.
+        failed_writes: Entries this process could not write (read-only folder, full disk,
+            file size limit, an unremovable damaged entry); they were served from memory.
 
     Example:
         >>> stats = VolumeCache('/tmp/pyable-cache').stats()  # doctest: +SKIP
@@ -60,6 +79,7 @@ class CacheStats:
     writes: int
     recovered: int
     evicted: int
+    failed_writes: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The statistics as a plain dictionary (JSON-serialisable)."""
@@ -110,6 +130,7 @@ class VolumeCache:
         self.verify = verify
         self.folder.mkdir(parents=True, exist_ok=True)
         self._reset_counters()
+        self.sweep_temporaries()  # writers killed since the last run left these
 
     def __repr__(self) -> str:
         return f'VolumeCache({str(self.folder)!r}, max_bytes={self.max_bytes!r}, verify={self.verify!r})'
@@ -143,7 +164,8 @@ class VolumeCache:
             self._counts[name] += amount
 
     def _reset_counters(self) -> None:
-        self._counts = {'hits': 0, 'misses': 0, 'writes': 0, 'recovered': 0, 'evicted': 0}
+        self._counts = {'hits': 0, 'misses': 0, 'writes': 0, 'recovered': 0, 'evicted': 0, 'failed_writes': 0}
+        self.last_write_error: str | None = None
 
     # ------------------------------------------------------------------ keys
 
@@ -217,18 +239,20 @@ class VolumeCache:
                 age = time.time() - array_path.stat().st_mtime
             except OSError:
                 return None
-            if age > _IN_FLIGHT_SECONDS:
+            if not array_path.is_file():
+                self._discard(key, f'entry {array_path.name}: not a file')
+            elif age > _IN_FLIGHT_SECONDS:
                 self._discard(key, f'entry {array_path.name} has no sidecar (interrupted write)', remove=False)
             return None
         except OSError as error:
             self._discard(key, f'unreadable sidecar {sidecar_path}: {error}')
             return None
         try:
-            array = read_entry(array_path, text, self._checksum)
+            array = read_entry(array_path, text, self._checksum, key)
         except CacheCorruption:
             # Another process may have replaced or evicted the entry between our two reads.
             try:
-                array = read_entry(array_path, sidecar_path.read_bytes(), self._checksum)
+                array = read_entry(array_path, sidecar_path.read_bytes(), self._checksum, key)
             except FileNotFoundError:
                 return None  # its sidecar is gone: removed by another process, a plain miss
             except (OSError, CacheCorruption) as error:
@@ -255,6 +279,10 @@ class VolumeCache:
             grid: Geometry of the array (x,y,z order), recorded in the sidecar.
         """
         array_path, sidecar_path = self.paths(key)
+        if str(array_path) in _UNREMOVABLE:
+            self._write_failed(array_path, 'a damaged entry is in the way and cannot be removed', warn=False)
+            return
+        sweep_temporaries(array_path.parent)  # left by killed writers of this folder
         record = {
             'key': key,
             'grid': grid,
@@ -265,7 +293,7 @@ class VolumeCache:
             write_entry(array_path, sidecar_path, array, record, lock=self._lock)
         except OSError as error:
             # A full disk or read-only folder must not stop training: serve from memory.
-            warnings.warn(f'pyable-tio cache: cannot write {array_path}: {error}', RuntimeWarning, stacklevel=3)
+            self._write_failed(array_path, str(error))
             return
         self._count('writes', 1)
         if self.max_bytes is not None:
@@ -285,7 +313,7 @@ class VolumeCache:
         array_path, sidecar_path = self.paths(key)
         try:
             text = sidecar_path.read_bytes()
-            array = read_entry(array_path, text, checksum='always')
+            array = read_entry(array_path, text, checksum='always', key=key)
         except (OSError, CacheCorruption) as error:
             return str(error)
         del array
@@ -294,22 +322,23 @@ class VolumeCache:
     def evict(self, max_bytes: int | None = None) -> int:
         """Remove least-recently-used entries until the folder holds at most ``max_bytes``.
 
-        Also removes temporary files older than :data:`STALE_TEMP_SECONDS` (left by killed
-        writers). Returns the number of entries removed.
+        Sizes are what the files take on disk (allocated blocks), so many small files count
+        for what they really cost. Also removes temporary files whose writer is gone
+        (:func:`~pyable_tio.cache.entry.stale_temporary`). Returns the number of entries removed.
         """
         limit = self.max_bytes if max_bytes is None else int(max_bytes)
         now = time.time()
         total, candidates = 0, []
         for path, stat in self._files():
-            if path.name.endswith(CACHE_TEMP_SUFFIX) and now - stat.st_mtime > STALE_TEMP_SECONDS:
+            if path.name.endswith(CACHE_TEMP_SUFFIX) and stale_temporary(path, stat.st_mtime, now):
                 path.unlink(missing_ok=True)
                 continue
-            total += stat.st_size
+            total += disk_bytes(stat)
             if path.suffix == CACHE_SIDECAR_SUFFIX and path.parent.name != CACHE_SOURCES_FOLDER:
                 try:
-                    size = stat.st_size + path.with_suffix(CACHE_ARRAY_SUFFIX).stat().st_size
+                    size = disk_bytes(stat) + disk_bytes(path.with_suffix(CACHE_ARRAY_SUFFIX).stat())
                 except OSError:
-                    size = stat.st_size  # array gone meanwhile (another process evicting)
+                    size = disk_bytes(stat)  # array gone meanwhile (another process evicting)
                 candidates.append((stat.st_mtime, size, path.stem))
         removed = 0
         if limit is None or total <= limit:
@@ -356,7 +385,7 @@ class VolumeCache:
             >>> VolumeCache('/tmp/empty-cache').stats().entries  # doctest: +SKIP
             0
         """
-        total = sum(stat.st_size for _, stat in self._files())
+        total = sum(disk_bytes(stat) for _, stat in self._files())
         return CacheStats(entries=sum(1 for _ in self.entries()), bytes=total, **self._counts)
 
     # -------------------------------------------------------------- helpers
@@ -378,14 +407,43 @@ class VolumeCache:
                 except OSError:
                     continue  # removed by another process meanwhile
 
+    def sweep_temporaries(self) -> list[tuple[Path, str]]:
+        """Remove temporary files whose writer is gone; returns them with the reason.
+
+        Run when the cache is opened and, per entry folder, before each write.
+
+        Example:
+            >>> VolumeCache('/tmp/pyable-cache').sweep_temporaries()  # doctest: +SKIP
+            []
+        """
+        removed = []
+        for folder in [*self.folder.glob(_KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER]:
+            removed += sweep_temporaries(folder)
+        return removed
+
     def _discard(self, key: str, problem: str, remove: bool = True) -> None:
-        warnings.warn(f'pyable-tio cache: {problem}; discarding and recomputing it', RuntimeWarning, stacklevel=4)
+        array_path = self.paths(key)[0]
+        if str(array_path) in _UNREMOVABLE:
+            return  # already reported in this process; the volume is served from memory
         self._count('recovered', 1)
+        action = 'discarding and recomputing it'
         if remove:
             try:
                 self.remove(key)
-            except OSError:
-                pass  # read-only cache: the rewrite will fail too, and warn
+            except OSError as error:  # a read-only folder, or a directory in the way
+                _UNREMOVABLE.add(str(array_path))
+                action = f'it cannot be removed ({error}), so it is recomputed on every load (reported once)'
+        _warn(f'pyable-tio cache: {problem}; {action}')
+
+    def _write_failed(self, array_path: Path, error: str, warn: bool = True) -> None:
+        self._count('failed_writes', 1)
+        self.last_write_error = f'cannot write {array_path}: {error}'
+        if warn and str(self.folder) not in _WRITE_FAILURES_REPORTED:
+            _WRITE_FAILURES_REPORTED.add(str(self.folder))
+            _warn(
+                f'pyable-tio cache: {self.last_write_error}; serving volumes from memory'
+                ' (further write failures of this cache are counted in stats().failed_writes, not reported)'
+            )
 
     @staticmethod
     def _touch(sidecar_path: Path) -> None:
@@ -396,3 +454,7 @@ class VolumeCache:
         except OSError:
             pass
 
+
+def disk_bytes(stat: os.stat_result) -> int:
+    """What a file takes on disk: its allocated blocks (a 64-byte file takes 4 KiB), at least its size."""
+    return max(stat.st_size, getattr(stat, 'st_blocks', 0) * 512)
