@@ -1,7 +1,7 @@
 """The ``pyable-tio`` command line: ``validate``, ``cache`` and ``info``.
 
 Exit codes: 0 success, 1 problems found (one line each on stderr), 2 bad command line,
-130 interrupted. User mistakes never print a traceback.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). User mistakes never print a traceback.
 
 Example:
     $ pyable-tio validate manifest.json
@@ -18,7 +18,10 @@ import json
 import os
 import platform
 import re
+import signal
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, as_completed
@@ -29,7 +32,7 @@ from tqdm.auto import tqdm
 from . import backend
 from .constants import ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, MISSING_KEEP, MISSING_MODES
 from .constants import NONFINITE_MODES, REFERENCE_FIRST, REFERENCE_LARGEST
-from .errors import ManifestError, PyableTioError
+from .errors import ManifestError, PyableTioError, describe
 from .geometry import check_orientation
 from .manifest import Manifest, read_manifest
 from .planning import SPELLING_CLI
@@ -37,7 +40,7 @@ from .reader import GridReader
 from .validation import Validation, _label, validate
 
 PROG = 'pyable-tio'
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 _SIZE = re.compile(r'^\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]?)(i?b)?\s*$', re.IGNORECASE)
 _DTYPES = ('float16', 'float32', 'float64')
 
@@ -54,11 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, or a usage error already printed by argparse
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     try:
-        return args.run(args)
-    except KeyboardInterrupt:
+        with _sigterm_as_interrupt():
+            return args.run(args)
+    except KeyboardInterrupt as interrupt:
         resume = '; finished cache entries are kept, run it again to resume' if args.command == 'cache' else ''
-        print(f'{PROG}: interrupted{resume}', file=sys.stderr)
-        return EXIT_INTERRUPTED
+        terminated = isinstance(interrupt, Terminated)
+        print(f'{PROG}: {"terminated" if terminated else "interrupted"}{resume}', file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except BrokenExecutor:
         print(f'{PROG}: error: a worker process died (out of memory?); try fewer --workers', file=sys.stderr)
         return EXIT_PROBLEMS
@@ -68,6 +73,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PyableTioError, OSError, ValueError) as error:
         print(f'{PROG}: error: {error}', file=sys.stderr)
         return EXIT_PROBLEMS
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: shut down exactly as Ctrl-C does."""
+
+
+class _sigterm_as_interrupt:
+    """While active (main thread only), SIGTERM raises :class:`Terminated` instead of killing."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+
+    def __exit__(self, *exc_info) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        raise Terminated()
 
 
 def parse_size(text: str) -> int:
@@ -209,17 +235,17 @@ def _run_cache(args: argparse.Namespace) -> int:
                     jobs += [(image.reader, str(path)) for path in paths]
     totals: Counter = Counter()
     bar = tqdm(total=len(jobs), desc='caching', unit='volume', disable=args.no_progress or not jobs)
-    for outcome in _fill(jobs, args.workers):
-        if isinstance(outcome, str):
-            problems.append(outcome)
-        else:
-            totals.update(outcome)
+    for counts, problem in _fill(jobs, args.workers):
+        totals.update(counts)
+        if problem is not None:
+            problems.append(problem)
         bar.update()
     bar.close()
     stats = cache.stats()
+    failed = f', {totals["failed_writes"]} NOT written (see below)' if totals['failed_writes'] else ''
     print(
         f'{len(jobs)} volume(s): {totals["hits"]} hit(s), {totals["misses"]} miss(es),'
-        f' {totals["recovered"]} recovered, {format_bytes(totals["written_bytes"])} written;'
+        f' {totals["recovered"]} recovered, {format_bytes(totals["written_bytes"])} written{failed};'
         f' cache {cache.folder}: {stats.entries} entries, {format_bytes(stats.bytes)}'
     )
     if problems:
@@ -245,7 +271,11 @@ def _buildable_subjects(source, build, root, error: ManifestError) -> tuple[list
 
 
 def _fill(jobs: list[tuple[GridReader, str]], workers: int):
-    """Yield each job's counts (or its problem line), in completion order."""
+    """Yield each job's ``(counts, problem line or None)``, in completion order.
+
+    On Ctrl-C or SIGTERM the pending jobs are cancelled and the workers are told to stop
+    (SIGTERM: each removes its temporary files and exits); finished entries are kept.
+    """
     if workers <= 1 or len(jobs) <= 1:
         for reader, path in jobs:
             yield _fill_one(reader, path)
@@ -260,7 +290,9 @@ def _fill(jobs: list[tuple[GridReader, str]], workers: int):
     else:
         context = multiprocessing.get_context('spawn')
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+    others = set(multiprocessing.active_children())
+    initargs = (threads, os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
         futures = [pool.submit(_fill_one, reader, path) for reader, path in jobs]
         try:
             for future in as_completed(futures):
@@ -268,26 +300,81 @@ def _fill(jobs: list[tuple[GridReader, str]], workers: int):
         except BaseException:
             for future in futures:
                 future.cancel()
+            for worker in set(multiprocessing.active_children()) - others:
+                worker.terminate()  # SIGTERM: the worker cleans up and exits (_init_worker)
             raise
 
 
-def _init_worker(threads: int) -> None:
+#: How often (seconds) a ``cache`` worker checks that the command that started it still runs.
+_PARENT_POLL_SECONDS = 0.5
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """Set ITK's threads; make the worker stop cleanly on SIGTERM and when ``parent`` dies.
+
+    Ctrl-C is the main process's to handle (it then terminates the workers), so workers
+    ignore SIGINT. SIGTERM unwinds the current job (its temporary files are removed) and
+    exits. The worker gets SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``; the
+    parent may be the forkserver) and, everywhere, when a watchdog thread sees that the
+    ``pyable-tio cache`` process ``parent`` is gone (e.g. after ``kill -9``).
+    """
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_terminated)
+    if sys.platform.startswith('linux'):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # the watchdog below still ends the worker
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
-def _fill_one(reader: GridReader, path: str) -> dict[str, int] | str:
-    """Load one volume through the cache; its hit/miss counts, or one problem line."""
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(_PARENT_POLL_SECONDS)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        except OSError:
+            pass  # exists (another user's pid): keep watching
+
+
+_terminating = False
+
+
+def _worker_terminated(signum, frame) -> None:
+    global _terminating
+    _terminating = True
+    raise SystemExit(EXIT_TERMINATED)  # unwinds the job: temporary files are removed
+
+
+def _fill_one(reader: GridReader, path: str) -> tuple[dict[str, int], str | None]:
+    """Load one volume through the cache; its hit/miss/... counts and a problem line or None.
+
+    A volume that loads but cannot be written to the cache is a problem too: the command
+    exists to fill the cache, so it must not report success when nothing was stored.
+    """
     before = reader.cache.counts
     try:
         array, _ = reader(path)
     except (PyableTioError, OSError) as error:
-        return str(error)
+        return {}, str(error)
+    finally:
+        if _terminating:
+            os._exit(EXIT_TERMINATED)  # the pool would otherwise send the exit back and go on
     after = reader.cache.counts
     counts = {name: after[name] - before[name] for name in after}
     counts['written_bytes'] = array.nbytes if counts['writes'] else 0
-    return counts
+    problem = None
+    if counts['failed_writes']:
+        problem = describe(reader.subject_id, f'file {path}', f'not cached: {reader.cache.last_write_error}')
+    return counts, problem
 
 
 # ----------------------------------------------------------------------- info
@@ -332,6 +419,14 @@ def _run_info(args: argparse.Namespace) -> int:
                 for key, _, sidecar in cache.entries() if (problem := cache.check(key))
             ]
             rows.append(('cache check', f'{len(problems)} bad entr{"y" if len(problems) == 1 else "ies"}'))
+            memos = cache.check_sources()
+            wrong = [f'source memo {path.name}: {problem}' for path, problem in memos if 'stale' not in problem]
+            problems += wrong
+            rows.append(('source memos', f'{len(wrong)} bad, {len(memos) - len(wrong)} stale; all removed'))
+            swept = cache.sweep_temporaries()
+            for path, reason in swept:
+                print(f'removed temporary file {path} ({reason})')
+            rows.append(('temporary files', f'{len(swept)} left by writers that are gone, removed'))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f'{name:<{width}}  {value}')

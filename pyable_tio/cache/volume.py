@@ -25,7 +25,7 @@ from .entry import (
     sweep_temporaries,
     write_entry,
 )
-from .keys import key_inputs, source_digest
+from .keys import check_memo, key_inputs, source_digest
 
 __all__ = ['STALE_TEMP_SECONDS', 'CacheStats', 'VolumeCache']
 #: An array younger than this (seconds) without its sidecar is probably being written now.
@@ -318,6 +318,25 @@ class VolumeCache:
             return str(error)
         del array
         return None
+
+    def check_sources(self) -> list[tuple[Path, str]]:
+        """Verify every source-digest memo against its file; remove and return the bad or stale ones.
+
+        Hashes every source file whose memo is current (this reads them all).
+
+        Example:
+            >>> VolumeCache('/tmp/pyable-cache').check_sources()  # doctest: +SKIP
+            [(PosixPath('/tmp/pyable-cache/sources/3f....json'), 'stale (its file changed)')]
+        """
+        removed = []
+        for memo in sorted((self.folder / CACHE_SOURCES_FOLDER).glob('*')):
+            if memo.name.startswith('.') or not memo.is_file():
+                continue  # temporaries are swept separately
+            problem = check_memo(memo) if memo.suffix == CACHE_SIDECAR_SUFFIX else 'stale (old memo format)'
+            if problem is not None:
+                memo.unlink(missing_ok=True)
+                removed.append((memo, problem))
+        return removed
 
     def evict(self, max_bytes: int | None = None) -> int:
         """Remove least-recently-used entries until the folder holds at most ``max_bytes``.
