@@ -50,6 +50,8 @@ def parse_list(value: Any) -> list[Any]:
         return [text]
     try:
         parsed = json.loads(text)
+    except RecursionError:
+        raise ValueError(f'list nested too deeply ({nesting_depth(text)} brackets): {text[:40]!r}...') from None
     except json.JSONDecodeError:
         try:
             parsed = ast.literal_eval(text)
@@ -150,8 +152,37 @@ def parse_reference_space(value: Any, root: Path) -> Path | Grid | None:
     if isinstance(value, str) and value.strip().startswith('{'):
         try:
             value = json.loads(value)
+        except RecursionError:
+            raise ValueError(f'JSON nested too deeply ({nesting_depth(value)} brackets)') from None
         except json.JSONDecodeError as error:
             raise ValueError(f'cannot read {value!r} as JSON: {error.msg}') from None
     if isinstance(value, Mapping):
         return Grid.from_dict(value)
     return resolve_path(value, root)
+
+
+def nesting_depth(text: str) -> int:
+    """The deepest bracket nesting of JSON-like ``text`` (brackets inside strings ignored).
+
+    Example:
+        >>> nesting_depth('[[1, "]"], {"a": [2]}]')
+        3
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == '\\':
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in '[{(':
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ']})':
+            depth -= 1
+    return deepest

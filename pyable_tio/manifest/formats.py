@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..constants import CSV_LIST_COLUMNS, FIELD_IMAGES, FIELD_LABELMAPS, FIELD_ROIS
 from ..errors import ManifestError, describe
-from .cells import is_blank
+from .cells import is_blank, nesting_depth
 
 RawRow = dict[str, Any]
 
@@ -176,6 +176,8 @@ def _load_json(path: Path) -> Any:
     except json.JSONDecodeError as error:
         problem = f'invalid JSON at line {error.lineno} column {error.colno}: {error.msg}'
         raise ManifestError.from_problems([describe(None, where, problem)]) from None
+    except RecursionError:
+        raise ManifestError.from_problems([_too_deep(path)]) from None
     if any(duplicates):
         top = duplicates.pop() if isinstance(content, Mapping) else []
         problems = [describe(key, where, 'duplicate subject id') for key in top]
@@ -183,6 +185,42 @@ def _load_json(path: Path) -> Any:
         problems += [describe(None, where, f'key "{key}" listed twice in one object') for key in nested]
         raise ManifestError.from_problems(problems)
     return content
+
+
+def _too_deep(path: Path) -> str:
+    """Where a JSON manifest nests too deeply for the parser: subject, field, file, line."""
+    text = path.read_text(encoding='utf-8')
+    deepest, limit = nesting_depth(text), 100  # where the nesting passes 100: no manifest needs that
+    keys: list[str | None] = []  # innermost key of each open object/array
+    last_string, depth, line, column = None, 0, 1, 0
+    in_string, escaped, start = False, False, 0
+    for index, char in enumerate(text):
+        column += 1
+        if char == '\n':
+            line, column = line + 1, 0
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == '\\':
+                escaped = True
+            elif char == '"':
+                in_string, last_string = False, text[start:index]
+        elif char == '"':
+            in_string, start = True, index + 1
+        elif char == ':' and keys:
+            keys[-1] = last_string
+        elif char in '[{':
+            keys.append(None)
+            depth += 1
+            if depth > limit:
+                break
+        elif char in ']}' and keys:
+            keys.pop()
+            depth -= 1
+    subject = keys[0] if keys else None
+    field = f'field "{keys[1]}": ' if len(keys) > 1 and keys[1] else ''
+    problem = f'nested {deepest} brackets deep from line {line} column {column}: too deep to read'
+    return describe(subject, f'{field}file {path}', problem)
 
 
 def _truthy(value: Any) -> bool:
