@@ -243,6 +243,13 @@ def plan_subject(
             # A ValueError (e.g. a DICOM folder's series list) is a complete message.
             problem = str(error) if isinstance(error, ValueError) else f'unreadable image header: {short_error(error)}'
             problems.append(describe(record.id, where, problem))
+        except ValueError as error:  # the header's grid is refused: a 4-D file
+            where = f'field "{name}": file {entry.path}'
+            problem = (
+                f'unsupported image: {error}; only 2-D and 3-D files are read (a 4-D file is refused,'
+                ' not split into channels: write one 3-D file per volume and list each as an image)'
+            )
+            problems.append(describe(record.id, where, problem))
     if problems:
         raise ManifestError.from_problems(problems)
     image_headers = [headers[('images', e.path)] for e in record.images]

@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import dicom, nifti
+from .native_stderr import hdf5_diagnostics_filtered
 
 #: SimpleITK pixel type of each float NIfTI datatype read by :func:`read_image`.
 _FLOAT_PIXELS = {16: sitk.sitkFloat32, 64: sitk.sitkFloat64}
@@ -62,7 +63,9 @@ def read_header(path: str | os.PathLike) -> sitk.ImageFileReader | dicom.SeriesH
         return dicom.read_series_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    reader.ReadImageInformation()
+    # A directory or odd file makes ITK's HDF5 reader print its error stack: noise.
+    with hdf5_diagnostics_filtered():
+        reader.ReadImageInformation()
     return reader
 
 
