@@ -423,7 +423,7 @@ def _run_info(args: argparse.Namespace) -> int:
             wrong = [f'source memo {path.name}: {problem}' for path, problem in memos if 'stale' not in problem]
             problems += wrong
             rows.append(('source memos', f'{len(wrong)} bad, {len(memos) - len(wrong)} stale; all removed'))
-            swept = cache.sweep_temporaries()
+            swept = cache.swept_on_open + cache.sweep_temporaries()
             for path, reason in swept:
                 print(f'removed temporary file {path} ({reason})')
             rows.append(('temporary files', f'{len(swept)} left by writers that are gone, removed'))

@@ -64,6 +64,16 @@ def known_digest(signature: FileSignature) -> str | None:
         return known[1]
 
 
+def forget_digests() -> None:
+    """Forget every remembered digest (as a fresh process would).
+
+    Example:
+        >>> forget_digests()
+    """
+    with _memo_lock:
+        _memo.clear()
+
+
 def memo_size() -> int:
     """How many paths' digests this process remembers (at most :data:`DIGEST_MEMO_LIMIT`).
 

@@ -281,5 +281,11 @@ def _make_cache(cache_dir: str | os.PathLike | None, max_bytes: int | None = Non
     from .cache import VolumeCache
 
     if isinstance(cache_dir, VolumeCache):
+        if max_bytes is not None and max_bytes != cache_dir.max_bytes:
+            # Silently keeping one of two size limits would be a surprise either way.
+            raise ValueError(
+                f'cache_max_bytes={max_bytes!r} given with a VolumeCache whose max_bytes is'
+                f' {cache_dir.max_bytes!r}: set the limit on the VolumeCache (VolumeCache(folder, max_bytes=...))'
+            )
         return cache_dir
     return VolumeCache(cache_dir, max_bytes=max_bytes)

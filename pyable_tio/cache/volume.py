@@ -7,13 +7,12 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..constants import CACHE_ARRAY_SUFFIX, CACHE_SIDECAR_SUFFIX, CACHE_SOURCES_FOLDER, CACHE_TEMP_SUFFIX
+from ..constants import ALIGNMENT_FOLDER, CACHE_ARRAY_SUFFIX, CACHE_SIDECAR_SUFFIX, CACHE_SOURCES_FOLDER, CACHE_TEMP_SUFFIX
 from ..hashing import digest_of
 from ..manifest.records import TransformEntry
 from .entry import (
@@ -26,8 +25,10 @@ from .entry import (
     write_entry,
 )
 from .keys import check_memo, key_inputs, source_digest
+from .stats import KEY_FOLDERS, CacheStats, disk_bytes, owned_files, warn_line
 
 __all__ = ['STALE_TEMP_SECONDS', 'CacheStats', 'VolumeCache']
+
 #: An array younger than this (seconds) without its sidecar is probably being written now.
 _IN_FLIGHT_SECONDS = 30.0
 #: A hit refreshes the entry's last-use time at most this often (seconds).
@@ -35,8 +36,6 @@ _TOUCH_INTERVAL = 60.0
 
 #: Lock file taken to publish or remove an entry (never to read one).
 _LOCK_NAME = '.lock'
-#: Entry folders: the first two hex digits of the key.
-_KEY_FOLDERS = '[0-9a-f][0-9a-f]'
 
 
 _COUNTS_LOCK = threading.Lock()
@@ -44,46 +43,6 @@ _COUNTS_LOCK = threading.Lock()
 # cache folders whose writes failed, and entries that are damaged and cannot be removed.
 _WRITE_FAILURES_REPORTED: set[str] = set()
 _UNREMOVABLE: set[str] = set()
-
-
-def _warn(message: str) -> None:
-    """One clean line (``pyable-tio:0: RuntimeWarning: ...``), without a Python source line."""
-    warnings.warn_explicit(message, RuntimeWarning, 'pyable-tio', 0, module='pyable_tio.cache', registry={})
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    """Size of a cache folder and what this process did with it.
-
-    Attributes:
-        entries: Valid-looking entries on disk (array and sidecar both present).
-        bytes: Bytes used by every file in the folder (entries, sidecars, temporaries).
-        hits: Entries served from disk by this process.
-        misses: Entries computed by this process (absent, stale key or corrupt).
-        writes: Entries written by this process.
-        recovered: Corrupt or incomplete entries this process discarded and recomputed.
-        evicted: Entries this process removed to stay under ``max_bytes``.
-        failed_writes: Entries this process could not write (read-only folder, full disk,
-            file size limit, an unremovable damaged entry); they were served from memory.
-
-    Example:
-        >>> stats = VolumeCache('/tmp/pyable-cache').stats()  # doctest: +SKIP
-        >>> f'{stats.hits} hits, {stats.misses} misses, {stats.bytes / 2**30:.1f} GiB'  # doctest: +SKIP
-        '24 hits, 0 misses, 1.2 GiB'
-    """
-
-    entries: int
-    bytes: int
-    hits: int
-    misses: int
-    writes: int
-    recovered: int
-    evicted: int
-    failed_writes: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """The statistics as a plain dictionary (JSON-serialisable)."""
-        return asdict(self)
 
 
 class VolumeCache:
@@ -130,7 +89,8 @@ class VolumeCache:
         self.verify = verify
         self.folder.mkdir(parents=True, exist_ok=True)
         self._reset_counters()
-        self.sweep_temporaries()  # writers killed since the last run left these
+        #: Temporary files of writers that are gone, removed when this object was made.
+        self.swept_on_open = self.sweep_temporaries()
 
     def __repr__(self) -> str:
         return f'VolumeCache({str(self.folder)!r}, max_bytes={self.max_bytes!r}, verify={self.verify!r})'
@@ -141,6 +101,7 @@ class VolumeCache:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._reset_counters()
+        self.swept_on_open = []
 
     def __copy__(self) -> VolumeCache:
         return self
@@ -303,7 +264,7 @@ class VolumeCache:
 
     def entries(self) -> Iterator[tuple[str, Path, Path]]:
         """Yield ``(key, array_path, sidecar_path)`` of every entry with both files present."""
-        for array_path in sorted(self.folder.glob(f'{_KEY_FOLDERS}/*{CACHE_ARRAY_SUFFIX}')):
+        for array_path in sorted(self.folder.glob(f'{KEY_FOLDERS}/*{CACHE_ARRAY_SUFFIX}')):
             sidecar_path = array_path.with_suffix(CACHE_SIDECAR_SUFFIX)
             if sidecar_path.exists():
                 yield array_path.stem, array_path, sidecar_path
@@ -383,10 +344,10 @@ class VolumeCache:
             array_path.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        """Delete every entry, temporary file and source digest (only files the cache owns)."""
+        """Delete every entry, temporary file, source digest and alignment ``.tfm`` (only files the cache owns)."""
         for path, _ in self._files():
             path.unlink(missing_ok=True)
-        for folder in [*self.folder.glob(_KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER]:
+        for folder in [*self.folder.glob(KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER, self.folder / ALIGNMENT_FOLDER]:
             try:
                 folder.rmdir()
             except OSError:
@@ -410,21 +371,7 @@ class VolumeCache:
     # -------------------------------------------------------------- helpers
 
     def _files(self) -> Iterator[tuple[Path, os.stat_result]]:
-        """Files the cache owns (entries, temporaries, source digests), never anything else."""
-        folders = [*self.folder.glob(_KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER]
-        for folder in folders:
-            try:
-                children = list(os.scandir(folder))
-            except OSError:
-                continue
-            for child in children:
-                name = child.name
-                owned = name.endswith((CACHE_ARRAY_SUFFIX, CACHE_SIDECAR_SUFFIX, CACHE_TEMP_SUFFIX, '.txt'))
-                try:
-                    if owned and child.is_file(follow_symlinks=False):
-                        yield Path(child.path), child.stat(follow_symlinks=False)
-                except OSError:
-                    continue  # removed by another process meanwhile
+        return owned_files(self.folder)
 
     def sweep_temporaries(self) -> list[tuple[Path, str]]:
         """Remove temporary files whose writer is gone; returns them with the reason.
@@ -436,7 +383,7 @@ class VolumeCache:
             []
         """
         removed = []
-        for folder in [*self.folder.glob(_KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER]:
+        for folder in [*self.folder.glob(KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER]:
             removed += sweep_temporaries(folder)
         return removed
 
@@ -452,14 +399,14 @@ class VolumeCache:
             except OSError as error:  # a read-only folder, or a directory in the way
                 _UNREMOVABLE.add(str(array_path))
                 action = f'it cannot be removed ({error}), so it is recomputed on every load (reported once)'
-        _warn(f'pyable-tio cache: {problem}; {action}')
+        warn_line(f'pyable-tio cache: {problem}; {action}')
 
     def _write_failed(self, array_path: Path, error: str, warn: bool = True) -> None:
         self._count('failed_writes', 1)
         self.last_write_error = f'cannot write {array_path}: {error}'
         if warn and str(self.folder) not in _WRITE_FAILURES_REPORTED:
             _WRITE_FAILURES_REPORTED.add(str(self.folder))
-            _warn(
+            warn_line(
                 f'pyable-tio cache: {self.last_write_error}; serving volumes from memory'
                 ' (further write failures of this cache are counted in stats().failed_writes, not reported)'
             )
@@ -472,8 +419,3 @@ class VolumeCache:
                 os.utime(sidecar_path)
         except OSError:
             pass
-
-
-def disk_bytes(stat: os.stat_result) -> int:
-    """What a file takes on disk: its allocated blocks (a 64-byte file takes 4 KiB), at least its size."""
-    return max(stat.st_size, getattr(stat, 'st_blocks', 0) * 512)
