@@ -559,3 +559,24 @@ def test_untouched_entry_skips_the_checksum_in_a_new_process_but_a_rewrite_does_
     again, _ = reader(path)
     assert np.array_equal(again, expected) and checked
 
+
+
+def test_cache_max_bytes_with_a_volume_cache_object_is_refused_when_they_differ(manifest, tmp_path):
+    cache = VolumeCache(tmp_path / 'cache', max_bytes=10**7)
+    with pytest.raises(ValueError, match=r'cache_max_bytes=5000 given with a VolumeCache whose max_bytes is 10000000'):
+        pt.subjects_from_manifest(manifest, cache_dir=cache, cache_max_bytes=5000)
+    subject = pt.subjects_from_manifest(manifest, cache_dir=cache, cache_max_bytes=10**7)[0]
+    assert subject.get_images(intensity_only=False)[0].reader.cache is cache
+
+
+def test_alignment_files_are_counted_and_cleared(tmp_path):
+    cache = VolumeCache(tmp_path / 'cache')
+    cache.put('ab' * 32, np.zeros((1, 2, 2, 2), np.float32), {})
+    alignment = tmp_path / 'cache' / 'alignment'
+    alignment.mkdir()
+    tfm = alignment / f'{"cd" * 32}.tfm'
+    tfm.write_bytes(b'#Insight Transform File V1.0\n' + b' ' * 9000)
+    before = cache.stats().bytes
+    assert before >= disk_bytes(tfm.stat()) + disk_bytes(cache.paths('ab' * 32)[0].stat())
+    cache.clear()
+    assert not tfm.exists() and not alignment.exists()
