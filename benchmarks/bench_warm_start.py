@@ -74,7 +74,8 @@ def main() -> None:
             reader(path)
         times = []
         for _ in range(args.repeats):
-            out = subprocess.run([sys.executable, '-c', _OPEN, str(folder)], capture_output=True, text=True)
+            # cwd elsewhere: the code measured is the one PYTHONPATH names, not the current folder's.
+            out = subprocess.run([sys.executable, '-c', _OPEN, str(folder)], capture_output=True, text=True, cwd=folder)
             if out.returncode:
                 raise SystemExit(out.stderr)
             times.append(float(out.stdout.strip()))
