@@ -7,7 +7,7 @@ import os
 import pytest
 import SimpleITK as sitk
 
-from pyable_tio.atomic import atomic_path, atomic_write, temporary_path
+from pyable_tio.atomic import HOST, atomic_path, atomic_write, temporary_path
 
 
 def test_atomic_write_renames_a_complete_file_and_leaves_no_temporary(tmp_path):
@@ -34,7 +34,7 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
 def test_temporaries_keep_the_format_suffix_and_name_their_writer(tmp_path):
     target = tmp_path / 'seg.nii.gz'
     name = temporary_path(target, keep_suffix=True).name
-    assert name.startswith(f'.seg.nii.gz.{os.getpid()}.') and name.endswith('.tmp.nii.gz')
+    assert name.startswith(f'.seg.nii.gz.{HOST}.{os.getpid()}.') and name.endswith('.tmp.nii.gz')  # host and pid
     with atomic_path(target, keep_suffix=True) as partial:
         sitk.WriteImage(sitk.Image(4, 3, 2, sitk.sitkUInt8), str(partial))  # format from the suffix
         assert not target.exists()
