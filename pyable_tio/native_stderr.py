@@ -1,10 +1,10 @@
 """Keep the C libraries' diagnostics that are noise out of the terminal.
 
-When ITK probes a file it cannot read (a directory, an odd file), each of its image readers
-tries it in turn, and the HDF5 one prints about 30 lines of ``HDF5-DIAG`` error stack to the
-process's C-level stderr before the one-line error pyable-tio reports anyway. Python cannot
-switch HDF5's printing off through SimpleITK, so the probe's fd 2 is captured and everything
-but the HDF5 stack is written back.
+When ITK probes a file it cannot read (an odd file), each of its image readers tries it in
+turn, and the HDF5 one prints about 30 lines of ``HDF5-DIAG`` error stack to the process's
+C-level stderr before the one-line error pyable-tio reports anyway; a folder without DICOM
+series makes GDCM print a 3-line warning saying so. Python cannot switch HDF5's printing off
+through SimpleITK, so the probe's fd 2 is captured and everything but these is written back.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from contextlib import contextmanager
 
 _LOCK = threading.RLock()
 _HDF5_START = 'HDF5-DIAG'
+_ITK_WARNING = 'WARNING: In '
+_GDCM_NO_SERIES = 'itkGDCMSeriesFileNames'
 
 
 @contextmanager
@@ -62,10 +64,18 @@ def strip_hdf5_diagnostics(text: str) -> str:
         >>> strip_hdf5_diagnostics('HDF5-DIAG: Error detected\\n  #000: H5F.c\\n    major: File\\nkept\\n')
         'kept\\n'
     """
-    kept, in_stack = [], False
+    kept, in_stack, in_warning = [], False, False
     for line in text.splitlines(keepends=True):
         if line.startswith(_HDF5_START):
             in_stack = True
+            continue
+        # ITK's "WARNING: In .../itkGDCMSeriesFileNames.cxx" + "No Series were found" + a blank
+        # line: pyable-tio reports the same ("holds no DICOM series") in one line.
+        if line.startswith(_ITK_WARNING) and _GDCM_NO_SERIES in line:
+            in_warning = True
+            continue
+        if in_warning:
+            in_warning = bool(line.strip())
             continue
         # Stack lines are indented; one of them embeds ctime(), whose newline starts a line with ','.
         if in_stack and (line[:1].isspace() or line.startswith(',')):

@@ -59,12 +59,13 @@ def read_header(path: str | os.PathLike) -> sitk.ImageFileReader | dicom.SeriesH
         RuntimeError: If the header cannot be read.
         dicom.SeriesError: If a folder holds no unique series (the message lists them).
     """
-    if is_series(path):
-        return dicom.read_series_header(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    # A directory or odd file makes ITK's HDF5 reader print its error stack: noise.
+    # An odd file makes ITK's HDF5 reader print its error stack, a folder without series makes
+    # GDCM warn: noise before the one-line problem pyable-tio reports.
     with hdf5_diagnostics_filtered():
+        if is_series(path):
+            return dicom.read_series_header(path)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
         reader.ReadImageInformation()
     return reader
 
