@@ -211,7 +211,42 @@ class ToZYX(tio.SpatialTransform):
         return False
 
 
-class ToTorchIO2D(tio.SpatialTransform):
+class _Reverse2D(tio.SpatialTransform):
+    """Reverse the spatial axes (and the affine's columns) of every image when ``_shows`` holds.
+
+    No resampling: each voxel keeps its world point. A step that changed nothing is not
+    recorded in the history, so ``apply_inverse_transform`` does not undo what never happened.
+    """
+
+    _reordered = False
+
+    def _shows(self, image: tio.Image, directions: np.ndarray) -> bool:
+        raise NotImplementedError
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        self._reordered = False
+        images = subject.get_images(intensity_only=False)
+        if grid_from_meta(subject.get(META)) is None or not images:
+            return subject
+        directions = zyx_directions(subject)
+        if all(self._shows(image, directions) for image in images):
+            for image in images:
+                data, affine = reorder(image.data, image.affine, *_REVERSED)
+                image.set_data(data)
+                image.affine = affine
+            self._reordered = True
+        return subject
+
+    def _add_transform_to_subject_history(self, subject: tio.Subject) -> None:
+        if self._reordered:
+            super()._add_transform_to_subject_history(subject)
+
+    def is_invertible(self) -> bool:
+        """True: the other 2-D step undoes it."""
+        return True
+
+
+class ToTorchIO2D(_Reverse2D):
     """Show a 2-D Z,Y,X subject (C x 1 x H x W) in TorchIO's 2-D layout (C x W x H x 1).
 
     The spatial axes and the affine's columns are reversed (no resampling): each voxel keeps its
@@ -224,41 +259,16 @@ class ToTorchIO2D(tio.SpatialTransform):
         (1, 20, 16, 1)
     """
 
-    _reordered = False
-
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        self._reordered = False
-        images = subject.get_images(intensity_only=False)
-        if grid_from_meta(subject.get(META)) is None or not images:
-            return subject
-        directions = zyx_directions(subject)
-        planar = all(
-            image.spatial_shape[0] == 1 and min(image.spatial_shape[1:]) > 1
-            and axis_mapping(image.affine, directions) == _UNCHANGED
-            for image in images
-        )
-        if planar:
-            for image in images:
-                data, affine = reorder(image.data, image.affine, *_REVERSED)
-                image.set_data(data)
-                image.affine = affine
-            self._reordered = True
-        return subject
-
-    def _add_transform_to_subject_history(self, subject: tio.Subject) -> None:
-        if self._reordered:
-            super()._add_transform_to_subject_history(subject)
-
-    def is_invertible(self) -> bool:
-        """True: undone by :class:`FromTorchIO2D`."""
-        return True
+    def _shows(self, image: tio.Image, directions: np.ndarray) -> bool:
+        shape = image.spatial_shape
+        return shape[0] == 1 and min(shape[1:]) > 1 and axis_mapping(image.affine, directions) == _UNCHANGED
 
     def inverse(self) -> FromTorchIO2D:
         """The step back to Z,Y,X."""
         return FromTorchIO2D(**self._get_base_args())
 
 
-class FromTorchIO2D(tio.SpatialTransform):
+class FromTorchIO2D(_Reverse2D):
     """Put a subject shown in TorchIO's 2-D layout (C x W x H x 1) back in Z,Y,X (C x 1 x H x W).
 
     Acts only when every image has its axes exactly reversed with respect to the Z,Y,X grid and a
@@ -270,32 +280,8 @@ class FromTorchIO2D(tio.SpatialTransform):
         (1, 1, 16, 20)
     """
 
-    _reordered = False
-
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        self._reordered = False
-        images = subject.get_images(intensity_only=False)
-        if grid_from_meta(subject.get(META)) is None or not images:
-            return subject
-        directions = zyx_directions(subject)
-        shown = all(
-            image.spatial_shape[2] == 1 and axis_mapping(image.affine, directions) == _REVERSED for image in images
-        )
-        if shown:
-            for image in images:
-                data, affine = reorder(image.data, image.affine, *_REVERSED)
-                image.set_data(data)
-                image.affine = affine
-            self._reordered = True
-        return subject
-
-    def _add_transform_to_subject_history(self, subject: tio.Subject) -> None:
-        if self._reordered:
-            super()._add_transform_to_subject_history(subject)
-
-    def is_invertible(self) -> bool:
-        """True: undone by :class:`ToTorchIO2D`."""
-        return True
+    def _shows(self, image: tio.Image, directions: np.ndarray) -> bool:
+        return image.spatial_shape[2] == 1 and axis_mapping(image.affine, directions) == _REVERSED
 
     def inverse(self) -> ToTorchIO2D:
         """The step back to TorchIO's 2-D layout."""
