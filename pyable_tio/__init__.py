@@ -21,6 +21,7 @@ from .monai_data import monai_dataset
 from .native import NativeSpaceError, native_grid, save_prediction, to_native
 from .patch_plan import TransformPlan, plan_transform
 from .patches import PatchQueue
+from .preprocess import N4, PreprocessStep, SkullStrip
 from .pyable_dataset import PyableDataset
 from .reader import GridReader
 from .reference import ImageHeader
@@ -42,12 +43,15 @@ __all__ = [
     'LoadError',
     'Manifest',
     'ManifestError',
+    'N4',
     'NativeSpaceError',
     'PadCollate',
     'PatchQueue',
+    'PreprocessStep',
     'PyableDataset',
     'PyableTioError',
     'QueueSampler',
+    'SkullStrip',
     'SubjectGridAggregator',
     'SubjectRecord',
     'ToZYX',

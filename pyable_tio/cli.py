@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 problems found (one line each on stderr), 2 bad command
 Example:
     $ pyable-tio validate manifest.json
     $ pyable-tio cache manifest.json --cache-dir /scratch/cache --workers 4 --max-bytes 50G
+    $ pyable-tio cache manifest.json --cache-dir /scratch/cache --preprocess n4,skullstrip --shard 0/10
     $ pyable-tio info --cache-dir /scratch/cache
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -36,6 +38,7 @@ from .errors import ManifestError, PyableTioError, describe
 from .geometry import check_orientation
 from .manifest import Manifest, read_manifest
 from .planning import SPELLING_CLI
+from .preprocess import STEPS, resolve_steps
 from .reader import GridReader
 from .validation import Validation, _label, validate
 
@@ -123,6 +126,13 @@ def _workers(text: str) -> int:
     return value
 
 
+def _steps(text: str) -> tuple:
+    try:
+        return resolve_steps(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _reference(text: str) -> str | int:
     if text in (REFERENCE_FIRST, REFERENCE_LARGEST):
         return text
@@ -137,6 +147,45 @@ def _orientation(text: str) -> str:
         return check_orientation(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``(K, N)`` from ``"K/N"``: this run caches shard K (0 <= K < N) of N.
+
+    Example:
+        >>> parse_shard('3/10')
+        (3, 10)
+    """
+    parts = str(text).split('/')
+    try:
+        index, count = (int(part) for part in parts)
+    except ValueError:
+        index, count = -1, 0
+    if len(parts) != 2 or count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(
+            f'expected K/N with 0 <= K < N (e.g. 0/10 ... 9/10; SLURM: $SLURM_ARRAY_TASK_ID/N), got {text!r}'
+        )
+    return index, count
+
+
+def shard_of(subject_id: str, count: int) -> int:
+    """The shard (0 ... count-1) of a subject: from a hash of its id, so any order of the
+    manifest, any machine and any Python process agree.
+
+    Example:
+        >>> shard_of('sub-01', 1)
+        0
+    """
+    return int(hashlib.sha256(str(subject_id).encode()).hexdigest()[:16], 16) % count
+
+
+def _shard(source, args: argparse.Namespace):
+    """``source`` restricted to this run's shard (a :class:`Manifest`), or as given without ``--shard``."""
+    if args.shard is None:
+        return source
+    index, count = args.shard
+    manifest = read_manifest(source, root=args.root, check_files=False, extra_fields=args.extra_field)
+    return Manifest(tuple(r for r in manifest if shard_of(r.id, count) == index), manifest.source)
 
 
 def format_bytes(count: float) -> str:
@@ -182,7 +231,7 @@ def _run_validate(args: argparse.Namespace) -> int:
         validate, reference=args.reference, reference_space=args.reference_space, root=args.root,
         missing=args.missing, orientation=args.orientation, axis_aligned=args.axis_aligned, align=args.align,
         extra_fields=args.extra_field, spelling=SPELLING_CLI, nonfinite=args.nonfinite,
-        check_data=not args.headers_only,
+        check_data=not args.headers_only, preprocess=args.preprocess,
     )
     reports = [check(source) for source in _sources(args)]
     for report in reports:
@@ -219,9 +268,13 @@ def _run_cache(args: argparse.Namespace) -> int:
         axis_aligned=args.axis_aligned, align=args.align, extra_fields=args.extra_field,
         dtype=getattr(torch, args.dtype), missing=args.missing, root=args.root, cache_dir=cache,
         nonfinite=args.nonfinite,
+        preprocess=args.preprocess,
     )
     jobs, problems = [], []
     for source in _sources(args):
+        source = _shard(source, args)
+        if isinstance(source, Manifest) and not source.subjects:
+            continue  # no subject of this manifest falls in this shard
         try:
             subjects = build(source)
         except ManifestError as error:
@@ -310,7 +363,7 @@ _PARENT_POLL_SECONDS = 0.5
 
 
 def _init_worker(threads: int, parent: int) -> None:
-    """Set ITK's threads; make the worker stop cleanly on SIGTERM and when ``parent`` dies.
+    """Set ITK's and torch's threads; make the worker stop cleanly on SIGTERM and when ``parent`` dies.
 
     Ctrl-C is the main process's to handle (it then terminates the workers), so workers
     ignore SIGINT. SIGTERM unwinds the current job (its temporary files are removed) and
@@ -319,8 +372,10 @@ def _init_worker(threads: int, parent: int) -> None:
     ``pyable-tio cache`` process ``parent`` is gone (e.g. after ``kill -9``).
     """
     import SimpleITK as sitk
+    import torch
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    torch.set_num_threads(threads)  # deepbet's network: no more threads than this worker's share
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_terminated)
     if sys.platform.startswith('linux'):
@@ -388,7 +443,7 @@ def versions() -> dict[str, str]:
         '0.1.0'
     """
     found = {'python': platform.python_version()}
-    for name in ('pyable-tio', 'torch', 'torchio', 'SimpleITK', 'numpy', 'pandas', 'monai', 'pyable'):
+    for name in ('pyable-tio', 'torch', 'torchio', 'SimpleITK', 'numpy', 'pandas', 'monai', 'pyable', 'deepbet'):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -484,6 +539,9 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument('--align', choices=ALIGN_MODES, help='register images onto the reference first')
         command.add_argument('--nonfinite', choices=NONFINITE_MODES, default=DEFAULT_NONFINITE,
                              help='NaN/Inf voxels: error (default), zero (replace by 0) or keep (as stored)')
+        command.add_argument('--preprocess', type=_steps, metavar='STEPS',
+                             help=f'steps run on every image in its native space, e.g. n4,skullstrip'
+                                  f' (known: {",".join(sorted(STEPS))})')
 
     validate_ = commands.add_parser('validate', help='check manifests and every file, and summarise them')
     manifest_options(validate_)
@@ -500,6 +558,8 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument('--interpolator', choices=INTERPOLATORS, default=LINEAR)
     cache.add_argument('--dtype', choices=_DTYPES, default='float32', help='image dtype')
     cache.add_argument('--default-value', type=float, default=0.0, help='image value outside a file')
+    cache.add_argument('--shard', type=parse_shard, metavar='K/N',
+                       help='cache only shard K (0-based) of N: the subjects whose id hashes to K (job arrays)')
     cache.add_argument('--no-progress', action='store_true', help='no progress bar')
     cache.set_defaults(run=_run_cache)
 

@@ -116,3 +116,12 @@ INTERPOLATION_SUPPORT = {'nearest': 1, 'linear': 2}
 INTERPOLATION_SUPPORT_DEFAULT = 4
 #: ``truncate`` of scipy.ndimage.gaussian_filter (TorchIO's RandomBlur): kernel radius in stds.
 BLUR_TRUNCATE = 4.0
+#: Manifest field (subject or file) listing preprocessing steps, e.g. ``["n4", "skullstrip"]``.
+FIELD_PREPROCESS = 'preprocess'
+#: Name of the brain mask a skull-strip step makes, and the subject key of it on the grid.
+BRAIN_MASK = 'brain'
+BRAIN_MASK_KEY = 'roi_brain'
+#: Output of a file's preprocessing steps that is the processed image itself.
+PREPROCESS_IMAGE = 'image'
+#: Cache sub-folder of the lock files that make one process compute a file's steps at a time.
+PREPROCESS_LOCKS_FOLDER = 'preprocess-locks'

@@ -73,3 +73,14 @@ def short_error(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     useful = [line for line in lines if 'rror' in line or 'not' in line.lower()]
     return (useful or lines or ['unknown error'])[-1][:300]
+
+
+class MissingDependencyError(PyableTioError, ImportError):
+    """An optional package a requested feature needs is not installed; says how to install it.
+
+    Example:
+        >>> raise MissingDependencyError('step "skullstrip" needs deepbet: pip install "pyable-tio[brain]"')
+        Traceback (most recent call last):
+        ...
+        pyable_tio.errors.MissingDependencyError: step "skullstrip" needs deepbet: pip install "pyable-tio[brain]"
+    """

@@ -2,9 +2,9 @@
 
 :func:`plan_manifest` is the one planning step that both :func:`pyable_tio.subjects_from_manifest`
 and :func:`pyable_tio.validation.validate` run: read each subject's headers, choose its reference
-grid, check its transforms, reorient the grid (``orientation=``/``axis_aligned=``), align its
-images (``align=``) and check that subjects can share a batch when one is needed
-(``missing=``). Options are a frozen :class:`PlanOptions`, validated when it is made, i.e.
+grid, check its transforms and its preprocessing steps (``preprocess=``: packages installed,
+masks listed), reorient the grid (``orientation=``/``axis_aligned=``), align its images
+(``align=``) and check that subjects can share a batch when one is needed (``missing=``). Options are a frozen :class:`PlanOptions`, validated when it is made, i.e.
 before any header is read.
 
 Example:
@@ -27,6 +27,8 @@ from . import registration
 from .alignment import Alignment, align_subject
 from .constants import (
     ALIGN_MODES,
+    BRAIN_MASK_KEY,
+    FIELD_PREPROCESS,
     FIELD_TRANSFORMS,
     MISSING_EMPTY,
     MISSING_ERROR,
@@ -38,6 +40,8 @@ from .constants import (
 from .errors import ManifestError, describe, short_error
 from .geometry import axis_aligned_grid, check_orientation, reorient_grid
 from .manifest import Manifest, ManifestSource, SubjectRecord, file_problems, parse_manifest
+from .preprocess import resolve_steps
+from .preprocess.plan import brain_source, preprocess_problems
 from .reference import ImageHeader, Reference, ReferenceSelector, ReferenceSpace
 from .reference import choose_reference, grid_of_space
 
@@ -63,9 +67,13 @@ class PlanOptions:
         axis_aligned: Replace oblique reference grids by axis-aligned ones.
         align: ``"rigid"``/``"affine"`` registration of each image onto the reference, or None.
         spelling: ``"python"`` or ``"cli"``: how error messages spell the fix.
+        preprocess: Steps for every image (names, ``"n4,skullstrip"``, dicts or step objects;
+            :func:`pyable_tio.preprocess.resolve_steps`), kept as a tuple of step objects. A
+            subject's or file's own ``"preprocess"`` field wins.
 
     Raises:
-        ValueError: an unknown reference keyword, missing mode, orientation or align mode.
+        ValueError: an unknown reference keyword, missing mode, orientation, align mode or
+            preprocessing step (or parameter, or a step order that cannot work).
 
     Example:
         >>> PlanOptions(reference='largset')
@@ -81,6 +89,7 @@ class PlanOptions:
     axis_aligned: bool = False
     align: str | None = None
     spelling: str = SPELLING_PYTHON
+    preprocess: Sequence[Any] | str | None = ()
 
     def __post_init__(self) -> None:
         reference = self.reference
@@ -99,6 +108,8 @@ class PlanOptions:
             raise ValueError(f'align must be one of {ALIGN_MODES} or None, got {self.align!r}')
         if self.spelling not in _MISSING_FIX:
             raise ValueError(f'spelling must be one of {tuple(_MISSING_FIX)}, got {self.spelling!r}')
+        # Names and dicts become step objects here: an unknown step fails before any header is read.
+        object.__setattr__(self, 'preprocess', resolve_steps(self.preprocess))
 
     def fix(self, mode: str) -> str:
         """The ``missing`` option set to ``mode``, spelled for the caller (``missing="empty"``)."""
@@ -201,6 +212,7 @@ def plan_manifest(
             problems.extend(error.problems)
             continue
         subject_problems = transform_problems(record, plan.reference.grid.dimension, checked)
+        subject_problems += preprocess_problems(record, plan.reference.grid.dimension, options.preprocess)
         grid = plan.reference.grid
         try:
             if options.axis_aligned and grid.dimension == 3 and not grid.is_axis_aligned():
@@ -269,11 +281,12 @@ def plan_subject(
 
 
 def batch_problems(plans: Sequence[SubjectPlan], options: PlanOptions) -> list[str]:
-    """What keeps ``plans`` out of one batch: different image channels, ROIs or label maps.
+    """What keeps ``plans`` out of one batch: different image channels, ROIs, label maps or brain masks.
 
     Images must agree in channels, files and names (a batch stacks them). ROIs and label maps
     must agree in number with ``missing="error"``; ``"empty"`` fills the missing ones (at the
-    end of each list, so their names must agree where listed).
+    end of each list, so their names must agree where listed). So must ``roi_brain``: with
+    ``missing="error"`` every subject has a skull-strip step or none does.
 
     Returns:
         One line per disagreement, naming the subjects of each group and the fix.
@@ -309,6 +322,15 @@ def batch_problems(plans: Sequence[SubjectPlan], options: PlanOptions) -> list[s
                     ' everywhere" to a loss)'
                 )
                 problems.append(describe(None, f'field "{name}"', problem))
+        stripped = {p.record.id: brain_source(p.record, options.preprocess) is not None for p in plans}
+        if len(set(stripped.values())) > 1:
+            without = sorted(subject_id for subject_id, has in stripped.items() if not has)
+            problem = (
+                f'some subjects have a skull-strip step (and so "{BRAIN_MASK_KEY}") and {without} do not;'
+                f' a batch needs the same keys in every subject: pass {options.fix(MISSING_EMPTY)} to give'
+                f' them an all-zero "{BRAIN_MASK_KEY}"'
+            )
+            problems.append(describe(None, f'field "{FIELD_PREPROCESS}"', problem))
     return problems
 
 

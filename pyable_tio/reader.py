@@ -18,6 +18,7 @@ from .constants import DEFAULT_BACKGROUND, DEFAULT_NONFINITE, LINEAR, NONFINITE_
 from .errors import LoadError, describe, short_error
 from .geometry import Grid, reorient_grid
 from .manifest.records import TransformEntry
+from .preprocess import Preprocessing
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +42,9 @@ class GridReader:
             :class:`~pyable_tio.errors.LoadError` naming subject and file), ``"zero"``
             (replaced by 0) or ``"keep"`` (as stored; interpolation spreads a NaN to the
             voxels around it, and +-Inf stays +-Inf).
+        preprocessing: Per file path, the steps run on it in its native space before the
+            transforms and the resampling (:class:`~pyable_tio.preprocess.Preprocessing`);
+            their result has its own cache entry.
 
     Example:
         >>> reader = GridReader(grid, 'image', 'sub-01')  # doctest: +SKIP
@@ -57,6 +61,7 @@ class GridReader:
     default_value: float = DEFAULT_BACKGROUND
     cache: object | None = None
     nonfinite: str = DEFAULT_NONFINITE
+    preprocessing: Mapping[str, Preprocessing] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         backend.interpolator_for(self.role, self.interpolator)
@@ -74,18 +79,22 @@ class GridReader:
         """The resampled C x D x H x W array, without the cache."""
         entries = self.transforms.get(str(path), ())
         where = f'file {path}'
+        steps = self.preprocessing.get(str(path))
         try:
-            image = backend.load(path, self.role)
-            # Before any interpolation, so that a replaced value spreads nowhere.
+            # A mask made by a step (roi_brain) comes from an image file: read it as one.
+            image = backend.load(path, self.role if steps is None else backend.ROLE_IMAGE)
+            # Before any interpolation (and any step), so that a replaced value spreads nowhere.
             image, has_inf = integrity.apply_nonfinite(image, self.nonfinite)
         except (ValueError, RuntimeError) as error:
             if not isinstance(error, ValueError):  # truncation and non-finite messages are complete
                 error = f'unreadable image: {short_error(error)}'
             raise LoadError(describe(self.subject_id, where, str(error))) from None
-        if self.role != backend.ROLE_IMAGE:
+        if self.role != backend.ROLE_IMAGE and steps is None:
             problem = integrity.label_problem(image, self.role)
             if problem is not None:
                 raise LoadError(describe(self.subject_id, where, problem))
+        if steps is not None:
+            image = self._preprocessed(image, path, steps)
         if image.GetDimension() != self.grid.dimension:
             problem = (
                 f'mismatched dimensions: the file is {image.GetDimension()}-D,'
@@ -109,6 +118,19 @@ class GridReader:
             if has_inf and self.nonfinite == NONFINITE_KEEP:
                 return integrity.restore_infinities(self._to_array(image))
         return self._to_array(image)
+
+    def describe_preprocessing(self, path: str | Path) -> dict | None:
+        """What the steps run on ``path`` add to its cache key (None: no preprocessing)."""
+        steps = self.preprocessing.get(str(path))
+        return None if steps is None else steps.describe()
+
+    def _preprocessed(self, image: sitk.Image, path: str | Path, steps: Preprocessing) -> sitk.Image:
+        where = f'file {path}'
+        try:
+            return steps.run(image, path, self.cache)
+        except (ValueError, RuntimeError) as error:
+            problem = f'preprocessing failed: {short_error(error)}'
+            raise LoadError(describe(self.subject_id, where, problem)) from None
 
     def _exactly_on_grid(self, image: sitk.Image) -> sitk.Image | None:
         """``image``, or ``image`` with axes permuted/flipped, when its voxels are the grid's; else None."""

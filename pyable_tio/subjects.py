@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ import torchio as tio
 
 from . import backend, integrity
 from .constants import (
+    BRAIN_MASK,
+    BRAIN_MASK_KEY,
     DEFAULT_BACKGROUND,
     DEFAULT_NONFINITE,
     ID,
@@ -26,6 +29,7 @@ from .constants import (
     MISSING_EMPTY,
     MISSING_ERROR,
     MISSING_KEEP,
+    PREPROCESS_IMAGE,
     REFERENCE_FIRST,
     ROI_PREFIX,
 )
@@ -34,6 +38,7 @@ from .geometry import Grid
 from .manifest import ManifestSource
 from .manifest.records import FileEntry, TransformEntry
 from .planning import PlanOptions, SubjectPlan, plan_source, plan_subject, raise_problems
+from .preprocess.plan import any_steps, brain_source, file_steps, preprocessing_for
 from .reader import GridReader
 from .reference import ReferenceSelector, ReferenceSpace
 
@@ -74,6 +79,7 @@ def subjects_from_manifest(
     align: str | None = None,
     extra_fields: Sequence[str] = (),
     nonfinite: str = DEFAULT_NONFINITE,
+    preprocess: Sequence[Any] | str | None = None,
 ) -> list[tio.Subject]:
     """Build one lazily loaded ``tio.Subject`` per manifest subject.
 
@@ -98,7 +104,8 @@ def subjects_from_manifest(
             ``"error"``: subjects must agree, as a batch needs (same image channels, same
             numbers of ROIs and label maps); checked here, before training starts.
             ``"empty"``: as ``"error"``, but missing ROIs/label maps are filled with all-zero
-            ones (:class:`EmptyLabelReader`), appended after the subject's own. An all-zero
+            ones (:class:`EmptyLabelReader`), appended after the subject's own (and
+            ``roi_brain`` for subjects without a skull strip). An all-zero
             label map means "background everywhere" to a loss, so it is never the default;
             as a mask of ``transforms.IntensityNormalization`` it means "no mask".
         cache_dir: Folder for the on-disk cache of resampled volumes (off when None), or a
@@ -120,10 +127,16 @@ def subjects_from_manifest(
         nonfinite: NaN/+-Inf voxels, per file before interpolation: ``"error"`` (default; one
             NaN would spread into a NaN loss far from its cause), ``"zero"`` or ``"keep"``
             (as stored, past SimpleITK's NIfTI reader, which zeroes them). In the cache key.
+        preprocess: Steps run on every image file in its native space, before the transforms
+            and the resampling: names (``["n4", "skullstrip"]``), ``{"name": ..., **parameters}``
+            dicts or step objects (``[pt.N4(shrink_factor=2), pt.SkullStrip()]``). A subject's or
+            file's own ``"preprocess"`` manifest field wins. Results are cached in
+            ``cache_dir`` (pass one: without it the steps run at every load). A skull strip adds
+            the ROI ``"roi_brain"`` (see docs/PREPROCESSING.md).
 
     Returns:
-        Subjects with keys ``"id"``, ``"meta"``, the images, ``roi_i``, ``labelmap_i`` and
-        every extra manifest field.
+        Subjects with keys ``"id"``, ``"meta"``, the images, ``roi_i``, ``labelmap_i``,
+        ``roi_brain`` (with a skull strip) and every extra manifest field.
 
     Raises:
         ManifestError: bad manifest, missing or unreadable files, mismatched dimensions,
@@ -134,7 +147,10 @@ def subjects_from_manifest(
         >>> subjects[0]['images'].data.shape  # doctest: +SKIP
         torch.Size([2, 48, 64, 64])
     """
-    options = PlanOptions(reference, reference_space, missing, orientation, axis_aligned, align)
+    # Every option (the preprocessing steps too) is checked here, before any header is read.
+    options = PlanOptions(
+        reference, reference_space, missing, orientation, axis_aligned, align, preprocess=preprocess
+    )
     backend.interpolator_for(backend.ROLE_IMAGE, interpolator)
     integrity.check_nonfinite_mode(nonfinite)
     numpy_dtype = _numpy_dtype(dtype)
@@ -143,7 +159,7 @@ def subjects_from_manifest(
     planned = plan_source(source, options, root=root, extra_fields=extra_fields,
                           cache_folder=getattr(cache, 'folder', None), progress=progress)
     raise_problems(planned.problems)
-    plans = planned.plans
+    plans, steps = planned.plans, options.preprocess
     reader_options = {
         'interpolator': interpolator,
         'dtype': numpy_dtype,
@@ -151,10 +167,17 @@ def subjects_from_manifest(
         'cache': cache,
         'nonfinite': nonfinite,
     }
-    counts = {name: 0 for name in ('rois', 'labelmaps')}
+    if cache is None and any(any_steps(p.record, steps) for p in plans):
+        warnings.warn(
+            'preprocessing without cache_dir runs the steps every time a subject is loaded;'
+            ' pass cache_dir= to run them once', RuntimeWarning, stacklevel=2,
+        )
+    counts = {name: 0 for name in ('rois', 'labelmaps', BRAIN_MASK_KEY)}
     if missing == MISSING_EMPTY:
-        counts = {name: max(len(getattr(p.record, name)) for p in plans) for name in counts}
-    return [_to_subject(plan, stack_channels, counts, reader_options) for plan in plans]
+        counts = {name: max(len(getattr(p.record, name)) for p in plans) for name in ('rois', 'labelmaps')}
+        # A subject without a skull strip gets an all-zero roi_brain when another has one.
+        counts[BRAIN_MASK_KEY] = int(any(brain_source(p.record, steps) is not None for p in plans))
+    return [_to_subject(plan, stack_channels, counts, reader_options, steps) for plan in plans]
 
 
 def _aligned(plan: SubjectPlan, entry: FileEntry) -> tuple[TransformEntry, ...]:
@@ -162,16 +185,23 @@ def _aligned(plan: SubjectPlan, entry: FileEntry) -> tuple[TransformEntry, ...]:
     return (alignment.entry,) if alignment is not None else ()
 
 
-def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> tio.Subject:
+def _to_subject(
+    plan: SubjectPlan, stack: bool, counts: dict, options: dict, steps: tuple[Any, ...] = ()
+) -> tio.Subject:
     record, grid = plan.record, plan.reference.grid
     subject_transforms = record.transforms
 
-    def reader(role: str, entries: Sequence[FileEntry]) -> GridReader:
+    def reader(role: str, entries: Sequence[FileEntry], output: str | None = None) -> GridReader:
         # Seed order: the file's own transforms, then the subject's, then the alignment (closest to the grid).
         transforms = {str(e.path): e.transforms + subject_transforms + _aligned(plan, e) for e in entries}
         # default_value is for images: labels outside the field of view are background.
         role_options = options if role == backend.ROLE_IMAGE else {**options, 'default_value': 0.0}
-        return GridReader(grid, role, record.id, transforms=transforms, **role_options)
+        preprocessing = {}
+        if role == backend.ROLE_IMAGE or output is not None:
+            for e in entries:
+                if file_steps(record, e, steps):
+                    preprocessing[str(e.path)] = preprocessing_for(record, e, steps, output or PREPROCESS_IMAGE)
+        return GridReader(grid, role, record.id, transforms=transforms, preprocessing=preprocessing, **role_options)
 
     images: dict[str, tio.Image] = {}
     image_paths = [str(e.path) for e in record.images]
@@ -189,12 +219,24 @@ def _to_subject(plan: SubjectPlan, stack: bool, counts: dict, options: dict) -> 
             images[f'{prefix}{i}'] = tio.LabelMap(entry.path, reader=reader(role, [entry]), **_TIO_PATHS)
         for i in range(len(entries), counts[name]):
             images[f'{prefix}{i}'] = tio.LabelMap(record.images[0].path, reader=EmptyLabelReader(grid), **_TIO_PATHS)
+    brain = brain_source(record, steps, plan.reference.index)
+    if brain is not None:
+        entry = record.images[brain]
+        mask_reader = reader(backend.ROLE_ROI, [entry], BRAIN_MASK)
+        images[BRAIN_MASK_KEY] = tio.LabelMap(entry.path, reader=mask_reader, **_TIO_PATHS)
+    elif counts.get(BRAIN_MASK_KEY):
+        images[BRAIN_MASK_KEY] = tio.LabelMap(record.images[0].path, reader=EmptyLabelReader(grid), **_TIO_PATHS)
     reserved = set(images) | {ID, META} | _SUBJECT_METHODS
     clashes = sorted(reserved & set(record.extra))
     if clashes:
         problem = f'extra fields {clashes} clash with names pyable-tio or tio.Subject use'
         raise ManifestError.from_problems([describe(record.id, 'fields', problem)])
-    return ManifestSubject(**images, **{ID: record.id, META: _meta(plan)}, **record.extra)
+    meta = _meta(plan)
+    applied = {str(e.path): [getattr(s, 'name', '') or type(s).__name__ for s in file_steps(record, e, steps)]
+               for e in record.images}
+    if any(applied.values()):
+        meta['preprocessing'] = applied
+    return ManifestSubject(**images, **{ID: record.id, META: meta}, **record.extra)
 
 
 def _meta(plan: SubjectPlan) -> dict[str, Any]:

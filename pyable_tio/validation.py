@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .constants import DEFAULT_NONFINITE, MISSING_KEEP, REFERENCE_FIRST
 from .errors import ManifestError, describe
@@ -69,13 +70,14 @@ def validate(
     spelling: str = SPELLING_PYTHON,
     nonfinite: str = DEFAULT_NONFINITE,
     check_data: bool = True,
+    preprocess: Sequence[Any] | str | None = None,
 ) -> Validation:
     """Check a manifest as :func:`pyable_tio.subjects_from_manifest` plans it, then each file's data.
 
     Runs the same planning code (:func:`pyable_tio.planning.plan_manifest`): files exist,
-    headers and transforms read, references chosen, grids reoriented, images aligned
-    (``align=`` registers them) and, with
-    ``missing="error"``/``"empty"``, subjects checked to fit one batch. Every problem of
+    headers and transforms read, preprocessing steps runnable (packages installed, masks
+    listed), references chosen, grids reoriented, images aligned (``align=`` registers them)
+    and, with ``missing="error"``/``"empty"``, subjects checked to fit one batch. Every problem of
     every subject is reported at once: a subject's problems never stop the others' checks.
 
     Args:
@@ -88,19 +90,23 @@ def validate(
             non-finite voxels are problems with ``"error"``, notes otherwise.
         check_data: Also read every file completely (full decompression): truncated or
             damaged files, non-finite voxels, ROIs/label maps with non-integer values.
+        preprocess: Steps for every image, as in :func:`pyable_tio.subjects_from_manifest`;
+            with the manifest's own ``"preprocess"`` fields, their packages must be installed.
 
     Returns:
         The problems (one line each) and a summary of the subjects without problems.
 
     Raises:
-        ValueError: a bad option (reference keyword, missing mode, orientation...), before
-            anything is read.
+        ValueError: a bad option (reference keyword, missing mode, orientation, preprocessing
+            step...), before anything is read.
 
     Example:
         >>> validate('manifest.json', missing='error').problems  # doctest: +SKIP
         []
     """
-    options = PlanOptions(reference, reference_space, missing, orientation, axis_aligned, align, spelling)
+    options = PlanOptions(
+        reference, reference_space, missing, orientation, axis_aligned, align, spelling, preprocess
+    )
     check_nonfinite_mode(nonfinite)
     report = Validation(_label(source))
     try:
@@ -116,11 +122,11 @@ def validate(
         if not problems:
             _summarise(report, plan)
     if missing == MISSING_KEEP and len(plans) > 1:
-        batch = PlanOptions(missing='error', spelling=spelling)
+        batch = replace(options, missing='error')
         if batch_problems(plans, batch):
             report.notes.append(
-                'subjects differ in images, ROIs or label maps: fine for subjects and datasets'
-                ' (batch size 1), refused by a patch queue or a batched loader (check with'
+                'subjects differ in images, ROIs, label maps or brain masks: fine for subjects and'
+                ' datasets (batch size 1), refused by a patch queue or a batched loader (check with'
                 f' {batch.fix("error")}; fill missing ROIs/label maps with {batch.fix("empty")})'
             )
     return report

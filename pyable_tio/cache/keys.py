@@ -26,7 +26,9 @@ from ..manifest.records import TransformEntry
 from .entry import atomic_write
 
 
-def key_inputs(reader: Any, source: str, entries: Sequence[TransformEntry]) -> dict[str, Any]:
+def key_inputs(
+    reader: Any, source: str, entries: Sequence[TransformEntry], path: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """Everything a cached volume depends on, as a JSON-serialisable dict.
 
     Args:
@@ -34,6 +36,7 @@ def key_inputs(reader: Any, source: str, entries: Sequence[TransformEntry]) -> d
             default value are used).
         source: SHA-256 of the source file (:func:`source_digest`).
         entries: Transforms applied to the file, in order (their contents are hashed).
+        path: The source file, to look up the preprocessing steps the reader runs on it.
 
     Returns:
         Format and key versions, backend, source and transforms digests, grid (x,y,z order), role,
@@ -45,7 +48,7 @@ def key_inputs(reader: Any, source: str, entries: Sequence[TransformEntry]) -> d
     """
     role = reader.role
     is_image = role == backend.ROLE_IMAGE
-    return {
+    inputs = {
         'format': CACHE_FORMAT_VERSION,
         # Same files and transforms, another meaning (e.g. the list order): another key.
         'key_version': CACHE_KEY_VERSION,
@@ -62,6 +65,12 @@ def key_inputs(reader: Any, source: str, entries: Sequence[TransformEntry]) -> d
         # "zero" and "keep" give different arrays from one file with NaN/Inf voxels.
         'nonfinite': getattr(reader, 'nonfinite', DEFAULT_NONFINITE),
     }
+    describe = getattr(reader, 'describe_preprocessing', None)
+    preprocessing = describe(path) if describe is not None and path is not None else None
+    if preprocessing is not None:
+        # Only when steps run: keys of volumes without preprocessing stay as they were.
+        inputs['preprocess'] = preprocessing
+    return inputs
 
 
 #: Fields of an on-disk source memo, in :data:`~pyable_tio.hashing.FileSignature` order.

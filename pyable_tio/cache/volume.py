@@ -132,7 +132,7 @@ class VolumeCache:
 
     def key_inputs(self, reader: Any, path: Path, entries: Sequence[TransformEntry]) -> dict[str, Any]:
         """Everything an entry depends on, as a JSON-serialisable dict (see :func:`keys.key_inputs`)."""
-        return key_inputs(reader, self.source_digest(path), entries)
+        return key_inputs(reader, self.source_digest(path), entries, path)
 
     def key(self, reader: Any, path: Path, entries: Sequence[TransformEntry]) -> str:
         """The entry name (SHA-256 hex of :meth:`key_inputs`)."""

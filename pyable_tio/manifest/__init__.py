@@ -18,6 +18,7 @@ from ..constants import (
     CSV_LIST_COLUMNS,
     FIELD_IMAGES,
     FIELD_LABELMAPS,
+    FIELD_PREPROCESS,
     FIELD_REFERENCE,
     FIELD_REFERENCE_SPACE,
     FIELD_ROIS,
@@ -56,7 +57,7 @@ def read_manifest(
     """Parse a manifest into typed records, reporting every problem at once.
 
     Fields other than the known ones (``images``, ``rois``, ``labelmaps``, ``reference``,
-    ``reference_space``, ``transforms``; CSV columns ``image_paths``, ``roi_paths``,
+    ``reference_space``, ``transforms``, ``preprocess``; CSV columns ``image_paths``, ``roi_paths``,
     ``labelmap_paths``) are kept as extra fields (a class label, an age...), except a name
     close to a known one (singular/plural, a ``_path``/``_paths`` suffix, or at most two
     letters apart: ``"labelmap"``, ``"refrence"``, ``"imgs"``), which is an error with
@@ -66,7 +67,8 @@ def read_manifest(
     Args:
         source: A ``.json`` or ``.csv`` file; a list of CSV files (multi-CSV); a dict
             ``{subject_id: {"images": [...], "rois": [...], "labelmaps": [...],
-            "reference": ..., "reference_space": ..., "transforms": [...], ...}}``;
+            "reference": ..., "reference_space": ..., "transforms": [...], "preprocess": [...],
+            ...}}``;
             a list of image paths (one subject each); or a parsed :class:`Manifest`.
         root: Folder that relative paths resolve against. Defaults to the manifest
             file's folder, or the working directory for dicts and lists.
@@ -216,6 +218,11 @@ def _record(
     reference = field(FIELD_REFERENCE, cells.parse_reference, None)
     reference_space = field(FIELD_REFERENCE_SPACE, cells.parse_reference_space, None)
     transforms = field(FIELD_TRANSFORMS, cells.parse_transforms, ())
+    preprocess = field(FIELD_PREPROCESS, cells.parse_preprocess, None)
+    for name, entries in ((FIELD_ROIS, rois), (FIELD_LABELMAPS, labelmaps)):
+        if any(entry.preprocess for entry in entries):
+            problem = f'"{FIELD_PREPROCESS}" applies to images only (ROIs and label maps are never preprocessed)'
+            problems.append(describe(subject_id, f'{prefix}field "{name}"', problem))
     if len(problems) == start and not images:
         problems.append(describe(subject_id, f'{prefix}field "{FIELD_IMAGES}"', 'no images listed'))
     if isinstance(reference, int) and images and not 0 <= reference < len(images):
@@ -226,7 +233,9 @@ def _record(
         problem = None if key in extra_fields else unknown_field_problem(str(key), spelling)
         if problem:
             problems.append(describe(subject_id, f'{prefix}field "{key}"', problem))
-    record = SubjectRecord(subject_id, images, rois, labelmaps, reference, reference_space, transforms, extra)
+    record = SubjectRecord(
+        subject_id, images, rois, labelmaps, reference, reference_space, transforms, extra, preprocess
+    )
     return record, len(problems) > start
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import SimpleITK as sitk
 
 from .. import dicom
-from ..constants import REFERENCE_FIRST, REFERENCE_LARGEST
+from ..constants import FIELD_PREPROCESS, REFERENCE_FIRST, REFERENCE_LARGEST
 from ..geometry import Grid
 from .fields import reference_problem
 from .records import FileEntry, ReferenceValue, TransformEntry
@@ -93,8 +93,26 @@ def parse_transforms(value: Any, root: Path) -> tuple[TransformEntry, ...]:
     return tuple(parse_transform(item, root) for item in parse_list(value))
 
 
+def parse_preprocess(value: Any, root: Path | None = None) -> tuple[Any, ...] | None:
+    """Preprocessing steps: a list of names or ``{"name": ..., **parameters}``, or ``"n4,skullstrip"``.
+
+    Blank means "not given" (None); an empty list turns preprocessing off (``()``).
+
+    Example:
+        >>> [step.name for step in parse_preprocess('n4,skullstrip')]
+        ['n4', 'skullstrip']
+    """
+    from ..preprocess import resolve_steps
+
+    if value is None or (isinstance(value, str) and is_blank(value)):
+        return None
+    if isinstance(value, str) and not value.strip().startswith('['):
+        return resolve_steps(value)
+    return resolve_steps(parse_list(value))
+
+
 def parse_file_entry(value: Any, root: Path, name: str | None = None) -> FileEntry:
-    """A path, or ``{"path": ..., "transforms": [...], "name": ...}``.
+    """A path, or ``{"path": ..., "transforms": [...], "name": ..., "preprocess": [...]}``.
 
     The item's ``transforms`` apply to this file only, before the subject's (seed order:
     ``[*file, *subject]`` reads the file at ``F(S(p))``).
@@ -107,17 +125,19 @@ def parse_file_entry(value: Any, root: Path, name: str | None = None) -> FileEnt
         (PosixPath('/data/t2.nii.gz'), PosixPath('/data/t2_to_t1.tfm'))
     """
     if isinstance(value, Mapping):
-        unknown = set(value) - {'path', 'transforms', 'name', 'series'}
+        unknown = set(value) - {'path', 'transforms', 'name', 'series', FIELD_PREPROCESS}
         if unknown or 'path' not in value:
             raise ValueError(
-                f'a file entry takes "path", "transforms", "name" and "series", got {dict(value)!r}'
+                f'a file entry takes "path", "transforms", "name", "series" and "{FIELD_PREPROCESS}",'
+                f' got {dict(value)!r}'
             )
         transforms = parse_transforms(value.get('transforms'), root)
         path = resolve_path(value['path'], root)
         if not is_blank(value.get('series')):
             # One series of a DICOM folder: the locator "folder#UID" every reader understands.
             path = dicom.locator(path, value['series'])
-        return FileEntry(path, transforms, value.get('name', name))
+        preprocess = parse_preprocess(value.get(FIELD_PREPROCESS))
+        return FileEntry(path, transforms, value.get('name', name), preprocess)
     return FileEntry(resolve_path(value, root), (), name)
 
 

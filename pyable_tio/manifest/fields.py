@@ -14,6 +14,7 @@ from ..constants import (
     CSV_LIST_COLUMNS,
     FIELD_IMAGES,
     FIELD_LABELMAPS,
+    FIELD_PREPROCESS,
     FIELD_REFERENCE,
     FIELD_REFERENCE_SPACE,
     FIELD_ROIS,
@@ -25,6 +26,7 @@ from ..constants import (
 #: Fields a manifest row may hold (``id`` included).
 KNOWN_FIELDS = (
     FIELD_IMAGES, FIELD_ROIS, FIELD_LABELMAPS, FIELD_REFERENCE, FIELD_REFERENCE_SPACE, FIELD_TRANSFORMS,
+    FIELD_PREPROCESS,
 )
 #: Largest edit distance still taken for a typo (names of 5 letters or more; 4-letter names
 #: allow 1, shorter ones are compared only by singular/plural: ``"age"`` is 2 edits from

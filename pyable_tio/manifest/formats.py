@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..constants import CSV_LIST_COLUMNS, FIELD_IMAGES, FIELD_LABELMAPS, FIELD_ROIS
+from ..constants import CSV_LIST_COLUMNS, FIELD_IMAGES, FIELD_LABELMAPS, FIELD_PREPROCESS, FIELD_ROIS
 from ..errors import ManifestError, describe
 from .cells import is_blank, nesting_depth
 
@@ -89,7 +89,8 @@ def rows_from_multi_csv(paths: Sequence[Path]) -> list[RawRow]:
     Tables are recognised by their columns; a table with ``id`` and none of the name columns
     adds per-subject fields (``transforms`` among them). An optional ``transforms`` column of
     ``images.csv``/``rois.csv``/``labelmaps.csv`` gives the row's own transforms (a path or a
-    JSON list of paths and ``{"path": ..., "invert": true}`` items). Channels are ordered by sequence name, as are ROIs and label maps.
+    JSON list of paths and ``{"path": ..., "invert": true}`` items); an optional ``preprocess``
+    column of ``images.csv`` the row's steps (``n4,skullstrip``). Channels are ordered by sequence name, as are ROIs and label maps.
     """
     rows: dict[str, RawRow] = {}
     problems: list[str] = []
@@ -112,6 +113,8 @@ def rows_from_multi_csv(paths: Sequence[Path]) -> list[RawRow]:
             entry: dict[str, Any] = {'path': record['path'], 'name': str(record[kind])}
             if not is_blank(record.get('transforms')):
                 entry['transforms'] = record['transforms']
+            if not is_blank(record.get(FIELD_PREPROCESS)):
+                entry[FIELD_PREPROCESS] = record[FIELD_PREPROCESS]
             names = [e['name'] for e in row.get(field, [])]
             if entry['name'] in names:
                 where = f'file {path}'

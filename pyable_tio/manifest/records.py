@@ -49,6 +49,8 @@ class FileEntry:
         path: Absolute path of the file.
         transforms: Transforms that belong to this file only, applied after the subject's.
         name: Optional name (a multi-CSV ``sequence``, ``roi_type`` or ``label_type``).
+        preprocess: Preprocessing steps of this file (images only), or None to use the
+            subject's (``()`` turns them off for this file).
 
     Example:
         >>> entry = FileEntry(Path('/data/t2.nii.gz'), (TransformEntry(Path('/data/t2.tfm')),), 'T2')
@@ -59,6 +61,7 @@ class FileEntry:
     path: Path
     transforms: tuple[TransformEntry, ...] = ()
     name: str | None = None
+    preprocess: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class SubjectRecord:
         reference_space: A grid (or the file whose grid it is) for this subject.
         transforms: Transforms applied to every file of the subject.
         extra: Any other fields (class label, age, ...), copied into the subject.
+        preprocess: Preprocessing steps of the subject's images, or None to use the ones
+            given when building subjects.
 
     Example:
         >>> record = read_manifest('manifest.json')[0]  # doctest: +SKIP
@@ -90,6 +95,7 @@ class SubjectRecord:
     reference_space: Path | Grid | None = None
     transforms: tuple[TransformEntry, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    preprocess: tuple[Any, ...] | None = None
 
     def entries(self) -> Iterator[tuple[str, FileEntry]]:
         """``(field, entry)`` for every image, ROI and label map file."""
