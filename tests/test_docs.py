@@ -186,7 +186,9 @@ def test_every_python_block_runs_as_written(document, sample_data, tmp_path, mon
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
-                exec(compile(code, f'{document.name}:{line}', 'exec'), namespace)
+                # dont_inherit: a block runs as a user's script would, without this file's
+                # `from __future__ import annotations` (string annotations break a block's dataclass).
+                exec(compile(code, f'{document.name}:{line}', 'exec', dont_inherit=True), namespace)
         except BaseException as error:  # noqa: BLE001 - every failing block is reported
             failures.append(f'{document.name}:{line}: {type(error).__name__}: {str(error).strip()[:400]}')
     hint = ('\n(blocks run in the sample-data folder, in order, in one namespace; signatures go in'

@@ -315,7 +315,8 @@ def test_read_manifest_passes_manifest_through(files):
 
 @pytest.mark.parametrize('field, suggestion', [
     ('labelmap', 'labelmaps'), ('refrence', 'reference'), ('imgs', 'images'), ('roi', 'rois'),
-    ('label_maps', 'labelmaps'), ('transform', 'transforms'),
+    ('label_maps', 'labelmaps'), ('transform', 'transforms'), ('preproces', 'preprocess'),
+    ('preprocessing', 'preprocess'),
 ])
 def test_misspelt_fields_are_errors_with_did_you_mean(files, field, suggestion):
     manifest = {'s1': {'images': ['s1_t1.nii.gz'], field: ['s1_labels.nii.gz'], 'label': 1, 'age': 40}}

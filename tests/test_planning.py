@@ -49,6 +49,8 @@ def no_headers(monkeypatch):
     ({'missing': 'fill'}, 'missing'),
     ({'orientation': 'XYZ'}, 'orientation'),
     ({'align': 'elastic'}, 'align'),
+    ({'preprocess': ['n4', 'bet']}, "unknown preprocessing step 'bet'"),
+    ({'preprocess': [{'name': 'n4', 'shrinks': 2}]}, 'takes parameters'),
 ])
 def test_options_are_checked_before_any_header(uneven, no_headers, options, message):
     with pytest.raises(ValueError, match=message):

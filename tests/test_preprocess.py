@@ -170,13 +170,20 @@ def test_a_brain_mask_step_gives_roi_brain_on_the_grid(data, tmp_path):
     t1 = subject['images'].data[0].numpy()
     assert np.array_equal(mask.data[0].numpy().astype(bool), t1 > 40.0)
     assert mask.reader.role == 'roi' and mask.reader.interpolator == 'linear'  # nearest by role
-    # Subjects without a brain step cannot be batched with ones that have it (unless filled).
+    # Subjects may differ (missing="keep"), but cannot be batched with missing="error" (unless filled).
     manifest = json.loads(data.read_text())
     manifest['sub-01']['preprocess'] = []
     mixed = data.parent / 'mixed.json'
     mixed.write_text(json.dumps(manifest))
-    with pytest.raises(pt.ManifestError, match=r'"roi_brain"\) and \[\'sub-01\'\] do not'):
-        pt.subjects_from_manifest(mixed, preprocess=[ThresholdBrain(40.0)])
+    kept = pt.subjects_from_manifest(mixed, preprocess=[ThresholdBrain(40.0)], cache_dir=tmp_path / 'c')
+    assert 'roi_brain' in kept[0] and 'roi_brain' not in dict.keys(kept[1])
+    with pytest.raises(pt.ManifestError, match=r'"roi_brain"\) and \[\'sub-01\'\] do not.*missing="empty"'):
+        pt.subjects_from_manifest(mixed, preprocess=[ThresholdBrain(40.0)], missing='error')
+    report = validate(str(mixed), preprocess=[ThresholdBrain(40.0)], check_data=False)
+    assert not report.problems and any('brain masks' in note for note in report.notes)
+    assert validate(str(data), preprocess=[ThresholdBrain(40.0)], check_data=False).notes == []
+    strict = validate(str(mixed), preprocess=[ThresholdBrain(40.0)], missing='error', check_data=False)
+    assert any('field "preprocess"' in p and '--missing' not in p for p in strict.problems)
     filled = pt.subjects_from_manifest(mixed, preprocess=[ThresholdBrain(40.0)], missing='empty', cache_dir=tmp_path / 'c')
     assert int(filled[1]['roi_brain'].data.sum()) == 0
 

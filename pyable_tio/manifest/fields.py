@@ -60,8 +60,8 @@ def _allowed_distance(a: str, b: str) -> int:
 def closest(name: str, candidates: tuple[str, ...] | list[str]) -> str | None:
     """The candidate ``name`` is a likely misspelling of, or None.
 
-    Close means: the same but for case, a plural ``s``, a ``_path``/``_paths`` suffix, or at
-    most :data:`MAX_DISTANCE` edits (for names of five letters or more).
+    Close means: the same but for case, a plural ``s``, a ``_path``/``_paths`` or ``ing``
+    suffix, or at most :data:`MAX_DISTANCE` edits (for names of five letters or more).
 
     Example:
         >>> closest('labelmap_path', KNOWN_FIELDS), closest('imgs', KNOWN_FIELDS), closest('label', KNOWN_FIELDS)
@@ -73,6 +73,8 @@ def closest(name: str, candidates: tuple[str, ...] | list[str]) -> str | None:
         if text.endswith(suffix) and len(text) > len(suffix):
             stems.add(text[: -len(suffix)])
     stems.add(text.replace('img', 'image'))  # the usual abbreviation: "imgs", "img_paths"
+    if text.endswith('ing') and len(text) > 6:
+        stems.add(text[:-3])  # the noun for the verb: "preprocessing" is "preprocess"
     plurals = stems | {s[:-1] for s in stems if s.endswith('s')} | {s + 's' for s in stems}
     for candidate in candidates:
         if candidate in plurals:
