@@ -55,9 +55,10 @@ def apply_intensity(d: Drawn, tensors: dict[str, torch.Tensor], region_start: np
         step, per_image = d.step, d.params.get('per_image', {})
         if isinstance(step, (tio.RandomGamma, tio.Gamma)):
             if d.params['invert']:
-                tensor = torch.stack([c * _power(c, 1 - g) for c, g in zip(tensor, per_image[name])])
+                tensor = torch.stack([c * _power(c.clone(), 1 - g) for c, g in zip(tensor, per_image[name])])
             else:
-                tensor = torch.stack([_power(c, g) for c, g in zip(tensor, per_image[name])])
+                for channel, gamma in zip(tensor, per_image[name]):
+                    _power(channel, gamma)  # in place: the region is this patch's own copy
         elif isinstance(step, tio.RandomNoise):
             mean, std = per_image[name]
             tensor = tensor + torch.randn(tensor.shape, generator=context.generator) * std + mean
@@ -76,13 +77,16 @@ def apply_intensity(d: Drawn, tensors: dict[str, torch.Tensor], region_start: np
 
 
 def _power(tensor: torch.Tensor, gamma: float) -> torch.Tensor:
-    """TorchIO's ``power`` (sign-preserving when there are negatives) as exp(gamma log|x|).
+    """TorchIO's ``power`` (sign-preserving when there are negatives) as exp(gamma log|x|), in place.
 
     Vectorised exp/log run ~1.6x faster than ``pow`` with a float exponent on CPU; the
-    results differ by about one float32 rounding (relative 1e-6).
+    results differ by about one float32 rounding (relative 1e-6). In place, without the
+    ``abs``/``sign`` copies when nothing is negative (the usual MRI case): 1.8x faster again.
     """
-    result = tensor.abs().log_().mul_(gamma).exp_()
-    return result.mul_(tensor.sign()) if tensor.min() < 0 else result
+    if tensor.min() < 0:
+        sign = tensor.sign()
+        return tensor.abs_().log_().mul_(gamma).exp_().mul_(sign)
+    return tensor.log_().mul_(gamma).exp_()
 
 
 def _normalize(step: tio.Transform, tensor: torch.Tensor, stats: dict[str, Any], name: str,
