@@ -146,7 +146,9 @@ class _Context:
         volumes = volumes if isinstance(volumes, list) else [volumes]
         keys = [volume_stats.volume_key(v.image) for v in volumes]
         if None not in keys:
-            return volume_stats.remembered((tuple(keys), statistic), compute)
+            images = [v.image for v in volumes]
+            return volume_stats.remembered((tuple(keys), statistic),
+                                           lambda: volume_stats.stored(images, statistic, compute))
         memo = volumes[0].statistics  # a loaded (transformed) volume: its statistics change every draw
         if statistic not in memo:
             memo[statistic] = compute()

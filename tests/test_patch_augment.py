@@ -278,3 +278,33 @@ def test_whole_volume_prefix_then_statistics_per_patch(oblique_manifest):
     assert [name for name, _ in patches[0].applied_transforms] == ['Motion', 'ZNormalization', 'Crop']
     means = [float(p['images'].data.mean()) for p in patches]
     assert all(np.isfinite(means)) and max(abs(m) for m in means) > 0.05  # a patch's own statistics: mean 0
+
+
+def test_whole_volume_statistics_are_kept_in_the_volume_cache(oblique_manifest, tmp_path, monkeypatch):
+    from pyable_tio import volume_stats
+
+    cache = pt.VolumeCache(tmp_path / 'cache')
+    cached = pt.subjects_from_manifest(oblique_manifest, cache_dir=cache)[0]
+    start, steps = (2, 3, 4), tio.ZNormalization()
+    volume_stats._memo.clear()
+    first = per_patch(cached, steps, start)['images']
+    before = {key for key, _, _ in cache.entries()}
+    statistics = [key for key in before if cache.get(key).ndim == 1]
+    assert len(before) == 3 and len(statistics) == 1  # image, label map, and the image's statistics
+    assert set(json.loads(cache.get(statistics[0]).tobytes())) == {'mean', 'std'}
+
+    # A later run (empty process memo) reads the statistics from the cache, not the volume.
+    volume_stats._memo.clear()
+    monkeypatch.setattr(volume_stats, 'normalization_statistics', lambda *a: pytest.fail('recomputed'))
+    again = per_patch(pt.subjects_from_manifest(oblique_manifest, cache_dir=cache)[0], steps, start)['images']
+    assert torch.equal(first, again)
+    monkeypatch.undo()
+
+    # Another statistic (other percentiles) is another entry; the first stays exact and uncached equal.
+    volume_stats._memo.clear()
+    per_patch(cached, tio.RescaleIntensity(percentiles=(2, 98)), start)
+    assert len({key for key, _, _ in cache.entries()} - before) == 1
+    volume_stats._memo.clear()
+    uncached = per_patch(pt.subjects_from_manifest(oblique_manifest)[0], steps, start)['images']
+    torch.testing.assert_close(first, uncached, rtol=0, atol=0)
+    assert cache.check(statistics[0]) is None  # the statistics entry passes the cache's own check
