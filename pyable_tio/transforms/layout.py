@@ -159,6 +159,14 @@ def check_zyx(subject: tio.Subject) -> None:
             raise LayoutError(_layout_problem(subject, name, image, mapping))
 
 
+
+def _reorder_image(image: tio.Image, mapping: tuple[tuple[int, ...], tuple[bool, ...]]) -> None:
+    """Permute and flip ``image``'s data and affine in place (:func:`reorder`)."""
+    data, affine = reorder(image.data, image.affine, *mapping)
+    image.set_data(data)
+    image.affine = affine
+
+
 class ToZYX(tio.SpatialTransform):
     """Put every image back in the subject's Z,Y,X layout, by permuting and flipping axes only.
 
@@ -195,9 +203,7 @@ class ToZYX(tio.SpatialTransform):
                 raise LayoutError(_layout_problem(subject, name, image, mapping))
             if mapping == _UNCHANGED:
                 continue
-            data, affine = reorder(image.data, image.affine, *mapping)
-            image.set_data(data)
-            image.affine = affine
+            _reorder_image(image, mapping)
             self._reordered = True
         return subject
 
@@ -231,9 +237,7 @@ class _Reverse2D(tio.SpatialTransform):
         directions = zyx_directions(subject)
         if all(self._shows(image, directions) for image in images):
             for image in images:
-                data, affine = reorder(image.data, image.affine, *_REVERSED)
-                image.set_data(data)
-                image.affine = affine
+                _reorder_image(image, _REVERSED)
             self._reordered = True
         return subject
 
