@@ -159,7 +159,6 @@ def check_zyx(subject: tio.Subject) -> None:
             raise LayoutError(_layout_problem(subject, name, image, mapping))
 
 
-
 def _reorder_image(image: tio.Image, mapping: tuple[tuple[int, ...], tuple[bool, ...]]) -> None:
     """Permute and flip ``image``'s data and affine in place (:func:`reorder`)."""
     data, affine = reorder(image.data, image.affine, *mapping)
