@@ -25,9 +25,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
-from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Sequence
+from concurrent.futures import BrokenExecutor, InvalidStateError, ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -351,11 +352,24 @@ def _fill(jobs: list[tuple[GridReader, str]], workers: int):
             for future in as_completed(futures):
                 yield future.result()
         except BaseException:
-            for future in futures:
-                future.cancel()
+            # No future.cancel(): Python 3.11's pool manager then fails the cancelled futures
+            # with InvalidStateError (a traceback from its thread). Stopping the workers breaks
+            # the pool, which fails every pending future itself.
+            threading.excepthook = _quiet_broken_pool(threading.excepthook)
             for worker in set(multiprocessing.active_children()) - others:
                 worker.terminate()  # SIGTERM: the worker cleans up and exits (_init_worker)
             raise
+
+
+def _quiet_broken_pool(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``hook``, but silent for the pool manager's InvalidStateError while the pool is torn down."""
+
+    def quiet(args: Any) -> Any:
+        if not issubclass(args.exc_type, InvalidStateError):
+            return hook(args)
+        return None
+
+    return quiet
 
 
 #: How often (seconds) a ``cache`` worker checks that the command that started it still runs.
