@@ -127,3 +127,7 @@ BRAIN_MASK_KEY = 'roi_brain'
 PREPROCESS_IMAGE = 'image'
 #: Cache sub-folder of the lock files that make one process compute a file's steps at a time.
 PREPROCESS_LOCKS_FOLDER = 'preprocess-locks'
+
+#: Exit codes of the ``pyable-tio`` command: success, problems found, bad command line,
+#: interrupted (Ctrl-C), terminated (SIGTERM).
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 import pyable_tio as pt
-from pyable_tio import cli, synthetic
+from pyable_tio import cache_fill, cli, synthetic
 from pyable_tio.cache import VolumeCache
 from pyable_tio.validation import validate
 
@@ -288,12 +288,12 @@ def test_cache_interrupted_or_with_a_dead_worker_exits_cleanly(manifest, tmp_pat
         calls.append(path)
         return real(reader, path)
 
-    real = cli._fill_one
-    monkeypatch.setattr(cli, '_fill_one', interrupted)
+    real = cache_fill.fill_one
+    monkeypatch.setattr(cache_fill, 'fill_one', interrupted)
     assert cli.main(args) == 130
     assert 'run it again to resume' in capsys.readouterr().err
     assert VolumeCache(tmp_path / 'cache').stats().entries == 1  # the finished entry is kept
-    monkeypatch.setattr(cli, '_fill_one', real)
+    monkeypatch.setattr(cache_fill, 'fill_one', real)
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     entries = VolumeCache(tmp_path / 'cache').stats().entries
@@ -303,7 +303,7 @@ def test_cache_interrupted_or_with_a_dead_worker_exits_cleanly(manifest, tmp_pat
         raise BrokenProcessPool('a child process terminated abruptly')
         yield
 
-    monkeypatch.setattr(cli, '_fill', broken)
+    monkeypatch.setattr(cli, 'fill', broken)
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert 'worker process died' in err and 'Traceback' not in err
