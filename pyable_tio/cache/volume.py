@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import numpy as np
@@ -197,10 +198,11 @@ class VolumeCache:
             # An array without its sidecar: a writer died, or another process is writing it
             # right now. Either way it is a miss; the rewrite replaces both files.
             try:
-                age = time.time() - array_path.stat().st_mtime
+                status = array_path.stat()  # one stat: a concurrent eviction is a plain miss
             except OSError:
                 return None
-            if not array_path.is_file():
+            age = time.time() - status.st_mtime
+            if not S_ISREG(status.st_mode):
                 self._discard(key, f'entry {array_path.name}: not a file')
             elif age > _IN_FLIGHT_SECONDS:
                 self._discard(key, f'entry {array_path.name} has no sidecar (interrupted write)', remove=False)
