@@ -541,3 +541,13 @@ def test_a_directory_given_as_an_image_gives_one_line_without_hdf5_noise(tmp_pat
         ' holds no DICOM series',
         '1 problem found',
     ]
+
+
+def test_a_deeply_nested_json_manifest_names_the_line_and_column(tmp_path):
+    from pyable_tio.manifest.formats import _too_deep
+
+    path = tmp_path / 'deep.json'
+    path.write_text('{\n  "sub-01": {\n    "images": ' + '[' * 150 + ']' * 150 + '}}')
+    # Depth passes 100 at the 99th "[" of line 3, after the 14 characters of '    "images": '.
+    assert _too_deep(path) == (f'subject "sub-01": field "images": file {path}:'
+                               ' nested 152 brackets deep from line 3 column 113: too deep to read')

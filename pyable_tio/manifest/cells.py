@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,29 @@ def parse_reference_space(value: Any, root: Path) -> Path | Grid | None:
     return resolve_path(value, root)
 
 
+def outside_strings(text: str) -> Iterator[tuple[int, str, str | None]]:
+    """``(index, character, last string closed before it)`` for each character outside JSON strings.
+
+    Example:
+        >>> [c for _, c, _ in outside_strings('{"a]": [1]}')]
+        ['{', ':', ' ', '[', '1', ']', '}']
+    """
+    in_string = escaped = False
+    start, last = 0, None
+    for index, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == '\\':
+                escaped = True
+            elif char == '"':
+                in_string, last = False, text[start:index]
+        elif char == '"':
+            in_string, start = True, index + 1
+        else:
+            yield index, char, last
+
+
 def nesting_depth(text: str) -> int:
     """The deepest bracket nesting of JSON-like ``text`` (brackets inside strings ignored).
 
@@ -189,18 +212,8 @@ def nesting_depth(text: str) -> int:
         3
     """
     depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == '\\':
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in '[{(':
+    for _, char, _ in outside_strings(text):
+        if char in '[{(':
             depth += 1
             deepest = max(deepest, depth)
         elif char in ']})':

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..constants import CSV_LIST_COLUMNS, FIELD_IMAGES, FIELD_LABELMAPS, FIELD_PREPROCESS, FIELD_ROIS
 from ..errors import ManifestError, describe
-from .cells import is_blank, nesting_depth
+from .cells import is_blank, nesting_depth, outside_strings
 
 RawRow = dict[str, Any]
 
@@ -195,31 +195,21 @@ def _too_deep(path: Path) -> str:
     text = path.read_text(encoding='utf-8')
     deepest, limit = nesting_depth(text), 100  # where the nesting passes 100: no manifest needs that
     keys: list[str | None] = []  # innermost key of each open object/array
-    last_string, depth, line, column = None, 0, 1, 0
-    in_string, escaped, start = False, False, 0
-    for index, char in enumerate(text):
-        column += 1
-        if char == '\n':
-            line, column = line + 1, 0
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == '\\':
-                escaped = True
-            elif char == '"':
-                in_string, last_string = False, text[start:index]
-        elif char == '"':
-            in_string, start = True, index + 1
-        elif char == ':' and keys:
+    depth, where = 0, len(text) - 1
+    for index, char, last_string in outside_strings(text):
+        if char == ':' and keys:
             keys[-1] = last_string
         elif char in '[{':
             keys.append(None)
             depth += 1
             if depth > limit:
+                where = index
                 break
         elif char in ']}' and keys:
             keys.pop()
             depth -= 1
+    line = text.count('\n', 0, where) + 1
+    column = where - text.rfind('\n', 0, where)
     subject = keys[0] if keys else None
     field = f'field "{keys[1]}": ' if len(keys) > 1 and keys[1] else ''
     problem = f'nested {deepest} brackets deep from line {line} column {column}: too deep to read'

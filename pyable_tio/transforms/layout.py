@@ -166,7 +166,21 @@ def _reorder_image(image: tio.Image, mapping: tuple[tuple[int, ...], tuple[bool,
     image.affine = affine
 
 
-class ToZYX(tio.SpatialTransform):
+class _Reordering(tio.SpatialTransform):
+    """A step that only permutes/flips axes; recorded in the history only when it changed something.
+
+    A no-op step stays out of the history, so ``apply_inverse_transform`` neither warns about it
+    nor undoes what never happened.
+    """
+
+    _reordered = False
+
+    def _add_transform_to_subject_history(self, subject: tio.Subject) -> None:
+        if self._reordered:
+            super()._add_transform_to_subject_history(subject)
+
+
+class ToZYX(_Reordering):
     """Put every image back in the subject's Z,Y,X layout, by permuting and flipping axes only.
 
     Undoes ``tio.ToCanonical``, ``tio.ToOrientation``, ``tio.Transpose`` (and any other pure
@@ -191,8 +205,6 @@ class ToZYX(tio.SpatialTransform):
         True
     """
 
-    _reordered = False
-
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         self._reordered = False
         directions = zyx_directions(subject)
@@ -206,24 +218,16 @@ class ToZYX(tio.SpatialTransform):
             self._reordered = True
         return subject
 
-    def _add_transform_to_subject_history(self, subject: tio.Subject) -> None:
-        # A no-op guard stays out of the history, so apply_inverse_transform does not warn about it.
-        if self._reordered:
-            super()._add_transform_to_subject_history(subject)
-
     def is_invertible(self) -> bool:
         """False: the guard is not undone by ``Subject.apply_inverse_transform``."""
         return False
 
 
-class _Reverse2D(tio.SpatialTransform):
+class _Reverse2D(_Reordering):
     """Reverse the spatial axes (and the affine's columns) of every image when ``_shows`` holds.
 
-    No resampling: each voxel keeps its world point. A step that changed nothing is not
-    recorded in the history, so ``apply_inverse_transform`` does not undo what never happened.
+    No resampling: each voxel keeps its world point.
     """
-
-    _reordered = False
 
     def _shows(self, image: tio.Image, directions: np.ndarray) -> bool:
         raise NotImplementedError
@@ -239,10 +243,6 @@ class _Reverse2D(tio.SpatialTransform):
                 _reorder_image(image, _REVERSED)
             self._reordered = True
         return subject
-
-    def _add_transform_to_subject_history(self, subject: tio.Subject) -> None:
-        if self._reordered:
-            super()._add_transform_to_subject_history(subject)
 
     def is_invertible(self) -> bool:
         """True: the other 2-D step undoes it."""
