@@ -8,12 +8,13 @@ and an integer label map on the T1 grid), then times one epoch of a patch queue 
     c  pyable-tio, cold cache (empty cache folder; this epoch fills it)
     d  pyable-tio, warm cache (the folder filled by c)
     e  MONAI PersistentDataset, warm (LoadImaged + ResampleToMatchd + RandSpatialCropSamplesd)
+    f  pt.monai_dataset(cache_dir=...) warm, then the same MONAI steps as e (MONAI users' path)
 
 With ``--augment`` every row trains with the same augmentation: TorchIO's
 ``RandomAffine(degrees=10, scales=0.1)`` + ``RandomFlip(axes=('LR',))`` + ``RandomGamma()`` for
 a-d (a: on the whole resampled subject, as ``tio.Queue`` does; b-d: ``transform=`` of
 ``queue_from_manifest``, run per patch), and MONAI's crop-then-augment ``RandAffined`` +
-``RandFlipd`` + ``RandAdjustContrastd`` (same ranges) on each crop for e.
+``RandFlipd`` + ``RandAdjustContrastd`` (same ranges) on each crop for e and f.
 
 Every variant uses the same patch size, patches per volume, worker count and seed, and runs in
 its own process so that its peak memory (PSS of the process tree: RSS double-counts the
@@ -53,6 +54,7 @@ VARIANTS = {
     'c': 'pyable-tio, cold cache',
     'd': 'pyable-tio, warm cache',
     'e': 'MONAI PersistentDataset, warm',
+    'f': 'pt.monai_dataset, warm cache (as e)',
 }
 LABEL_VALUES = (0, 1, 2, 7)  # pyable_tio.synthetic.LABEL_VALUES
 
@@ -246,12 +248,28 @@ def run_pyable(args, manifest: Path, cache_dir: Path | None):
         yield batch['images'][tio.DATA], batch['labelmap_0'][tio.DATA]
 
 
+def monai_recipe(args, keys: list[str], image_keys: list[str]) -> tuple[list, list]:
+    """MONAI's crop-then-augment steps, as (crop, augmentation on each crop) for (e) and (f)."""
+    from monai.transforms import RandAdjustContrastd, RandAffined, RandFlipd, RandSpatialCropSamplesd
+
+    crop = [RandSpatialCropSamplesd(keys, roi_size=(args.patch,) * 3, num_samples=args.samples_per_volume,
+                                    random_size=False)]
+    if not args.augment:
+        return crop, []
+    radians = np.deg2rad(DEGREES)
+    modes = tuple('bilinear' if key in image_keys else 'nearest' for key in keys)
+    return crop, [
+        RandAffined(keys, prob=1.0, rotate_range=(radians,) * 3, scale_range=(SCALES,) * 3, mode=modes,
+                    padding_mode='zeros'),
+        RandFlipd(keys, prob=0.5, spatial_axis=0),
+        RandAdjustContrastd(image_keys, prob=1.0, gamma=tuple(float(np.exp(g)) for g in LOG_GAMMA)),
+    ]
+
+
 def monai_dataset(args, manifest: Path, cache_dir: Path):
+    """(e): LoadImaged + EnsureChannelFirstd + ResampleToMatchd, cached by PersistentDataset."""
     from monai.data import PersistentDataset
-    from monai.transforms import (
-        Compose, EnsureChannelFirstd, LoadImaged, RandAdjustContrastd, RandAffined, RandFlipd,
-        RandSpatialCropSamplesd, ResampleToMatchd,
-    )
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ResampleToMatchd
 
     folder = manifest.parent
     items = [
@@ -260,23 +278,26 @@ def monai_dataset(args, manifest: Path, cache_dir: Path):
         for e in json.loads(manifest.read_text()).values()
     ]
     keys = ['t1', 't2', 'labels']
-    steps = [
-        LoadImaged(keys, image_only=True),
-        EnsureChannelFirstd(keys),
-        ResampleToMatchd(['t2'], key_dst='t1', mode='bilinear'),
-        RandSpatialCropSamplesd(keys, roi_size=(args.patch,) * 3, num_samples=args.samples_per_volume,
-                                random_size=False),
-    ]
-    if args.augment:  # MONAI's usual crop-then-augment: the random steps run on each crop
-        radians = np.deg2rad(DEGREES)
-        steps += [
-            RandAffined(keys, prob=1.0, rotate_range=(radians,) * 3, scale_range=(SCALES,) * 3,
-                        mode=('bilinear', 'bilinear', 'nearest'), padding_mode='zeros'),
-            RandFlipd(keys, prob=0.5, spatial_axis=0),
-            RandAdjustContrastd(['t1', 't2'], prob=1.0, gamma=tuple(float(np.exp(g)) for g in LOG_GAMMA)),
-        ]
-    transform = Compose(steps)
-    return PersistentDataset(items, transform=transform, cache_dir=str(cache_dir))
+    crop, augment = monai_recipe(args, keys, ['t1', 't2'])
+    load = [LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys),
+            ResampleToMatchd(['t2'], key_dst='t1', mode='bilinear')]
+    # Cached up to the first random step (the crop), as torch.save pickles of the resampled volumes.
+    return PersistentDataset(items, transform=Compose([*load, *crop, *augment]), cache_dir=str(cache_dir))
+
+
+def pyable_monai_dataset(args, manifest: Path, cache_dir: Path):
+    """(f): pt.monai_dataset over pyable-tio's warm cache, then the same MONAI recipe as (e)."""
+    from monai.transforms import ConcatItemsd, DeleteItemsd
+
+    import pyable_tio as pt
+
+    # One key per channel (stack_channels=False): each is a memory map of its cached volume, so the
+    # crop copies the patches only; the two images are concatenated after it.
+    crop, _ = monai_recipe(args, ['image_0', 'image_1', 'labelmap_0'], ['image_0', 'image_1'])
+    _, augment = monai_recipe(args, ['images', 'labelmap_0'], ['images'])
+    concat = [ConcatItemsd(['image_0', 'image_1'], 'images'), DeleteItemsd(['image_0', 'image_1'])]
+    return pt.monai_dataset(manifest, transform=[*crop, *concat, *augment], cache_dir=cache_dir,
+                            stack_channels=False)
 
 
 def run_monai(args, manifest: Path, cache_dir: Path):
@@ -285,12 +306,16 @@ def run_monai(args, manifest: Path, cache_dir: Path):
     from monai.utils import set_determinism
 
     set_determinism(seed=args.seed)
-    dataset = monai_dataset(args, manifest, cache_dir)
+    pyable = args.variant.startswith('f')
+    dataset = (pyable_monai_dataset if pyable else monai_dataset)(args, manifest, cache_dir)
     # One subject per batch: its samples_per_volume patches (list_data_collate flattens them).
     loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=args.workers)
     for batch in loader:
-        images = torch.cat([batch['t1'].as_tensor(), batch['t2'].as_tensor()], dim=1)
-        yield images, batch['labels'].as_tensor()
+        if pyable:
+            yield batch['images'].as_tensor(), batch['labelmap_0'].as_tensor()
+        else:
+            images = torch.cat([batch['t1'].as_tensor(), batch['t2'].as_tensor()], dim=1)
+            yield images, batch['labels'].as_tensor()
 
 
 def run_variant(args) -> dict:
@@ -307,7 +332,7 @@ def run_variant(args) -> dict:
     import torchio  # noqa: F401  (imports are not part of the epoch)
 
     import pyable_tio  # noqa: F401
-    if args.variant.startswith('e'):
+    if args.variant[0] in 'ef':
         import monai  # noqa: F401
     with PeakMemory(args.memory_interval) as memory:
         start, cpu_start = time.perf_counter(), cpu_seconds()
@@ -315,7 +340,7 @@ def run_variant(args) -> dict:
             batches = run_plain_torchio(args, manifest)
         elif args.variant in 'bcd':
             batches = run_pyable(args, manifest, cache)
-        elif args.variant in ('e', 'e-warmup'):
+        elif args.variant[0] in 'ef':
             batches = run_monai(args, manifest, cache)
         else:
             raise ValueError(args.variant)
@@ -387,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--sampler', choices=('uniform', 'label'), default='uniform',
                         help='TorchIO variants only; MONAI always crops uniformly')
-    parser.add_argument('--variants', default='abcde', help='subset of abcde to run')
+    parser.add_argument('--variants', default='abcdef', help='subset of abcdef to run')
     parser.add_argument('--augment', action='store_true',
                         help='train with RandomAffine(degrees=10, scales=0.1) + RandomFlip(LR) + RandomGamma'
                              ' (MONAI: RandAffined + RandFlipd + RandAdjustContrastd on each crop)')
@@ -417,13 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     args.manifest = write_dataset(workdir / 'data', args.subjects, tuple(args.size), args.seed)
     print(f'dataset: {args.subjects} subjects, T1 {tuple(args.size)} (x,y,z) + oblique thick-slice T2 + labels'
           f' in {workdir / "data"} ({time.perf_counter() - t0:.1f} s)', file=sys.stderr)
-    variants = [v for v in 'abcde' if v in args.variants]
-    if 'e' in variants and not has_module('monai'):
-        print('monai not installed: skipping e (pip install "pyable-tio[bench]")', file=sys.stderr)
-        variants.remove('e')
-    if ('c' in variants or 'd' in variants) and not has_module('pyable_tio.cache'):
-        print('pyable_tio.cache not available: skipping c and d', file=sys.stderr)
-        variants = [v for v in variants if v not in 'cd']
+    variants = [v for v in 'abcdef' if v in args.variants]
+    if not has_module('monai'):
+        print('monai not installed: skipping e and f (pip install "pyable-tio[bench]")', file=sys.stderr)
+        variants = [v for v in variants if v not in 'ef']
     pyable_cache = workdir / 'pyable_cache'
     monai_cache = workdir / 'monai_cache'
     results = {}
@@ -434,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         if variant == 'e':
             shutil.rmtree(monai_cache, ignore_errors=True)
             child(args, 'e-warmup', monai_cache)
-        cache = pyable_cache if variant in 'cd' else monai_cache if variant == 'e' else None
+        if variant == 'f':
+            child(args, 'f-warmup', pyable_cache)  # completes the cache (c/d's keys are the same), untimed
+        cache = pyable_cache if variant in 'cdf' else monai_cache if variant == 'e' else None
         runs = []
         for _ in range(args.repeat):
             if variant == 'c':
@@ -472,6 +496,11 @@ def report(args, results: dict) -> None:
         d, e = results['d'], results['e']
         print(f'(d) / (e): {d["patches_per_s"] / e["patches_per_s"]:.2f} in patches/s,'
               f' {e["cpu_ms_per_patch"] / d["cpu_ms_per_patch"]:.2f} in CPU per patch')
+    if 'f' in results and 'e' in results:
+        f, e = results['f'], results['e']
+        ratio = f['patches_per_s'] / e['patches_per_s']
+        print(f'(f) / (e): {ratio:.2f} in patches/s (MONAI users\' target >= 2: {"met" if ratio >= 2 else "NOT met"}),'
+              f' {e["cpu_ms_per_patch"] / f["cpu_ms_per_patch"]:.2f} in CPU per patch')
     if args.augment:
         print_targets(results)
     summary = {

@@ -13,7 +13,8 @@ Geometry, stated once:
   (TorchIO rotates about the volume centre; ``center='origin'`` keeps the world origin).
   Built with TorchIO's own ``Affine._get_scaling_transform``/``_get_rotation_transform``.
 - Flips reflect about the patch centre: the flipped patch is the patch at the mirrored
-  location of the flipped volume.
+  location of the flipped volume. Flips after intensity steps (nnU-Net mirrors last) reverse
+  the finished patch, with no interpolation.
 - ``RandomElasticDeformation`` draws its control points on the **whole volume's** grid (the
   B-spline domain is the volume's, as ``BSplineTransformInitializer`` sets it for the whole
   image), so the physical control-point spacing is the volume's; only the patch is evaluated.
@@ -68,10 +69,13 @@ def augment_patch(steps: Sequence[tio.Transform], subject: tio.Subject, volumes:
     start, size = np.asarray(start, int), np.asarray(size, int)
     channels = {name: volume.channels for name, volume in volumes.items()}
     drawn = [d for d in (draw(step, subject, channels, generator) for step in steps) if d is not None]
-    spatial_at = [i for i, d in enumerate(drawn) if d.kind == SPATIAL]
-    lo_index = spatial_at[0] if spatial_at else len(drawn)
-    hi_index = spatial_at[-1] + 1 if spatial_at else len(drawn)
-    pre, spatial, post = drawn[:lo_index], drawn[lo_index:hi_index], drawn[hi_index:]
+    lo_index = next((i for i, d in enumerate(drawn) if d.kind == SPATIAL), len(drawn))
+    hi_index = lo_index
+    while hi_index < len(drawn) and drawn[hi_index].kind == SPATIAL:
+        hi_index += 1
+    pre, spatial = drawn[:lo_index], drawn[lo_index:hi_index]
+    post = [d for d in drawn[hi_index:] if d.kind != SPATIAL]
+    flips = [d for d in drawn[hi_index:] if d.kind == SPATIAL]  # only flips (plan_transform): last
 
     out_start = np.maximum(start - kernel_margin(post, first.affine), 0)
     out_stop = np.minimum(start + size + kernel_margin(post, first.affine), shape)
@@ -108,8 +112,13 @@ def augment_patch(steps: Sequence[tio.Transform], subject: tio.Subject, volumes:
         apply_intensity(step, tensors, out_start, context)
     offset = start - out_start
     patch = tuple(slice(a, a + n) for a, n in zip(offset, size))
-    return ({name: tensor[(slice(None), *patch)].contiguous() for name, tensor in tensors.items()},
-            [d.step for d in drawn])
+    patches = {name: tensor[(slice(None), *patch)].contiguous() for name, tensor in tensors.items()}
+    for d in flips:
+        for name in d.names:
+            axes = _flipped(d, volumes[name])
+            if axes:
+                patches[name] = torch.flip(patches[name], [1 + a for a in axes])
+    return patches, [d.step for d in drawn]
 
 
 class _Context:
@@ -175,8 +184,7 @@ def _step_transform(d: Drawn, volume: Any, start: np.ndarray, size: np.ndarray,
         transform = sitk.CompositeTransform([scaling, rotation]).GetInverse()  # as tio.Affine
         return (transform.GetInverse() if d.params['invert'] else transform), 0.0
     if 'axes' in d.params:
-        axes = _flip_axes(d.params['axes'], volume)
-        flipped = [a for a in range(3) if d.params['hot'][a] and a in axes]
+        flipped = _flipped(d, volume)
         if not flipped:
             return None, 0.0
         reflection, shift = np.eye(3), np.zeros(3)
@@ -208,6 +216,12 @@ def _bspline_domain(affine: np.ndarray, shape: tuple[int, int, int], mesh: tuple
                      .GetFixedParameters())
 
     return volume_stats.remembered(key, compute)
+
+
+def _flipped(d: Drawn, volume: Any) -> list[int]:
+    """The index axes (D, H, W) a drawn flip reverses on ``volume``."""
+    axes = _flip_axes(d.params['axes'], volume)
+    return [a for a in range(3) if d.params['hot'][a] and a in axes]
 
 
 def _flip_axes(axes: Sequence[int | str], volume: Any) -> list[int]:

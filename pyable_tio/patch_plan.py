@@ -93,7 +93,8 @@ def plan_transform(transform: Callable | None) -> TransformPlan:
     ``tio.Compose`` (probability 1) is flattened; the layout guard (:class:`ToZYX`, and the
     2-D layout switch :func:`pyable_tio.transforms.layout.in_torchio_layout` wraps TorchIO
     steps in) is dropped from the patch steps, which never reorder axes. The patch steps are the longest suffix
-    whose steps are all patch-local, whose spatial steps are consecutive and whose
+    whose steps are all patch-local, whose spatial steps are consecutive (later flips excepted:
+    they reverse the finished patch, unless a ``RandomBiasField`` follows them) and whose
     statistics-based steps (``ZNormalization``, ``RescaleIntensity``) see only spatial steps
     before them (their statistics are the volume's); everything before it runs per volume.
 
@@ -133,6 +134,11 @@ def log_fallback(plan: TransformPlan) -> None:
         logger.warning('pyable-tio: transform steps run on whole volumes because %s:\n%s', plan.reason, plan.table())
 
 
+def is_flip(step: tio.Transform) -> bool:
+    """True for ``tio.Flip``/``tio.RandomFlip``: spatial steps that only reorder voxels."""
+    return type(step) in (tio.Flip, tio.RandomFlip)
+
+
 def kind(step: tio.Transform) -> str:
     """The patch-local kind of a supported step (see the module constants)."""
     return _KINDS[type(step)]
@@ -166,10 +172,21 @@ def _suffix_problem(steps: list[tio.Transform]) -> str | None:
     """Why ``steps`` cannot all run per patch (None when they can)."""
     kinds = [kind(step) for step in steps]
     spatial = [i for i, k in enumerate(kinds) if k == SPATIAL]
-    if spatial and spatial[-1] - spatial[0] + 1 != len(spatial):
+    end = spatial[0] if spatial else 0
+    while end < len(steps) and kinds[end] == SPATIAL:
+        end += 1
+    # After the first run of spatial steps only flips may come: they reverse the finished patch.
+    later = [i for i in spatial if i >= end]
+    resampling = next((i for i in later if not is_flip(steps[i])), None)
+    if resampling is not None:
         # One resampling per patch: the spatial steps must be consecutive.
-        between = next(steps[i] for i in range(spatial[0], spatial[-1]) if kinds[i] != SPATIAL)
+        between = next(steps[i] for i in range(end, resampling) if kinds[i] != SPATIAL)
         return f'{_name(between)} sits between spatial steps (they are resampled once per patch)'
+    field = next((i for i in range(later[0] + 1, len(steps)) if kinds[i] == FIELD), None) if later else None
+    if field is not None:
+        # A field in volume coordinates would see the flip, which per patch comes last.
+        return (f'{_name(steps[field])} follows {_name(steps[later[0]])}: per patch, flips after'
+                ' intensity steps are applied last, so put the flip after it')
     for i, k in enumerate(kinds):
         earlier = next((steps[j] for j in range(i) if kinds[j] not in (SPATIAL, STATISTICS)), None)
         if k == STATISTICS and earlier is not None:

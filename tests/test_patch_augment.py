@@ -125,6 +125,35 @@ def test_affine_then_flip_is_one_resampling_equal_to_both_steps(subject):
     assert_same(ours, theirs, mirrored)
 
 
+def test_flips_after_intensity_steps_reverse_the_finished_patch(subject):
+    """Mirroring last (as nnU-Net does): [Affine, Gamma, Blur, Flip] equals the whole-volume steps
+    at the mirrored location, and [Flip, Gamma, Flip] too (no resampling at all)."""
+    start = (3, 4, 5)
+    affine = dict(scales=(1.04, 0.97, 1.0), degrees=(4.0, -6.0, 9.0), translation=(1.0, 0.0, -0.5))
+    intensity = [tio.Gamma(0.8), tio.Blur(std=(1.0, 1.5, 1.0))]
+    ours = per_patch(subject, tio.Compose([tio.Affine(**affine), *intensity, tio.Flip(axes=(0, 2))]), start)
+    theirs = whole(subject, tio.Compose([tio.Affine(**affine, center='origin'), *intensity, tio.Flip(axes=(0, 2))]),
+                   centre_start=start)
+    shape = theirs['images'].spatial_shape
+    assert_same(ours, theirs, (shape[0] - start[0] - PATCH[0], start[1], shape[2] - start[2] - PATCH[2]))
+    ours = per_patch(subject, tio.Compose([tio.Flip(axes=(1,)), tio.Gamma(0.8), tio.Flip(axes=('LR',))]), start)
+    theirs = whole(subject, tio.Compose([tio.Flip(axes=(1,)), tio.Gamma(0.8), tio.Flip(axes=('LR',))]))
+    image = theirs['images']
+    flipped = {1} ^ {3 + image.axis_name_to_index('LR')}
+    mirrored = tuple(n - s - p if a in flipped else s for a, (n, s, p) in enumerate(zip(shape, start, PATCH)))
+    assert_same(ours, theirs, mirrored)
+
+
+def test_a_bias_field_after_a_late_flip_runs_on_the_volume():
+    """A field in volume coordinates sees the flip, which per patch comes last: refused, with the reason."""
+    plan = pt.plan_transform(tio.Compose([tio.RandomAffine(), tio.RandomGamma(), tio.RandomFlip(),
+                                          tio.RandomBiasField()]))
+    assert not plan.per_patch and 'RandomBiasField follows RandomFlip' in plan.reason
+    assert pt.plan_transform(tio.Compose([tio.RandomAffine(), tio.RandomFlip(), tio.RandomBiasField()])).per_patch
+    late = pt.plan_transform(tio.Compose([tio.RandomAffine(), tio.RandomNoise(), tio.RandomAffine()]))
+    assert 'RandomNoise sits between spatial steps' in late.reason
+
+
 def test_elastic_control_points_span_the_whole_volume(subject):
     """Fixed control points: the per-patch field is the whole volume's field (same B-spline domain)."""
     rng = np.random.default_rng(0)
@@ -223,6 +252,7 @@ def test_same_seed_same_patches_whatever_num_workers(oblique_manifest):
 def test_plan_transform_splits_and_logs_the_fallback_once(oblique_manifest, caplog):
     plan = pt.plan_transform(tio.Compose([tio.RandomAffine(), tio.RandomFlip(), tio.RandomGamma()]))
     assert plan.per_patch and not plan.volume_steps and plan.reason is None
+    assert pt.plan_transform(tio.Compose([tio.RandomAffine(), tio.RandomNoise(), tio.RandomFlip()])).per_patch
     mixed = pt.plan_transform(tio.Compose([tio.ToCanonical(), tio.RandomMotion(), tio.RandomAffine(), tio.ZNormalization()]))
     assert [type(s).__name__ for s in mixed.volume_steps] == ['ToCanonical', 'RandomMotion']
     assert [type(s).__name__ for s in mixed.patch_steps] == ['RandomAffine', 'ZNormalization']
