@@ -97,17 +97,23 @@ def augment_patch(steps: Sequence[tio.Transform], subject: tio.Subject, volumes:
     box_start = np.clip(box_start - pre_margin, 0, shape - 1)
     box_stop = np.maximum(np.clip(box_stop + pre_margin, 0, shape), box_start + 1)
 
-    tensors = {name: volume.crop(tuple(box_start), tuple(box_stop)) for name, volume in volumes.items()}
     context = _Context(subject, volumes, shape, generator)
-    for step in pre:
-        apply_intensity(step, tensors, box_start, context)
-    for name, tensor in tensors.items():
+    if pre:
+        boxes = {name: volume.crop(tuple(box_start), tuple(box_stop)) for name, volume in volumes.items()}
+        for step in pre:
+            apply_intensity(step, boxes, box_start, context)
+        region = (slice(None), *(slice(a - b, c - b) for a, b, c in zip(out_start, box_start, out_stop)))
+        channels_of, unmoved = (lambda name: list(boxes[name].numpy())), (lambda name: boxes[name][region])
+    else:  # the box is resampled straight from the arrays (memory maps): one copy fewer
+        channels_of = lambda name: volumes[name].channel_views(box_start, box_stop)  # noqa: E731
+        unmoved = lambda name: volumes[name].crop(tuple(out_start), tuple(out_stop))  # noqa: E731
+    tensors = {}
+    for name, volume in volumes.items():
         if name in maps:
-            tensors[name] = _resample(tensor, volumes[name], box_start, out_start, out_stop, maps[name][0],
-                                      *_pads(spatial, name, volumes[name], context))
+            tensors[name] = _resample(channels_of(name), volume, box_start, out_start, out_stop, maps[name][0],
+                                      *_pads(spatial, name, volume, context))
         else:
-            region = tuple(slice(a - b, c - b) for a, b, c in zip(out_start, box_start, out_stop))
-            tensors[name] = tensor[(slice(None), *region)]
+            tensors[name] = unmoved(name)
     for step in post:
         apply_intensity(step, tensors, out_start, context)
     offset = start - out_start
@@ -312,7 +318,7 @@ def _pads(spatial: list[Drawn], name: str, volume: Any, context: _Context) -> tu
     return 'nearest', [0.0] * volume.channels  # flips only: every output voxel maps onto a voxel
 
 
-def _resample(tensor: torch.Tensor, volume: Any, box_start: np.ndarray, out_start: np.ndarray,
+def _resample(channels: list[np.ndarray], volume: Any, box_start: np.ndarray, out_start: np.ndarray,
               out_stop: np.ndarray, transform: sitk.Transform, interpolation: str, pads: list[float]) -> torch.Tensor:
     """Each channel of the box resampled onto the output region (labels keep their dtype)."""
     label = volume.image[TYPE] != INTENSITY
@@ -328,9 +334,9 @@ def _resample(tensor: torch.Tensor, volume: Any, box_start: np.ndarray, out_star
     resampler.SetInterpolator(tio.Transform.get_sitk_interpolator(interpolation))
     box_geometry = _sitk_geometry(_shifted(volume.affine, box_start))
     out = None
-    for index, (channel, pad) in enumerate(zip(tensor, pads)):
-        # SimpleITK's index order is the array's reversed (W, H, D): a plain copy, no transpose.
-        source = sitk.GetImageFromArray(np.ascontiguousarray(channel.numpy()))
+    for index, (channel, pad) in enumerate(zip(channels, pads)):
+        # SimpleITK's index order is the array's reversed (W, H, D): a plain (strided) copy, no transpose.
+        source = sitk.GetImageFromArray(channel)
         source.SetOrigin(box_geometry[0])
         source.SetSpacing(box_geometry[1])
         source.SetDirection(box_geometry[2])
@@ -339,7 +345,8 @@ def _resample(tensor: torch.Tensor, volume: Any, box_start: np.ndarray, out_star
         resampled = resampler.Execute(source)  # kept alive while its array view is read
         view = sitk.GetArrayViewFromImage(resampled)
         if out is None:
-            out = torch.from_numpy(np.empty((len(pads), *view.shape), dtype=view.dtype))
+            dtype = volume.patch_dtype() if label else view.dtype
+            out = torch.from_numpy(np.empty((len(pads), *view.shape), dtype=dtype))
         out[index].numpy()[...] = view  # one copy, straight into the stacked tensor
         del view, resampled
     return out

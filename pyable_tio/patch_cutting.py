@@ -210,13 +210,24 @@ class Volume:
         if isinstance(self.arrays[0], torch.Tensor):  # a loaded image
             return self.arrays[0][region].clone()
         parts = [np.asarray(array[region]) for array in self.arrays]
-        dtype = np.result_type(*(check_uint_to_int(p[:0]) for p in parts))
-        out = _new_tensor((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), dtype)
+        out = _new_tensor((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), self.patch_dtype())
         view, channel = out.numpy(), 0
         for part in parts:  # files stacked as channels: each region copied once, into place
             view[channel:channel + part.shape[0]] = part
             channel += part.shape[0]
         return out
+
+    def channel_views(self, start: Sequence[int], stop: Sequence[int]) -> list[np.ndarray]:
+        """Each channel of the region as a view of the arrays (of a memory map: nothing read yet)."""
+        region = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+        arrays = [a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in self.arrays]
+        return [array[(c, *region)] for array in arrays for c in range(array.shape[0])]
+
+    def patch_dtype(self) -> np.dtype:
+        """The dtype of :meth:`crop`'s tensors (unsigned types torch lacks widened, as TorchIO reads them)."""
+        if isinstance(self.arrays[0], torch.Tensor):
+            return self.arrays[0].numpy()[:0].dtype
+        return np.result_type(*(check_uint_to_int(np.asarray(a)[:0]) for a in self.arrays))
 
     def read(self) -> torch.Tensor:
         """The whole C x D x H x W volume (a new tensor)."""

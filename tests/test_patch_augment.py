@@ -212,13 +212,12 @@ def test_noise_and_gamma_are_drawn_from_the_subject_generator(subject):
 
 def test_only_the_patch_box_is_read(subject, monkeypatch):
     boxes = []
-    original = Volume.crop
+    for method in ('crop', 'channel_views'):  # every way a region is read
+        def spy(self, start, stop, original=getattr(Volume, method)):
+            boxes.append(np.subtract(stop, start))
+            return original(self, start, stop)
 
-    def spy(self, start, stop):
-        boxes.append(np.subtract(stop, start))
-        return original(self, start, stop)
-
-    monkeypatch.setattr(Volume, 'crop', spy)
+        monkeypatch.setattr(Volume, method, spy)
     per_patch(subject, tio.Compose([tio.RandomAffine(degrees=10, scales=0.1), tio.RandomFlip(), tio.RandomGamma()]),
               (4, 6, 8))
     shape = np.asarray(SIZE_XYZ[::-1])
