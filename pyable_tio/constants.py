@@ -11,6 +11,8 @@ LABELMAP_PREFIX = 'labelmap_'
 #: Subject keys for the identifier and the geometry/provenance dictionary.
 ID = 'id'
 META = 'meta'
+#: Attribute of a subject holding its ``pyable_tio.plan.SubjectPlan`` (not a key: never collated).
+PLAN_ATTRIBUTE = '_pyable_plan'
 
 #: Manifest field names (JSON/dict keys and single-CSV columns).
 FIELD_IMAGES = 'images'

@@ -117,8 +117,9 @@ class PlanOptions:
 
 
 @dataclass(frozen=True)
-class SubjectPlan:
-    """A subject checked against its headers, with its reference chosen."""
+class CheckedSubject:
+    """A subject checked against its headers, with its reference chosen (made into a
+    :class:`pyable_tio.plan.SubjectPlan` by :func:`pyable_tio.plan.make_plan`)."""
 
     record: SubjectRecord
     reference: Reference
@@ -133,7 +134,7 @@ class SubjectPlan:
 class Planned:
     """What :func:`plan_source` found: the good subjects' plans, every problem, the subject count."""
 
-    plans: list[SubjectPlan]
+    plans: list[CheckedSubject]
     problems: list[str]
     listed: int
 
@@ -177,7 +178,7 @@ def plan_manifest(
     *,
     cache_folder: Path | None = None,
     progress: bool = False,
-) -> tuple[list[SubjectPlan], list[str]]:
+) -> tuple[list[CheckedSubject], list[str]]:
     """Plan every subject of ``manifest``; a subject's problems never stop the others' checks.
 
     Args:
@@ -236,7 +237,7 @@ def plan_subject(
     record: SubjectRecord,
     selector: ReferenceSelector = REFERENCE_FIRST,
     reference_space: ReferenceSpace | Reference | None = None,
-) -> SubjectPlan:
+) -> CheckedSubject:
     """Read the subject's headers, choose its reference and check dimensions.
 
     Raises:
@@ -277,10 +278,10 @@ def plan_subject(
         raise ManifestError.from_problems(problems)
     channels = sum(h.components for h in image_headers)
     in_order = tuple(headers[(name, entry.path)] for name, entry in record.entries())
-    return SubjectPlan(record, chosen, channels, headers=in_order)
+    return CheckedSubject(record, chosen, channels, headers=in_order)
 
 
-def batch_problems(plans: Sequence[SubjectPlan], options: PlanOptions) -> list[str]:
+def batch_problems(plans: Sequence[CheckedSubject], options: PlanOptions) -> list[str]:
     """What keeps ``plans`` out of one batch: different image channels, ROIs, label maps or brain masks.
 
     Images must agree in channels, files and names (a batch stacks them). ROIs and label maps
@@ -372,8 +373,8 @@ def transform_problems(
 
 
 def _align(
-    plans: Sequence[SubjectPlan], kind: str, folder: Path | None, progress: bool, problems: list[str]
-) -> list[SubjectPlan]:
+    plans: Sequence[CheckedSubject], kind: str, folder: Path | None, progress: bool, problems: list[str]
+) -> list[CheckedSubject]:
     """Each plan with its alignments, computed (or read from ``folder``) once per subject."""
     aligned = []
     for plan in tqdm(plans, desc=f'{kind} alignment', disable=not progress, unit='subject'):

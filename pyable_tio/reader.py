@@ -1,12 +1,13 @@
 """The TorchIO reader: load a file, transform and resample it onto the subject's grid.
 
 A reader runs every time TorchIO loads an image, in DataLoader worker processes, and is
-deep-copied with its image by every transform, so it holds only the grid and options.
+deep-copied with its image by every transform, so it holds only the grid and its files'
+:class:`~pyable_tio.plan.PlanEntry` objects (each one's source, transforms and options).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from .constants import DEFAULT_BACKGROUND, DEFAULT_NONFINITE, LINEAR, NONFINITE_
 from .errors import LoadError, describe, short_error
 from .geometry import Grid, reorient_grid
 from .manifest.records import TransformEntry
+from .plan import PlanEntry
 from .preprocess import Preprocessing
 
 
@@ -45,6 +47,10 @@ class GridReader:
         preprocessing: Per file path, the steps run on it in its native space before the
             transforms and the resampling (:class:`~pyable_tio.preprocess.Preprocessing`);
             their result has its own cache entry.
+        entries: The files' :class:`~pyable_tio.plan.PlanEntry` objects (what
+            ``subjects_from_manifest`` passes, through :meth:`for_entries`); when given, they
+            are the reader's state and ``transforms``/``preprocessing`` are views of them.
+            A path without an entry is read with the options above.
 
     Example:
         >>> reader = GridReader(grid, 'image', 'sub-01')  # doctest: +SKIP
@@ -62,35 +68,68 @@ class GridReader:
     cache: object | None = None
     nonfinite: str = DEFAULT_NONFINITE
     preprocessing: Mapping[str, Preprocessing] = field(default_factory=dict)
+    entries: tuple[PlanEntry, ...] = ()
 
     def __post_init__(self) -> None:
         backend.interpolator_for(self.role, self.interpolator)
         integrity.check_nonfinite_mode(self.nonfinite)
+        if self.entries:
+            # Views of the entries, which are the reader's state, for code reading them by path.
+            object.__setattr__(self, 'transforms', {str(e.source): e.transforms for e in self.entries})
+            steps = {str(e.source): e.preprocessing for e in self.entries if e.preprocessing is not None}
+            object.__setattr__(self, 'preprocessing', steps)
+
+    @classmethod
+    def for_entries(
+        cls, grid: Grid, subject_id: str, entries: Sequence[PlanEntry], cache: object | None = None
+    ) -> GridReader:
+        """The reader of one subject key's files (:class:`~pyable_tio.plan.PlanEntry`, same role).
+
+        Example:
+            >>> reader = GridReader.for_entries(plan.grid, plan.id, plan.entries_of('roi_0'))  # doctest: +SKIP
+        """
+        first = entries[0]
+        return cls(grid, first.role, subject_id, first.interpolator, dtype=first.dtype,
+                   default_value=first.default_value, cache=cache, nonfinite=first.nonfinite, entries=tuple(entries))
+
+    def entry(self, path: str | Path) -> PlanEntry:
+        """The plan entry of ``path``: one of ``entries``, else made from the reader's options."""
+        for entry in self.entries:
+            if str(entry.source) == str(path):
+                return entry
+        return PlanEntry(
+            '', '', 0, self.role, Path(path), tuple(self.transforms.get(str(path), ())), self.interpolator,
+            self.dtype, float(self.default_value), self.nonfinite, self.preprocessing.get(str(path)),
+        )
 
     def __call__(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-        entries = self.transforms.get(str(path), ())
+        entry = self.entry(path)
         if self.cache is not None:
-            array = self.cache.get_or_compute(self, Path(path), entries, lambda: self.read(path))
+            # The cache sees data (the entry and the grid) and a function: never the reader.
+            array = self.cache.get_or_compute(entry, self.grid, lambda: self.read_entry(entry))
         else:
-            array = self.read(path)
+            array = self.read_entry(entry)
         return array, self.grid.affine_zyx()
 
     def read(self, path: str | Path) -> np.ndarray:
         """The resampled C x D x H x W array, without the cache."""
-        entries = self.transforms.get(str(path), ())
+        return self.read_entry(self.entry(path))
+
+    def read_entry(self, entry: PlanEntry) -> np.ndarray:
+        """The resampled C x D x H x W (Z,Y,X) array of one plan entry, without the cache."""
+        path, role, steps = entry.source, entry.role, entry.preprocessing
         where = f'file {path}'
-        steps = self.preprocessing.get(str(path))
         try:
             # A mask made by a step (roi_brain) comes from an image file: read it as one.
-            image = backend.load(path, self.role if steps is None else backend.ROLE_IMAGE)
+            image = backend.load(path, role if steps is None else backend.ROLE_IMAGE)
             # Before any interpolation (and any step), so that a replaced value spreads nowhere.
-            image, has_inf = integrity.apply_nonfinite(image, self.nonfinite)
+            image, has_inf = integrity.apply_nonfinite(image, entry.nonfinite)
         except (ValueError, RuntimeError) as error:
             if not isinstance(error, ValueError):  # truncation and non-finite messages are complete
                 error = f'unreadable image: {short_error(error)}'
             raise LoadError(describe(self.subject_id, where, str(error))) from None
-        if self.role != backend.ROLE_IMAGE and steps is None:
-            problem = integrity.label_problem(image, self.role)
+        if role != backend.ROLE_IMAGE and steps is None:
+            problem = integrity.label_problem(image, role)
             if problem is not None:
                 raise LoadError(describe(self.subject_id, where, problem))
         if steps is not None:
@@ -102,7 +141,7 @@ class GridReader:
             )
             raise LoadError(describe(self.subject_id, where, problem))
         try:
-            transform = registration.compose(entries)
+            transform = registration.compose(entry.transforms)
         except ValueError as error:
             raise LoadError(describe(self.subject_id, where, str(error))) from None
         on_grid = self._exactly_on_grid(image) if transform is None else None
@@ -111,18 +150,13 @@ class GridReader:
         else:
             try:
                 image = backend.resample(
-                    image, self.grid, self.role, self.interpolator, transform, self.default_value
+                    image, self.grid, role, entry.interpolator, transform, entry.default_value
                 )
             except RuntimeError as error:
                 raise LoadError(describe(self.subject_id, where, f'resampling failed: {short_error(error)}')) from None
-            if has_inf and self.nonfinite == NONFINITE_KEEP:
-                return integrity.restore_infinities(self._to_array(image))
-        return self._to_array(image)
-
-    def describe_preprocessing(self, path: str | Path) -> dict | None:
-        """What the steps run on ``path`` add to its cache key (None: no preprocessing)."""
-        steps = self.preprocessing.get(str(path))
-        return None if steps is None else steps.describe()
+            if has_inf and entry.nonfinite == NONFINITE_KEEP:
+                return integrity.restore_infinities(self._to_array(image, entry))
+        return self._to_array(image, entry)
 
     def _preprocessed(self, image: sitk.Image, path: str | Path, steps: Preprocessing) -> sitk.Image:
         where = f'file {path}'
@@ -146,7 +180,7 @@ class GridReader:
         permuted = backend.reorient(image, code)
         return permuted if Grid.from_image(permuted).matches(self.grid) else None
 
-    def _to_array(self, image: sitk.Image) -> np.ndarray:
+    def _to_array(self, image: sitk.Image, entry: PlanEntry) -> np.ndarray:
         array = sitk.GetArrayFromImage(image)
         if image.GetNumberOfComponentsPerPixel() > 1:
             array = np.moveaxis(array, -1, 0)
@@ -154,7 +188,7 @@ class GridReader:
             array = array[np.newaxis]
         if self.grid.dimension == 2:
             array = array[:, np.newaxis]
-        if self.role == backend.ROLE_IMAGE and array.dtype != self.dtype:
-            array = array.astype(self.dtype)
+        if entry.role == backend.ROLE_IMAGE and array.dtype != entry.dtype:
+            array = array.astype(entry.dtype)
         return np.ascontiguousarray(array)
 

@@ -16,35 +16,29 @@ import torchio as tio
 
 from . import backend, integrity
 from .constants import (
-    BRAIN_MASK,
     BRAIN_MASK_KEY,
     DEFAULT_BACKGROUND,
     DEFAULT_NONFINITE,
     ID,
-    IMAGE_PREFIX,
-    IMAGES,
-    LABELMAP_PREFIX,
     LINEAR,
     META,
     MISSING_EMPTY,
     MISSING_ERROR,
     MISSING_KEEP,
-    PREPROCESS_IMAGE,
     REFERENCE_FIRST,
-    ROI_PREFIX,
 )
 from .errors import ManifestError, describe
 from .geometry import Grid
 from .manifest import ManifestSource
-from .manifest.records import FileEntry, TransformEntry
-from .planning import PlanOptions, SubjectPlan, plan_source, plan_subject, raise_problems
-from .preprocess.plan import any_steps, brain_source, file_steps, preprocessing_for
+from .plan import SubjectPlan, attach_plan, make_plan, plan_of
+from .planning import PlanOptions, plan_source, plan_subject, raise_problems
+from .preprocess.plan import any_steps, brain_source
 from .reader import GridReader
 from .reference import ReferenceSelector, ReferenceSpace
 
 __all__ = [
     'EmptyLabelReader', 'MISSING_EMPTY', 'MISSING_ERROR', 'MISSING_KEEP', 'SubjectPlan',
-    'plan_subject', 'subjects_from_manifest',
+    'plan_of', 'plan_subject', 'subject_from_plan', 'subjects_from_manifest',
 ]
 
 #: ``tio.Subject`` methods that an extra field of the same name would hide (``subject.load``).
@@ -159,113 +153,53 @@ def subjects_from_manifest(
     planned = plan_source(source, options, root=root, extra_fields=extra_fields,
                           cache_folder=getattr(cache, 'folder', None), progress=progress)
     raise_problems(planned.problems)
-    plans, steps = planned.plans, options.preprocess
-    reader_options = {
-        'interpolator': interpolator,
-        'dtype': numpy_dtype,
-        'default_value': float(default_value),
-        'cache': cache,
-        'nonfinite': nonfinite,
-    }
-    if cache is None and any(any_steps(p.record, steps) for p in plans):
+    checked, steps = planned.plans, options.preprocess
+    if cache is None and any(any_steps(c.record, steps) for c in checked):
         warnings.warn(
             'preprocessing without cache_dir runs the steps every time a subject is loaded;'
             ' pass cache_dir= to run them once', RuntimeWarning, stacklevel=2,
         )
-    counts = {name: 0 for name in ('rois', 'labelmaps', BRAIN_MASK_KEY)}
+    fill = {}
     if missing == MISSING_EMPTY:
-        counts = {name: max(len(getattr(p.record, name)) for p in plans) for name in ('rois', 'labelmaps')}
+        fill = {name: max(len(getattr(c.record, name)) for c in checked) for name in ('rois', 'labelmaps')}
         # A subject without a skull strip gets an all-zero roi_brain when another has one.
-        counts[BRAIN_MASK_KEY] = int(any(brain_source(p.record, steps) is not None for p in plans))
-    return [_to_subject(plan, stack_channels, counts, reader_options, steps) for plan in plans]
+        fill[BRAIN_MASK_KEY] = int(any(brain_source(c.record, steps) is not None for c in checked))
+    read = {'interpolator': interpolator, 'dtype': numpy_dtype, 'default_value': float(default_value),
+            'nonfinite': nonfinite}
+    plans = [make_plan(c, stack_channels=stack_channels, fill=fill, steps=steps, **read) for c in checked]
+    return [subject_from_plan(plan, cache) for plan in plans]
 
 
-def _aligned(plan: SubjectPlan, entry: FileEntry) -> tuple[TransformEntry, ...]:
-    alignment = plan.alignments.get(str(entry.path))
-    return (alignment.entry,) if alignment is not None else ()
+def subject_from_plan(plan: SubjectPlan, cache: Any = None) -> tio.Subject:
+    """The lazily loaded subject of ``plan``, carrying it (:func:`pyable_tio.plan.plan_of`).
 
+    Each subject key gets one ``tio.ScalarImage``/``tio.LabelMap`` whose ``GridReader``
+    holds that key's plan entries; ``meta`` is made from the plan.
 
-def _to_subject(
-    plan: SubjectPlan, stack: bool, counts: dict, options: dict, steps: tuple[Any, ...] = ()
-) -> tio.Subject:
-    record, grid = plan.record, plan.reference.grid
-    subject_transforms = record.transforms
+    Raises:
+        ManifestError: an extra field whose name a subject key or ``tio.Subject`` uses.
 
-    def reader(role: str, entries: Sequence[FileEntry], output: str | None = None) -> GridReader:
-        # Seed order: the file's own transforms, then the subject's, then the alignment (closest to the grid).
-        transforms = {str(e.path): e.transforms + subject_transforms + _aligned(plan, e) for e in entries}
-        # default_value is for images: labels outside the field of view are background.
-        role_options = options if role == backend.ROLE_IMAGE else {**options, 'default_value': 0.0}
-        preprocessing = {}
-        if role == backend.ROLE_IMAGE or output is not None:
-            for e in entries:
-                if file_steps(record, e, steps):
-                    preprocessing[str(e.path)] = preprocessing_for(record, e, steps, output or PREPROCESS_IMAGE)
-        return GridReader(grid, role, record.id, transforms=transforms, preprocessing=preprocessing, **role_options)
-
+    Example:
+        >>> subject = subject_from_plan(make_plan(checked))  # doctest: +SKIP
+    """
     images: dict[str, tio.Image] = {}
-    image_paths = [str(e.path) for e in record.images]
-    if stack:
-        path = image_paths if len(image_paths) > 1 else image_paths[0]
-        images[IMAGES] = tio.ScalarImage(path, reader=reader(backend.ROLE_IMAGE, record.images), **_TIO_PATHS)
-    else:
-        for i, entry in enumerate(record.images):
-            image_reader = reader(backend.ROLE_IMAGE, [entry])
-            images[f'{IMAGE_PREFIX}{i}'] = tio.ScalarImage(entry.path, reader=image_reader, **_TIO_PATHS)
-    for name, prefix in (('rois', ROI_PREFIX), ('labelmaps', LABELMAP_PREFIX)):
-        entries = getattr(record, name)
-        role = _FIELD_ROLE[name]
-        for i, entry in enumerate(entries):
-            images[f'{prefix}{i}'] = tio.LabelMap(entry.path, reader=reader(role, [entry]), **_TIO_PATHS)
-        for i in range(len(entries), counts[name]):
-            images[f'{prefix}{i}'] = tio.LabelMap(record.images[0].path, reader=EmptyLabelReader(grid), **_TIO_PATHS)
-    brain = brain_source(record, steps, plan.reference.index)
-    if brain is not None:
-        entry = record.images[brain]
-        mask_reader = reader(backend.ROLE_ROI, [entry], BRAIN_MASK)
-        images[BRAIN_MASK_KEY] = tio.LabelMap(entry.path, reader=mask_reader, **_TIO_PATHS)
-    elif counts.get(BRAIN_MASK_KEY):
-        images[BRAIN_MASK_KEY] = tio.LabelMap(record.images[0].path, reader=EmptyLabelReader(grid), **_TIO_PATHS)
+    for key in plan.keys():
+        entries = plan.entries_of(key)
+        first = entries[0]
+        image_class = tio.ScalarImage if first.role == backend.ROLE_IMAGE else tio.LabelMap
+        if first.filler:
+            reader = EmptyLabelReader(plan.grid)
+        else:
+            reader = GridReader.for_entries(plan.grid, plan.id, entries, cache)
+        paths = [str(e.source) for e in entries]
+        images[key] = image_class(paths if len(paths) > 1 else paths[0], reader=reader, **_TIO_PATHS)
     reserved = set(images) | {ID, META} | _SUBJECT_METHODS
-    clashes = sorted(reserved & set(record.extra))
+    clashes = sorted(reserved & set(plan.extra))
     if clashes:
         problem = f'extra fields {clashes} clash with names pyable-tio or tio.Subject use'
-        raise ManifestError.from_problems([describe(record.id, 'fields', problem)])
-    meta = _meta(plan)
-    applied = {str(e.path): [getattr(s, 'name', '') or type(s).__name__ for s in file_steps(record, e, steps)]
-               for e in record.images}
-    if any(applied.values()):
-        meta['preprocessing'] = applied
-    return ManifestSubject(**images, **{ID: record.id, META: meta}, **record.extra)
-
-
-def _meta(plan: SubjectPlan) -> dict[str, Any]:
-    record, grid = plan.record, plan.reference.grid
-    # Each file's lines, in order, are its transform list (applied one after the other, as the seed does).
-    applied = []
-    for name, entry in record.entries():
-        applied += [f'{entry.path.name}: {t.describe()}' for t in entry.transforms]
-    applied += [f'all files: {t.describe()}' for t in record.transforms]
-    applied += [alignment.describe() for alignment in plan.alignments.values()]
-    # '' for an unnamed file: None would break PyTorch's default_collate.
-    names = {
-        name: [e.name or '' for e in getattr(record, name)]
-        for name in ('images', 'rois', 'labelmaps')
-        if any(e.name for e in getattr(record, name))
-    }
-    return {
-        'spacing': grid.spacing,
-        'origin': grid.origin,
-        'direction': grid.direction,
-        'size': grid.size,
-        'orientation': grid.orientation(),
-        'source_paths': {
-            name: [str(e.path) for e in getattr(record, name)] for name in ('images', 'rois', 'labelmaps')
-        },
-        'reference_used': plan.reference.used,
-        'transforms_applied': applied,
-        'names': names,
-    }
+        raise ManifestError.from_problems([describe(plan.id, 'fields', problem)])
+    subject = ManifestSubject(**images, **{ID: plan.id, META: plan.meta()}, **plan.extra)
+    return attach_plan(subject, plan)
 
 
 class ManifestSubject(tio.Subject):
@@ -279,6 +213,11 @@ class ManifestSubject(tio.Subject):
         >>> subjects_from_manifest('sample_manifest.json')[1]['roi_0']  # doctest: +SKIP
         KeyError: 'subject "sub-02" has no key "roi_0" (its keys: ...); ...'
     """
+
+    @property
+    def plan(self) -> SubjectPlan | None:
+        """The subject's :class:`~pyable_tio.plan.SubjectPlan` (grid, files, transform chains)."""
+        return plan_of(self)
 
     def __missing__(self, key: str) -> Any:
         keys = sorted(str(k) for k in dict.keys(self))

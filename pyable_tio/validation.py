@@ -25,7 +25,7 @@ from .constants import DEFAULT_NONFINITE, MISSING_KEEP, REFERENCE_FIRST
 from .errors import ManifestError, describe
 from .integrity import FileCheck, check_file, check_nonfinite_mode
 from .manifest import Manifest, SubjectRecord
-from .planning import SPELLING_PYTHON, PlanOptions, SubjectPlan, batch_problems, plan_source
+from .planning import SPELLING_PYTHON, CheckedSubject, PlanOptions, batch_problems, plan_source
 from .reference import ReferenceSelector, ReferenceSpace
 from .subjects import _FIELD_ROLE
 
@@ -146,7 +146,7 @@ def _data_problems(record: SubjectRecord, nonfinite: str, report: Validation, do
     return problems
 
 
-def _summarise(report: Validation, plan: SubjectPlan) -> None:
+def _summarise(report: Validation, plan: CheckedSubject) -> None:
     record = plan.record
     report.subjects += 1
     for name, counter in report.counts.items():

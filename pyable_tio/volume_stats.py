@@ -17,7 +17,6 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,7 +82,7 @@ def stored(images: Sequence[tio.Image], statistic: str, compute: Callable[[], An
     if cache is None or not hasattr(cache, 'key_inputs'):
         return compute()
     try:
-        volumes = [cache.key_inputs(image.reader, Path(path), image.reader.transforms.get(str(path), ()))
+        volumes = [cache.key_inputs(image.reader.entry(path), image.reader.grid)
                    for image in images for path in _paths(image)]
     except (AttributeError, OSError):
         return compute()  # not a GridReader, or a source vanished (its reader says so when read)

@@ -84,7 +84,7 @@ def fresh_process() -> None:
 
 
 def entry_paths(cache: VolumeCache, served: Served, path: Path) -> tuple[str, Path, Path]:
-    key = cache.key(served.reader, path, ())
+    key = cache.key(served.reader.entry(path), served.reader.grid)
     return (key, *cache.paths(key))
 
 

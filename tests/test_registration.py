@@ -259,7 +259,7 @@ def test_cache_keys_carry_the_key_version(files, tmp_path):
     from pyable_tio.constants import CACHE_KEY_VERSION
 
     reader = load(files, [])['images'].reader
-    inputs = key_inputs(reader, 'f' * 64, ())
+    inputs = key_inputs(reader.entries[0], reader.grid, 'f' * 64)
     assert CACHE_KEY_VERSION >= 2 and inputs['key_version'] == CACHE_KEY_VERSION
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import backend, sources
-from ..constants import CACHE_FORMAT_VERSION, CACHE_KEY_VERSION, DEFAULT_NONFINITE
+from ..constants import CACHE_FORMAT_VERSION, CACHE_KEY_VERSION
+from ..geometry import Grid
 from ..hashing import (
     FileSignature,
     digest_of,
@@ -22,31 +22,35 @@ from ..hashing import (
     known_digest,
     remember_digest,
 )
-from ..manifest.records import TransformEntry
 from .entry import atomic_write
 
+if TYPE_CHECKING:  # the plan imports the preprocessing steps, which import the cache
+    from ..plan import PlanEntry
 
-def key_inputs(
-    reader: Any, source: str, entries: Sequence[TransformEntry], path: str | os.PathLike | None = None
-) -> dict[str, Any]:
+
+def key_inputs(entry: PlanEntry, grid: Grid, source: str) -> dict[str, Any]:
     """Everything a cached volume depends on, as a JSON-serialisable dict.
 
+    Built from data only (the file's plan entry and the grid), never from a reader.
+
     Args:
-        reader: The :class:`~pyable_tio.GridReader` (its grid, role, interpolator, dtype and
-            default value are used).
+        entry: The file's :class:`~pyable_tio.plan.PlanEntry` (role, transforms, interpolator,
+            dtype, default value, non-finite policy, preprocessing).
+        grid: The grid it is resampled onto.
         source: SHA-256 of the source file (:func:`source_digest`).
-        entries: Transforms applied to the file, in order (their contents are hashed).
-        path: The source file, to look up the preprocessing steps the reader runs on it.
 
     Returns:
         Format and key versions, backend, source and transforms digests, grid (x,y,z order), role,
         interpolator, dtype, default value and non-finite policy.
 
+    Raises:
+        OSError: a transform or preprocessing mask file cannot be read.
+
     Example:
-        >>> key_inputs(reader, source_digest('t2.nii.gz', folder), ())['interpolator']  # doctest: +SKIP
+        >>> key_inputs(reader.entry('t2.nii.gz'), reader.grid, source_digest('t2.nii.gz'))['interpolator']  # doctest: +SKIP
         'linear'
     """
-    role = reader.role
+    role = entry.role
     is_image = role == backend.ROLE_IMAGE
     inputs = {
         'format': CACHE_FORMAT_VERSION,
@@ -54,22 +58,20 @@ def key_inputs(
         'key_version': CACHE_KEY_VERSION,
         'backend': backend.active_backend(),
         'source': source,
-        'transforms': entries_digest(entries),
+        'transforms': entries_digest(entry.transforms),
         # + 0.0 turns -0.0 (common in direction cosines) into 0.0: same grid, same key.
-        'grid': {name: [v + 0.0 for v in values] for name, values in reader.grid.to_dict().items()},
+        'grid': {name: [v + 0.0 for v in values] for name, values in grid.to_dict().items()},
         'role': role,
         # Labels are nearest-neighbour in their own type whatever the image options say.
-        'interpolator': backend.interpolator_for(role, reader.interpolator),
-        'dtype': str(np.dtype(reader.dtype)) if is_image else 'native',
-        'default_value': float(reader.default_value),
+        'interpolator': backend.interpolator_for(role, entry.interpolator),
+        'dtype': str(np.dtype(entry.dtype)) if is_image else 'native',
+        'default_value': float(entry.default_value),
         # "zero" and "keep" give different arrays from one file with NaN/Inf voxels.
-        'nonfinite': getattr(reader, 'nonfinite', DEFAULT_NONFINITE),
+        'nonfinite': entry.nonfinite,
     }
-    describe = getattr(reader, 'describe_preprocessing', None)
-    preprocessing = describe(path) if describe is not None and path is not None else None
-    if preprocessing is not None:
+    if entry.preprocessing is not None:
         # Only when steps run: keys of volumes without preprocessing stay as they were.
-        inputs['preprocess'] = preprocessing
+        inputs['preprocess'] = entry.preprocessing.describe()
     return inputs
 
 

@@ -6,16 +6,15 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..constants import ALIGNMENT_FOLDER, CACHE_ARRAY_SUFFIX, CACHE_SIDECAR_SUFFIX, CACHE_SOURCES_FOLDER, CACHE_TEMP_SUFFIX
 from ..hashing import digest_of
-from ..manifest.records import TransformEntry
 from .entry import (
     STALE_TEMP_SECONDS,
     CacheCorruption,
@@ -27,6 +26,10 @@ from .entry import (
 )
 from .keys import check_memo, key_inputs, source_digest
 from .stats import KEY_FOLDERS, CacheStats, disk_bytes, owned_files, warn_line
+
+if TYPE_CHECKING:  # the plan imports the preprocessing steps, which import the cache
+    from ..geometry import Grid
+    from ..plan import PlanEntry
 
 __all__ = ['STALE_TEMP_SECONDS', 'CacheStats', 'VolumeCache']
 
@@ -131,13 +134,13 @@ class VolumeCache:
 
     # ------------------------------------------------------------------ keys
 
-    def key_inputs(self, reader: Any, path: Path, entries: Sequence[TransformEntry]) -> dict[str, Any]:
-        """Everything an entry depends on, as a JSON-serialisable dict (see :func:`keys.key_inputs`)."""
-        return key_inputs(reader, self.source_digest(path), entries, path)
+    def key_inputs(self, entry: PlanEntry, grid: Grid) -> dict[str, Any]:
+        """Everything the volume of ``entry`` on ``grid`` depends on (see :func:`keys.key_inputs`)."""
+        return key_inputs(entry, grid, self.source_digest(entry.source))
 
-    def key(self, reader: Any, path: Path, entries: Sequence[TransformEntry]) -> str:
+    def key(self, entry: PlanEntry, grid: Grid) -> str:
         """The entry name (SHA-256 hex of :meth:`key_inputs`)."""
-        return digest_of(self.key_inputs(reader, path, entries))
+        return digest_of(self.key_inputs(entry, grid))
 
     def source_digest(self, path: str | os.PathLike) -> str:
         """SHA-256 of a source file, memoised in ``<folder>/sources/`` (:func:`keys.source_digest`)."""
@@ -150,29 +153,24 @@ class VolumeCache:
 
     # ------------------------------------------------------------- get / put
 
-    def get_or_compute(
-        self,
-        reader: Any,
-        path: Path,
-        entries: Sequence[TransformEntry],
-        compute: Callable[[], np.ndarray],
-    ) -> np.ndarray:
-        """The cached array of ``path`` as ``reader`` resamples it, computing it on a miss.
+    def get_or_compute(self, entry: PlanEntry, grid: Grid, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached volume of ``entry`` on ``grid``, computing it on a miss.
+
+        The cache's whole interface to readers: data for the key, a function for the array.
 
         Args:
-            reader: The :class:`~pyable_tio.GridReader` asking.
-            path: Source file.
-            entries: Transforms applied to the file, in order.
+            entry: The file's :class:`~pyable_tio.plan.PlanEntry` (source, transforms, options).
+            grid: The grid it is resampled onto.
             compute: Called on a miss; returns the C x D x H x W (Z,Y,X) array to store.
 
         Returns:
             The array; a copy-on-write memory map on a hit, ``compute()``'s array on a miss.
 
         Example:
-            >>> array = cache.get_or_compute(reader, path, (), lambda: reader.read(path))  # doctest: +SKIP
+            >>> array = cache.get_or_compute(entry, grid, lambda: reader.read_entry(entry))  # doctest: +SKIP
         """
         try:
-            inputs = self.key_inputs(reader, path, entries)
+            inputs = self.key_inputs(entry, grid)
         except OSError:
             # A source or transform file vanished: the reader raises the proper LoadError.
             return compute()
@@ -183,7 +181,7 @@ class VolumeCache:
             return array
         self._count('misses', 1)
         array = np.ascontiguousarray(compute())
-        self.put(key, array, inputs, source=path, grid=reader.grid.to_dict())
+        self.put(key, array, inputs, source=entry.source, grid=grid.to_dict())
         return array
 
     def get(self, key: str) -> np.ndarray | None:
