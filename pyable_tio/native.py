@@ -1,7 +1,8 @@
 """Predictions back to the native grid of a subject's source file, and saved with its header.
 
 The reader resampled each file onto the subject's grid through the file's transform ``T``
-(ITK convention: grid point -> file point). The prediction lives on that grid, so its native
+(ITK convention: grid point -> file point), recorded in the subject's plan
+(:class:`pyable_tio.plan.SubjectPlan`, which every copy of the subject carries). The prediction lives on that grid, so its native
 version samples it at ``T^-1(p)`` for every voxel ``p`` of the file's own grid: one
 interpolation, nearest-neighbour for labels, linear for probabilities.
 """
@@ -22,7 +23,7 @@ from torchio.transforms.preprocessing.label.label_transform import LabelTransfor
 
 from . import registration
 from .atomic import atomic_path
-from .backend import ROLE_IMAGE, ROLE_LABELMAP, SITK_INTERPOLATORS
+from .backend import ROLE_IMAGE, SITK_INTERPOLATORS
 from .constants import (
     ID,
     IMAGES,
@@ -35,7 +36,8 @@ from .constants import (
     NEAREST,
 )
 from .errors import PyableTioError, describe, short_error
-from .geometry import Grid, grid_from_meta, planar_grid, ras_affine_to_grid, read_header
+from .geometry import Grid, planar_grid, ras_affine_to_grid, read_header
+from .plan import PlanEntry, SubjectPlan, plan_of
 from .reader import GridReader
 
 #: A prediction on the subject's grid: C x D x H x W tensor or array, or a ``tio.Image``.
@@ -75,8 +77,10 @@ def to_native(
 ) -> sitk.Image:
     """Map a prediction on the subject's grid onto the native grid of one of its source files.
 
-    The exact inverse of what the reader did for ``target``: its registration transforms are
-    composed and inverted, and the prediction is resampled once onto the file's own grid.
+    The exact inverse of what the reader did for ``target``: its registration transforms
+    (from the subject's plan, :func:`pyable_tio.plan.plan_of`, so whatever a transform did to
+    the subject's ``tio.Image`` objects) are composed and inverted, and the prediction is
+    resampled once onto the file's own grid.
     A subject that went through invertible TorchIO transforms is first brought back with
     TorchIO's inverse (``Subject.get_inverse_transform``, intensity transforms ignored); the
     prediction's own affine locates it, so crops, pads and resamplings need no inverse.
@@ -94,10 +98,8 @@ def to_native(
         interpolator: ``"nearest"``, ``"linear"``, ... Default: nearest for a ``tio.LabelMap``
             or an integer/bool prediction (labels, argmax), linear for floats (probabilities).
         default_value: Value of native voxels outside the subject grid's field of view.
-        original: The same subject before TorchIO transforms (e.g. from
-            ``dataset.dry_iter()``). Needed only when a transform such as ``tio.Crop`` made
-            new images without their ``GridReader`` and the manifest lists registration
-            transforms; otherwise the grid is rebuilt from ``subject['meta']``.
+        original: The same subject before TorchIO transforms, whose plan is used when
+            ``subject`` carries none (e.g. a ``tio.Subject`` rebuilt by hand from its images).
 
     Returns:
         A SimpleITK image with the target file's size, spacing, origin and direction; C > 1
@@ -114,11 +116,14 @@ def to_native(
         >>> sitk.GetArrayFromImage(native).shape  # the label file's Z, Y, X  # doctest: +SKIP
     """
     subject_id = str(subject.get(ID, None))
-    key, path, image = _resolve_target(subject, target)
+    plan = _plan(subject, original)
+    entry = _target_entry(plan, target, subject_id)
+    path, key = entry.source, entry.key
     where = f'target "{key}": file {path}'
-    reader = _grid_reader(subject, image, path, original, subject_id, where)
+    image = subject.get(key)
+    image = image if isinstance(image, tio.Image) else None
     tensor, affine, is_label = _prediction_tensor(prediction, subject, key, image)
-    grid = _prediction_grid(tensor, affine, reader.grid, subject_id)
+    grid = _prediction_grid(tensor, affine, plan.grid, subject_id)
     if interpolator is None:
         interpolator = NEAREST if is_label or not tensor.is_floating_point() else LINEAR
     if interpolator not in SITK_INTERPOLATORS:
@@ -127,8 +132,8 @@ def to_native(
         tensor = tensor.float()  # interpolate, do not truncate
     moving = _to_sitk(tensor, grid)
     header = read_header(path)
-    inverse = _inverse_transform(reader, path, subject_id, where)
-    pixel_id = _output_pixel_id(moving, header, reader.role, interpolator, tensor, subject_id, where)
+    inverse = _inverse_transform(entry, plan.grid.dimension, subject_id, where)
+    pixel_id = _output_pixel_id(moving, header, entry.role, interpolator, tensor, subject_id, where)
     native = sitk.Resample(
         moving,
         list(header.GetSize()),
@@ -188,62 +193,37 @@ def save_prediction(
     return path
 
 
-def _resolve_target(subject: tio.Subject, target: Target | None) -> tuple[str, Path, tio.Image]:
-    """The subject key, file path and ``tio.Image`` of the target file."""
-    images = subject.get_images_dict(intensity_only=False)
+def _plan(subject: tio.Subject, original: tio.Subject | None) -> SubjectPlan:
+    """The subject's plan (or the original's); for a subject assembled by hand, its readers' entries."""
+    plan = plan_of(subject) or plan_of(original)
+    if plan is not None:
+        return plan
+    entries, grid = [], None
+    for key, image in subject.get_images_dict(intensity_only=False).items():
+        if isinstance(image.reader, GridReader):
+            grid = image.reader.grid
+            entries += [dataclasses.replace(image.reader.entry(p), key=key) for p in _paths(image)]
     subject_id = str(subject.get(ID, None))
+    if grid is None:
+        raise NativeSpaceError(describe(subject_id, None, 'not a pyable-tio subject (no plan, no GridReader)'))
+    return SubjectPlan(subject_id, grid, tuple(entries), str(subject.get(META, {}).get('reference_used', '')))
+
+
+def _target_entry(plan: SubjectPlan, target: Target | None, subject_id: str) -> PlanEntry:
+    """The plan entry of ``target``: a subject key, a source path, ``(field, index)``, or the default."""
     if target is None:
-        used = subject.get(META, {}).get('reference_used')
-        found = _image_with_path(images, used) if used is not None else None
-        if found is not None:
-            return found
-        target = (IMAGES, 0)
-    if isinstance(target, tuple):
-        found = _by_field(subject, images, target)
-    elif isinstance(target, str) and target in images:
-        paths = _paths(images[target])
-        found = (target, paths[0], images[target]) if paths else None
+        found = plan.entry_of_source(plan.reference_used) if plan.reference_used else None
+        found = found or plan.entry_of_field(IMAGES, 0) or plan.entries[0]
+    elif isinstance(target, tuple):
+        found = plan.entry_of_field(*target) if len(target) == 2 and target[0] in _FIELDS else None
+    elif isinstance(target, str) and target in plan.keys():
+        found = plan.entry_of_key(target)
     else:
-        found = _image_with_path(images, target)
+        found = plan.entry_of_source(target)
     if found is None:
-        keys = sorted(images)
-        problem = f'target {target!r} is not a subject key {keys}, a source path or (field, index)'
+        problem = f'target {target!r} is not a subject key {sorted(plan.keys())}, a source path or (field, index)'
         raise NativeSpaceError(describe(subject_id, None, problem))
     return found
-
-
-def _grid_reader(
-    subject: tio.Subject, image: tio.Image, path: Path, original: tio.Subject | None, subject_id: str, where: str
-) -> GridReader:
-    """The reader that loaded ``path``: the image's own, the original subject's, or rebuilt from meta."""
-    if isinstance(image.reader, GridReader):
-        return image.reader
-    if original is not None:
-        found = _image_with_path(original.get_images_dict(intensity_only=False), path)
-        if found is not None and isinstance(found[2].reader, GridReader):
-            return found[2].reader
-    meta = subject.get(META)
-    grid = grid_from_meta(meta)
-    if grid is None:
-        raise NativeSpaceError(describe(subject_id, where, 'not a pyable-tio subject (no GridReader, no meta grid)'))
-    if meta.get('transforms_applied'):
-        problem = (
-            'a TorchIO transform (e.g. Crop, CropOrPad) replaced this image\'s GridReader and the'
-            ' manifest lists registration transforms; pass original= the subject before transforms'
-        )
-        raise NativeSpaceError(describe(subject_id, where, problem))
-    role = ROLE_LABELMAP if isinstance(image, tio.LabelMap) else ROLE_IMAGE
-    return GridReader(grid, role, subject_id)
-
-
-def _by_field(subject: tio.Subject, images: dict, target: tuple) -> tuple[str, Path, tio.Image] | None:
-    if len(target) != 2 or target[0] not in _FIELDS:
-        return None
-    field, index = target
-    paths = subject.get(META, {}).get('source_paths', {}).get(field, [])
-    if not isinstance(index, int) or not -len(paths) <= index < len(paths):
-        return None
-    return _image_with_path(images, paths[index])
 
 
 def _paths(image: tio.Image) -> list[Path]:
@@ -253,23 +233,14 @@ def _paths(image: tio.Image) -> list[Path]:
     return [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
 
 
-def _image_with_path(images: dict, path: str | os.PathLike) -> tuple[str, Path, tio.Image] | None:
-    try:
-        wanted = Path(path).resolve()
-    except (TypeError, OSError):
-        return None
-    for key, image in images.items():
-        for candidate in _paths(image):
-            if candidate.resolve() == wanted:
-                return key, candidate, image
-    return None
-
-
 def _prediction_tensor(
-    prediction: Prediction, subject: tio.Subject, key: str, image: tio.Image
+    prediction: Prediction, subject: tio.Subject, key: str, image: tio.Image | None
 ) -> tuple[torch.Tensor, np.ndarray, bool]:
     """The prediction as a 4-D tensor on the subject's original grid, with its affine."""
     located = isinstance(prediction, tio.Image) or _is_meta_tensor(prediction)
+    if image is None and not located:
+        problem = f'no image "{key}" in the subject to locate a bare tensor; pass a tio.Image with its affine'
+        raise NativeSpaceError(describe(str(subject.get(ID, None)), None, problem))
     if isinstance(prediction, tio.Image):
         tensor, affine = prediction.data, prediction.affine
         is_label = isinstance(prediction, tio.LabelMap)
@@ -367,16 +338,16 @@ def _to_sitk(tensor: torch.Tensor, grid: Grid) -> sitk.Image:
     return image
 
 
-def _inverse_transform(reader: GridReader, path: Path, subject_id: str, where: str) -> sitk.Transform:
+def _inverse_transform(entry: PlanEntry, dimension: int, subject_id: str, where: str) -> sitk.Transform:
     """``T^-1`` for ``T = T_1 o ... o T_n`` (``CompositeTransform([T_1, ..., T_n])``): the entries
     reversed, each one inverted.
 
     Entry by entry, so displacement fields are inverted as fields (``InvertDisplacementField``,
     an iterative approximation) while matrices and other ITK transforms use ``GetInverse``.
     """
-    entries = reader.transforms.get(str(path), ())
+    entries = entry.transforms
     if not entries:
-        return sitk.Transform(reader.grid.dimension, sitk.sitkIdentity)
+        return sitk.Transform(dimension, sitk.sitkIdentity)
     inverted = [dataclasses.replace(entry, invert=not entry.invert) for entry in reversed(entries)]
     try:
         inverse = registration.compose(inverted)
@@ -436,6 +407,6 @@ def native_grid(subject: tio.Subject, target: Target | None = None) -> Grid:
     Example:
         >>> native_grid(subject, 'labelmap_0').spacing  # doctest: +SKIP
     """
-    _, path, _ = _resolve_target(subject, target)
-    return Grid.from_image(read_header(path))
+    entry = _target_entry(_plan(subject, None), target, str(subject.get(ID, None)))
+    return Grid.from_image(read_header(entry.source))
 

@@ -189,10 +189,14 @@ def test_subject_after_invertible_torchio_transforms(tmp_path):
     transformed = augment(subject)
     prediction = transformed['labelmap_0']  # an "identity model" on the augmented subject
     assert not torch.equal(prediction.data[..., :5], subject['labelmap_0'].data[..., :5])
-    with pytest.raises(pt.NativeSpaceError, match='pass original='):
-        pt.to_native(prediction.data, transformed, target='labelmap_0')  # Crop dropped the reader
-    native = pt.to_native(prediction.data, transformed, target='labelmap_0', original=subject)
+    # Crop dropped the reader, not the way back: the subject's plan holds the transforms.
+    native = pt.to_native(prediction.data, transformed, target='labelmap_0')
     direct = pt.to_native(subject['labelmap_0'].data, subject, target='labelmap_0')
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(native), sitk.GetArrayFromImage(direct))
+    # original= still serves a subject rebuilt by hand (no plan, no reader).
+    bare = tio.Subject(labelmap_0=tio.LabelMap(tensor=prediction.data, affine=prediction.affine))
+    bare.applied_transforms = transformed.applied_transforms
+    native = pt.to_native(prediction.data, bare, target='labelmap_0', original=subject)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(native), sitk.GetArrayFromImage(direct))
     # A tio.Image prediction carries its own affine.
     as_image = tio.LabelMap(tensor=prediction.data, affine=prediction.affine)
