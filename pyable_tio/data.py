@@ -8,9 +8,9 @@ from typing import Any
 import torchio as tio
 from torch.utils.data import SequentialSampler
 
-from .constants import LABELMAP_PREFIX, META, MISSING_EMPTY, MISSING_ERROR, MISSING_KEEP, ROI_PREFIX
+from .constants import LABELMAP_PREFIX, MISSING_EMPTY, MISSING_ERROR, MISSING_KEEP, ROI_PREFIX
 from .errors import ManifestError, describe
-from .geometry import grid_from_meta
+from .plan import reference_grid
 from .manifest import ManifestSource, parse_manifest
 from .patch_plan import log_fallback, plan_transform
 from .patches import PatchQueue
@@ -341,7 +341,7 @@ def _check_label_name(label_name: str, manifest: Any, missing: str) -> None:
 def _check_patch_fits(subjects: Sequence[tio.Subject], patch: tuple[int, int, int]) -> None:
     problems = []
     for subject in subjects:
-        shape = tuple(int(n) for n in grid_from_meta(subject[META]).shape_zyx)
+        shape = tuple(int(n) for n in reference_grid(subject).shape_zyx)
         if any(p > s for p, s in zip(patch, shape)):
             problem = (
                 f'grid shape (D, H, W) {shape} is smaller than patch_size {patch};'

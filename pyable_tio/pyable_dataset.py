@@ -31,6 +31,7 @@ from .constants import (
     ROI_PREFIX,
 )
 from .manifest import ManifestSource
+from .plan import reference_grid
 from .reference import ReferenceSelector, ReferenceSpace
 from .subjects import subjects_from_manifest
 from .transforms.adapter import CallableTransform, item_meta
@@ -210,7 +211,7 @@ def subject_to_item(subject: tio.Subject, stack_channels: bool = True) -> dict[s
     item = {ID: subject[ID], ITEM_IMAGES: data}
     item[ITEM_ROIS] = [image.data[0] for image in _numbered(subject, ROI_PREFIX)]
     item[ITEM_LABELMAPS] = [image.data[0] for image in _numbered(subject, LABELMAP_PREFIX)]
-    item[META] = item_meta(subject[META], images[0])
+    item[META] = item_meta(subject[META], images[0], reference_grid(subject))
     for key, value in extra.items():
         if key not in (ID, META):
             item[key] = value

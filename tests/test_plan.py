@@ -130,3 +130,19 @@ def test_cache_is_given_data_and_a_function(tmp_path):
     assert torch.equal(subject['labelmap_0'].data, pt.subjects_from_manifest(
         {'s': {'images': plan.source_paths()['images'], 'labelmaps': [
             {'path': str(entry.source), 'transforms': [str(entry.transforms[0].source)]}]}})[0]['labelmap_0'].data)
+
+
+def test_nothing_reads_the_grid_back_from_meta(tmp_path):
+    """meta is display data made from the plan: tampering with it changes no geometry."""
+    from pyable_tio.pyable_dataset import subject_to_item
+
+    subject, _, _, _ = write_case(tmp_path, True, True, oblique=False)
+    direct = sitk.GetArrayFromImage(pt.to_native(subject['labelmap_0'].data, subject, target='labelmap_0'))
+    plan = plan_of(subject)
+    subject['meta'].update(size=(1, 2, 3), spacing=(9.0, 9.0, 9.0), direction=(0, 1, 0, 1, 0, 0, 0, 0, 1))
+    subject.load()
+    assert subject_to_item(subject)['meta']['size'] == plan.grid.size
+    guarded = pt.ToZYX()(tio.ToCanonical()(subject))  # the Z,Y,X order comes from the plan's grid
+    np.testing.assert_array_equal(guarded['labelmap_0'].affine, subject['labelmap_0'].affine)
+    native = pt.to_native(guarded['labelmap_0'].data, guarded, target='labelmap_0')
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(native), direct)

@@ -26,6 +26,7 @@ import torchio as tio
 from ..constants import ID, IMAGE_PREFIX, IMAGES, LABELMAP_PREFIX, META, META_AXIS_ORDER, ROI_PREFIX
 from ..errors import describe
 from ..geometry import Grid, grid_from_meta, planar_grid, ras_affine_to_grid
+from ..plan import reference_grid
 from .layout import ToZYX, is_zyx
 
 #: ``function(images, rois, labelmaps, meta) -> (images, rois, labelmaps[, meta])``.
@@ -74,15 +75,16 @@ class CallableTransform(tio.Transform):
         self.args_names = ['function']
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        if grid_from_meta(subject.get(META)) is not None and not is_zyx(subject):
+        reference = reference_grid(subject)
+        if reference is not None and not is_zyx(subject):
             subject = ToZYX()(subject)  # after e.g. tio.ToCanonical: the function is promised D, H, W
         image_keys = ([IMAGES] if IMAGES in subject else []) + _numbered(subject, IMAGE_PREFIX)
         roi_keys, labelmap_keys = _numbered(subject, ROI_PREFIX), _numbered(subject, LABELMAP_PREFIX)
         images = [subject[key].data for key in image_keys]
         stacked = torch.cat(images) if len(images) > 1 else images[0] if images else torch.zeros(0)
         meta = dict(subject.get(META) or {})
-        if images and grid_from_meta(meta) is not None:
-            meta = item_meta(meta, subject[image_keys[0]])
+        if images and reference is not None:
+            meta = item_meta(meta, subject[image_keys[0]], reference)
         images_out, rois, labelmaps, new_meta = call_seed_function(
             self.function, stacked, [subject[k].data[0] for k in roi_keys],
             [subject[k].data[0] for k in labelmap_keys], meta, subject.get(ID), image_keys[0] if images else IMAGES,
@@ -175,8 +177,14 @@ def call_seed_function(
     return images_out, outputs[0], outputs[1], new_meta
 
 
-def item_meta(subject_meta: dict[str, Any], image: tio.Image) -> dict[str, Any]:
+def item_meta(subject_meta: dict[str, Any], image: tio.Image, reference: Grid | None = None) -> dict[str, Any]:
     """The subject's meta, with geometry that describes ``image``'s (possibly transformed) tensor.
+
+    Args:
+        subject_meta: ``subject['meta']``.
+        image: The image whose tensor the item holds.
+        reference: The subject's reference grid (:func:`pyable_tio.plan.reference_grid`);
+            None: the grid ``subject_meta`` describes (a subject assembled by hand).
 
     Raises:
         ValueError: ``subject_meta`` has no reference grid.
@@ -186,7 +194,7 @@ def item_meta(subject_meta: dict[str, Any], image: tio.Image) -> dict[str, Any]:
         'xyz'
     """
     meta = dict(subject_meta)
-    reference = grid_from_meta(meta)
+    reference = grid_from_meta(meta) if reference is None else reference
     if reference is None:
         raise ValueError('subject meta has no reference grid (size, spacing, origin, direction)')
     affine = np.asarray(image.affine, dtype=float)

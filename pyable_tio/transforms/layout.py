@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torchio as tio
 
-from ..constants import ID, LAYOUT_AXIS_TOLERANCE, META
+from ..constants import ID, LAYOUT_AXIS_TOLERANCE
 from ..errors import PyableTioError, describe
-from ..geometry import Grid, affine_orientation, grid_from_meta
+from ..geometry import Grid, affine_orientation
+from ..plan import reference_grid
 from .keep_grid import keep_grid
 
 #: ``axis_mapping`` of an image already in Z,Y,X layout: no permutation, no flip.
@@ -47,8 +48,7 @@ class LayoutError(PyableTioError, ValueError):
 def zyx_directions(subject: tio.Subject) -> np.ndarray:
     """Unit RAS directions (3 x 3, one column per D, H, W axis) of the subject's Z,Y,X layout.
 
-    They come from the reference grid stored in ``subject['meta']`` by
-    :func:`pyable_tio.subjects_from_manifest`.
+    They come from the subject's reference grid (its plan's, :func:`pyable_tio.plan.reference_grid`).
 
     Raises:
         LayoutError: the subject has no ``meta`` grid.
@@ -61,7 +61,7 @@ def zyx_directions(subject: tio.Subject) -> np.ndarray:
 
 
 def _reference_grid(subject: tio.Subject) -> Grid:
-    grid = grid_from_meta(subject.get(META) if isinstance(subject, dict) else None)
+    grid = reference_grid(subject)
     if grid is None:
         problem = (
             'no "meta" reference grid (size, spacing, origin, direction);'
@@ -235,7 +235,7 @@ class _Reverse2D(_Reordering):
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         self._reordered = False
         images = subject.get_images(intensity_only=False)
-        if grid_from_meta(subject.get(META)) is None or not images:
+        if reference_grid(subject) is None or not images:
             return subject
         directions = zyx_directions(subject)
         if all(self._shows(image, directions) for image in images):
