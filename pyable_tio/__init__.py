@@ -21,6 +21,7 @@ from .monai_data import monai_dataset
 from .native import NativeSpaceError, native_grid, save_prediction, to_native
 from .patch_plan import TransformPlan, plan_transform
 from .patches import PatchQueue
+from .plan import PlanEntry, SubjectPlan, plan_of
 from .preprocess import N4, PreprocessStep, SkullStrip
 from .pyable_dataset import PyableDataset
 from .reader import GridReader
@@ -47,12 +48,14 @@ __all__ = [
     'NativeSpaceError',
     'PadCollate',
     'PatchQueue',
+    'PlanEntry',
     'PreprocessStep',
     'PyableDataset',
     'PyableTioError',
     'QueueSampler',
     'SkullStrip',
     'SubjectGridAggregator',
+    'SubjectPlan',
     'SubjectRecord',
     'ToZYX',
     'TransformEntry',
@@ -68,6 +71,7 @@ __all__ = [
     'monai_dataset',
     'native_grid',
     'predict_subject',
+    'plan_of',
     'plan_transform',
     'pyable_available',
     'queue_from_manifest',
