@@ -279,8 +279,8 @@ def _run_cache(args: argparse.Namespace) -> int:
             subjects = build(source)
         except ManifestError as error:
             # One bad file should not keep the other subjects out of the cache.
-            subjects, subject_problems = _buildable_subjects(source, build, args.root, error)
-            problems += [f'{_label(source)}: {p}' for p in subject_problems]
+            subjects = error.subjects
+            problems += [f'{_label(source)}: {p}' for p in error.problems]
         for subject in subjects:
             for image in subject.get_images(intensity_only=False):
                 if isinstance(image.reader, GridReader):
@@ -305,22 +305,6 @@ def _run_cache(args: argparse.Namespace) -> int:
         _print_problems(problems)
         return EXIT_PROBLEMS
     return EXIT_OK
-
-
-def _buildable_subjects(source, build, root, error: ManifestError) -> tuple[list, list[str]]:
-    """The subjects that build one by one, and the problems (``error``'s when none is per subject)."""
-    try:
-        manifest = read_manifest(source, root=root, check_files=False)
-    except ManifestError:
-        return [], error.problems  # the manifest itself does not parse
-    subjects, problems = [], []
-    for record in manifest:
-        try:
-            subjects += build(Manifest((record,), manifest.source))
-        except ManifestError as subject_error:
-            problems += subject_error.problems
-    # Problems across subjects (e.g. different ROI counts) only show when all are built.
-    return subjects, problems or error.problems
 
 
 # ----------------------------------------------------------------------- info

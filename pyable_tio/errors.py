@@ -33,6 +33,9 @@ class ManifestError(PyableTioError, ValueError):
     def __init__(self, message: str, problems: Iterable[str] = ()):
         super().__init__(message)
         self.problems = list(problems) or [message]
+        #: ``subjects_from_manifest``'s subjects that planned without a problem of their own,
+        #: for tools that go on without the bad ones (``pyable-tio cache``).
+        self.subjects: list = []
 
     @classmethod
     def from_problems(cls, problems: Iterable[str]) -> ManifestError:

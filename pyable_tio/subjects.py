@@ -31,7 +31,7 @@ from .errors import ManifestError, describe
 from .geometry import Grid
 from .manifest import ManifestSource
 from .plan import SubjectPlan, attach_plan, make_plan, plan_of
-from .planning import PlanOptions, plan_source, plan_subject, raise_problems
+from .planning import PlanOptions, plan_source, plan_subject
 from .preprocess.plan import any_steps, brain_source
 from .reader import GridReader
 from .reference import ReferenceSelector, ReferenceSpace
@@ -152,7 +152,6 @@ def subjects_from_manifest(
     # The same planning as pyable-tio validate: every problem of every subject in one error.
     planned = plan_source(source, options, root=root, extra_fields=extra_fields,
                           cache_folder=getattr(cache, 'folder', None), progress=progress)
-    raise_problems(planned.problems)
     checked, steps = planned.plans, options.preprocess
     if cache is None and any(any_steps(c.record, steps) for c in checked):
         warnings.warn(
@@ -161,13 +160,23 @@ def subjects_from_manifest(
         )
     fill = {}
     if missing == MISSING_EMPTY:
-        fill = {name: max(len(getattr(c.record, name)) for c in checked) for name in ('rois', 'labelmaps')}
+        fill = {name: max((len(getattr(c.record, name)) for c in checked), default=0) for name in ('rois', 'labelmaps')}
         # A subject without a skull strip gets an all-zero roi_brain when another has one.
         fill[BRAIN_MASK_KEY] = int(any(brain_source(c.record, steps) is not None for c in checked))
     read = {'interpolator': interpolator, 'dtype': numpy_dtype, 'default_value': float(default_value),
             'nonfinite': nonfinite}
     plans = [make_plan(c, stack_channels=stack_channels, fill=fill, steps=steps, **read) for c in checked]
-    return [subject_from_plan(plan, cache) for plan in plans]
+    if not planned.problems:
+        return [subject_from_plan(plan, cache) for plan in plans]
+    subjects, problems = [], list(planned.problems)
+    for plan in plans:
+        try:
+            subjects.append(subject_from_plan(plan, cache))
+        except ManifestError as subject_error:
+            problems += subject_error.problems
+    error = ManifestError.from_problems(problems)
+    error.subjects = subjects  # the good subjects, for tools that go on without the bad ones
+    raise error
 
 
 def subject_from_plan(plan: SubjectPlan, cache: Any = None) -> tio.Subject:

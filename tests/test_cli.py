@@ -260,6 +260,24 @@ def test_cache_fills_the_good_subjects_of_a_manifest_with_bad_ones(manifest, tmp
     assert training_cache.counts['misses'] == 0 and training_cache.counts['hits'] == 8
 
 
+def test_cache_fills_the_good_subjects_with_their_declared_extra_fields(manifest, tmp_path, capsys):
+    """The good subjects come from the same planning, extra fields included (no second reading)."""
+    records = json.loads(manifest.read_text())
+    records = {k: {**v, 'images': [str(manifest.parent / p) for p in v['images']],
+                   'rois': [str(manifest.parent / p) for p in v['rois']],
+                   'labelmaps': [str(manifest.parent / p) for p in v['labelmaps']],
+                   'labelmap': 'a grade, not a file'} for k, v in records.items()}  # close to "labelmaps"
+    records['sub-01']['images'][1] = str(tmp_path / 'missing.nii.gz')
+    path = tmp_path / 'one_bad.json'
+    path.write_text(json.dumps(records))
+    args = ['cache', str(path), '--cache-dir', str(tmp_path / 'cache'), '--workers', '0', '--no-progress',
+            '--extra-field', 'labelmap']
+    assert cli.main(args) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith('8 volume(s): ')  # sub-00 and sub-02 were cached
+    assert err.count('\n') == 1 and 'missing.nii.gz: file not found' in err
+
+
 def test_cache_lists_files_that_fail_to_load_and_caches_the_rest(tmp_path, capsys):
     folder = tmp_path / 'data'
     manifest = synthetic.write_dataset(folder, num_subjects=2, size=SIZE, second_image=False)
