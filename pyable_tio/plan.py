@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,11 +151,7 @@ class SubjectPlan:
 
     def source_paths(self) -> dict[str, list[str]]:
         """``{field: [path, ...]}`` of the manifest's files (no filler, no brain mask)."""
-        listed = {name: {} for name in FIELD_ROLES}
-        for entry in self.entries:
-            if not entry.filler and entry.key != BRAIN_MASK_KEY:
-                listed[entry.field][entry.index] = str(entry.source)
-        return {name: [paths[i] for i in sorted(paths)] for name, paths in listed.items()}
+        return self._by_field(lambda entry: str(entry.source))
 
     def meta(self) -> dict[str, Any]:
         """``subject['meta']``, made from the plan: grid (x,y,z order), paths, names, history."""
@@ -170,20 +166,25 @@ class SubjectPlan:
             'reference_used': self.reference_used,
             'transforms_applied': list(self.transforms_applied),
             # '' for an unnamed file: None would break PyTorch's default_collate.
-            'names': {name: names for name, names in self._names().items() if any(names)},
+            'names': {name: names for name, names in self._by_field(lambda e: e.name).items() if any(names)},
         }
-        steps = {str(e.source): [getattr(s, 'name', '') or type(s).__name__ for s in e.preprocessing.steps]
-                 for e in self.entries if e.field == FIELD_IMAGES and e.preprocessing is not None}
+        steps = dict(zip(self.source_paths()[FIELD_IMAGES], self._by_field(_step_names)[FIELD_IMAGES]))
         if any(steps.values()):
             meta['preprocessing'] = steps
         return meta
 
-    def _names(self) -> dict[str, list[str]]:
-        named: dict[str, dict[int, str]] = {name: {} for name in FIELD_ROLES}
+    def _by_field(self, value: Callable[[PlanEntry], Any]) -> dict[str, list[Any]]:
+        """``value`` of each manifest file, by field, in the manifest's order."""
+        listed: dict[str, dict[int, Any]] = {name: {} for name in FIELD_ROLES}
         for entry in self.entries:
             if not entry.filler and entry.key != BRAIN_MASK_KEY:
-                named[entry.field][entry.index] = entry.name
-        return {name: [values[i] for i in sorted(values)] for name, values in named.items()}
+                listed[entry.field][entry.index] = value(entry)
+        return {name: [values[i] for i in sorted(values)] for name, values in listed.items()}
+
+
+def _step_names(entry: PlanEntry) -> list[str]:
+    steps = () if entry.preprocessing is None else entry.preprocessing.steps
+    return [getattr(step, 'name', '') or type(step).__name__ for step in steps]
 
 
 def plan_of(subject: Any) -> SubjectPlan | None:

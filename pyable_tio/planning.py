@@ -118,8 +118,7 @@ class PlanOptions:
 
 @dataclass(frozen=True)
 class CheckedSubject:
-    """A subject checked against its headers, with its reference chosen (made into a
-    :class:`pyable_tio.plan.SubjectPlan` by :func:`pyable_tio.plan.make_plan`)."""
+    """A subject checked against its headers, reference chosen (:func:`pyable_tio.plan.make_plan` input)."""
 
     record: SubjectRecord
     reference: Reference
