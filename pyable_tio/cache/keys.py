@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import backend, sources
+from ..atomic import atomic_write
 from ..constants import CACHE_FORMAT_VERSION, CACHE_KEY_VERSION
 from ..geometry import Grid
 from ..hashing import (
@@ -22,7 +23,6 @@ from ..hashing import (
     known_digest,
     remember_digest,
 )
-from .entry import atomic_write
 
 if TYPE_CHECKING:  # the plan imports the preprocessing steps, which import the cache
     from ..plan import PlanEntry
