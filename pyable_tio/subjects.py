@@ -153,30 +153,37 @@ def subjects_from_manifest(
     planned = plan_source(source, options, root=root, extra_fields=extra_fields,
                           cache_folder=getattr(cache, 'folder', None), progress=progress)
     checked, steps = planned.plans, options.preprocess
-    if cache is None and any(any_steps(c.record, steps) for c in checked):
-        warnings.warn(
-            'preprocessing without cache_dir runs the steps every time a subject is loaded;'
-            ' pass cache_dir= to run them once', RuntimeWarning, stacklevel=2,
-        )
     fill = {}
     if missing == MISSING_EMPTY:
         fill = {name: max((len(getattr(c.record, name)) for c in checked), default=0) for name in ('rois', 'labelmaps')}
         # A subject without a skull strip gets an all-zero roi_brain when another has one.
         fill[BRAIN_MASK_KEY] = int(any(brain_source(c.record, steps) is not None for c in checked))
-    read = {'interpolator': interpolator, 'dtype': numpy_dtype, 'default_value': float(default_value),
-            'nonfinite': nonfinite}
-    plans = [make_plan(c, stack_channels=stack_channels, fill=fill, steps=steps, **read) for c in checked]
-    if not planned.problems:
-        return [subject_from_plan(plan, cache) for plan in plans]
-    subjects, problems = [], list(planned.problems)
+    plans = [
+        make_plan(c, stack_channels=stack_channels, fill=fill, steps=steps, interpolator=interpolator,
+                  dtype=numpy_dtype, default_value=default_value, nonfinite=nonfinite)
+        for c in checked
+    ]
+    if planned.problems:
+        raise _problems_error(planned.problems, plans, cache)
+    if cache is None and any(any_steps(c.record, steps) for c in checked):
+        warnings.warn(
+            'preprocessing without cache_dir runs the steps every time a subject is loaded;'
+            ' pass cache_dir= to run them once', RuntimeWarning, stacklevel=2,
+        )
+    return [subject_from_plan(plan, cache) for plan in plans]
+
+
+def _problems_error(problems: Sequence[str], plans: Sequence[SubjectPlan], cache: Any) -> ManifestError:
+    """One error listing every problem, carrying the subjects that do build (``error.subjects``)."""
+    subjects, problems = [], list(problems)
     for plan in plans:
         try:
             subjects.append(subject_from_plan(plan, cache))
         except ManifestError as subject_error:
             problems += subject_error.problems
     error = ManifestError.from_problems(problems)
-    error.subjects = subjects  # the good subjects, for tools that go on without the bad ones
-    raise error
+    error.subjects = subjects  # for tools that go on without the bad subjects (pyable-tio cache)
+    return error
 
 
 def subject_from_plan(plan: SubjectPlan, cache: Any = None) -> tio.Subject:
