@@ -30,7 +30,7 @@ import torch
 import torchio as tio
 from torch.utils.data._utils.collate import default_collate_fn_map
 
-from .constants import ID, META
+from .constants import META
 from .manifest import ManifestSource
 from .subjects import subjects_from_manifest
 
