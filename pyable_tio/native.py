@@ -2,9 +2,10 @@
 
 The reader resampled each file onto the subject's grid through the file's transform ``T``
 (ITK convention: grid point -> file point), recorded in the subject's plan
-(:class:`pyable_tio.plan.SubjectPlan`, which every copy of the subject carries). The prediction lives on that grid, so its native
-version samples it at ``T^-1(p)`` for every voxel ``p`` of the file's own grid: one
-interpolation, nearest-neighbour for labels, linear for probabilities.
+(:class:`pyable_tio.plan.SubjectPlan`, which every copy of the subject carries). The
+prediction lives on that grid, so its native version samples it at ``T^-1(p)`` for every
+voxel ``p`` of the file's own grid: one interpolation, nearest-neighbour for labels, linear
+for probabilities.
 """
 
 from __future__ import annotations
