@@ -1,0 +1,34 @@
+"""The benchmark script runs end to end on a tiny dataset: every row's batches pass its checks.
+
+No timing is asserted (speed is measured by running the script, see benchmarks/README.md);
+this keeps the script from rotting and checks that each row yields the whole epoch of valid
+patches (shapes, finite values, labels from the label map's values, never interpolated).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'bench_queue.py'
+SUBJECTS, PER_VOLUME = 2, 4
+
+
+def test_bench_queue_rows_yield_a_checked_epoch(tmp_path):
+    """With --augment (the per-patch path, and MONAI's recipe for e and f), warm-cache rows."""
+    pytest.importorskip('monai')
+    command = [sys.executable, str(SCRIPT), '--subjects', str(SUBJECTS), '--size', '40', '36', '28',
+               '--patch', '16', '--samples-per-volume', str(PER_VOLUME), '--max-length', '8', '--repeat', '1',
+               '--variants', 'def', '--workdir', str(tmp_path), '--augment']
+    process = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = json.loads(process.stdout.strip().splitlines()[-1])['results']
+    assert sorted(results) == ['d', 'e', 'f']
+    for variant, row in results.items():
+        assert row['patches'] == SUBJECTS * PER_VOLUME, (variant, row)
+        assert row['patches_per_s'] > 0 and row['peak_mem_mb'] > 0
+    assert 'augmentation targets:' in process.stdout and '(f) / (e):' in process.stdout
