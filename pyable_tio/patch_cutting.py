@@ -30,6 +30,7 @@ from torchio.data.sampler.weighted import WeightedSampler
 from .constants import ID
 from .patch_augment import augment_patch
 from .patch_plan import TransformPlan, plan_transform
+from .plan import plan_of
 
 # Samplers whose patch locations need only the spatial shape or the probability map.
 _LAZY_GENERATORS = (UniformSampler._generate_patches, WeightedSampler._generate_patches)
@@ -153,7 +154,10 @@ class SubjectPatches(Dataset):
 
 
 def _is_planar(subject: tio.Subject) -> bool:
-    """True when the subject's reference grid (its readers') is 2-D."""
+    """True when the subject's reference grid (its plan's; its readers' for a subject built by hand) is 2-D."""
+    plan = plan_of(subject)
+    if plan is not None:
+        return plan.grid.dimension == 2
     grids = [getattr(getattr(image, 'reader', None), 'grid', None) for image in subject.get_images(intensity_only=False)]
     return any(getattr(grid, 'dimension', 3) == 2 for grid in grids)
 
