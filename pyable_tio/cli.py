@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import importlib.metadata
 import json
 import os
 import platform
-import re
 import signal
 import sys
 import threading
@@ -30,21 +28,20 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import backend
+from . import backend, cli_args
 from .cache_fill import fill
+from .cli_args import format_bytes, shard_of
 from .constants import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, EXIT_TERMINATED, EXIT_USAGE
 from .constants import ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, MISSING_KEEP, MISSING_MODES
-from .constants import NONFINITE_MODES, REFERENCE_FIRST, REFERENCE_LARGEST
+from .constants import NONFINITE_MODES, REFERENCE_FIRST
 from .errors import ManifestError, PyableTioError
-from .geometry import check_orientation
 from .manifest import Manifest, read_manifest
 from .planning import SPELLING_CLI
-from .preprocess import STEPS, resolve_steps
+from .preprocess import STEPS
 from .reader import GridReader
 from .validation import Validation, _label, validate
 
 PROG = 'pyable-tio'
-_SIZE = re.compile(r'^\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]?)(i?b)?\s*$', re.IGNORECASE)
 _DTYPES = ('float16', 'float32', 'float64')
 
 
@@ -99,86 +96,6 @@ class _sigterm_as_interrupt:
         raise Terminated()
 
 
-def parse_size(text: str) -> int:
-    """Bytes from ``"500M"``, ``"20G"``, ``"1.5TiB"``, ``"1e9"`` (K/M/G/T are powers of 1024).
-
-    Example:
-        >>> parse_size('2G')
-        2147483648
-    """
-    match = _SIZE.match(str(text))
-    if not match:
-        raise argparse.ArgumentTypeError(f'not a size: {text!r} (expected e.g. 500M, 20G, 1e9)')
-    number, unit = float(match.group(1)), match.group(2).lower()
-    value = int(number * 1024 ** ' kmgt'.index(unit or ' '))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f'size must be positive, got {text!r}')
-    return value
-
-
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected a number of processes >= 0, got {text!r}')
-    return value
-
-
-def _steps(text: str) -> tuple:
-    try:
-        return resolve_steps(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _reference(text: str) -> str | int:
-    if text in (REFERENCE_FIRST, REFERENCE_LARGEST):
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected first, largest or an index, got {text!r}') from None
-
-
-def _orientation(text: str) -> str:
-    try:
-        return check_orientation(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``(K, N)`` from ``"K/N"``: this run caches shard K (0 <= K < N) of N.
-
-    Example:
-        >>> parse_shard('3/10')
-        (3, 10)
-    """
-    parts = str(text).split('/')
-    try:
-        index, count = (int(part) for part in parts)
-    except ValueError:
-        index, count = -1, 0
-    if len(parts) != 2 or count < 1 or not 0 <= index < count:
-        raise argparse.ArgumentTypeError(
-            f'expected K/N with 0 <= K < N (e.g. 0/10 ... 9/10; SLURM: $SLURM_ARRAY_TASK_ID/N), got {text!r}'
-        )
-    return index, count
-
-
-def shard_of(subject_id: str, count: int) -> int:
-    """The shard (0 ... count-1) of a subject: from a hash of its id, so any order of the
-    manifest, any machine and any Python process agree.
-
-    Example:
-        >>> shard_of('sub-01', 1)
-        0
-    """
-    return int(hashlib.sha256(str(subject_id).encode()).hexdigest()[:16], 16) % count
-
-
 def _shard(source, args: argparse.Namespace):
     """``source`` restricted to this run's shard (a :class:`Manifest`), or as given without ``--shard``."""
     if args.shard is None:
@@ -186,20 +103,6 @@ def _shard(source, args: argparse.Namespace):
     index, count = args.shard
     manifest = read_manifest(source, root=args.root, check_files=False, extra_fields=args.extra_field)
     return Manifest(tuple(r for r in manifest if shard_of(r.id, count) == index), manifest.source)
-
-
-def format_bytes(count: float) -> str:
-    """A byte count for humans (powers of 1024).
-
-    Example:
-        >>> format_bytes(1536)
-        '1.5 KiB'
-    """
-    for unit in ('B', 'KiB', 'MiB', 'GiB'):
-        if abs(count) < 1024 or unit == 'GiB':
-            return f'{count:.0f} {unit}' if unit == 'B' else f'{count:.1f} {unit}'
-        count /= 1024
-    return f'{count:.1f} TiB'
 
 
 # ------------------------------------------------------------------- validate
@@ -397,7 +300,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument('manifests', nargs='+', metavar='MANIFEST', help='manifest file(s), JSON or CSV')
         command.add_argument('--multi-csv', action='store_true',
                              help='the MANIFEST files are the tables of ONE multi-CSV manifest')
-        command.add_argument('--reference', type=_reference, default=REFERENCE_FIRST,
+        command.add_argument('--reference', type=cli_args.reference, default=REFERENCE_FIRST,
                              help='reference image of each subject: first (default), largest or an index')
         command.add_argument('--reference-space', metavar='PATH', help='image whose grid every subject uses')
         command.add_argument('--root', metavar='DIR', help='folder relative manifest paths resolve against')
@@ -408,13 +311,13 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument('--extra-field', action='append', default=[], metavar='NAME',
                              help='a manifest field that is extra on purpose though close to a known one'
                                   ' (repeatable)')
-        command.add_argument('--orientation', type=_orientation, metavar='CODE',
+        command.add_argument('--orientation', type=cli_args.orientation, metavar='CODE',
                              help='reorient reference grids, e.g. LPS or RAS')
         command.add_argument('--axis-aligned', action='store_true', help='axis-aligned grids instead of oblique ones')
         command.add_argument('--align', choices=ALIGN_MODES, help='register images onto the reference first')
         command.add_argument('--nonfinite', choices=NONFINITE_MODES, default=DEFAULT_NONFINITE,
                              help='NaN/Inf voxels: error (default), zero (replace by 0) or keep (as stored)')
-        command.add_argument('--preprocess', type=_steps, metavar='STEPS',
+        command.add_argument('--preprocess', type=cli_args.steps, metavar='STEPS',
                              help=f'steps run on every image in its native space, e.g. n4,skullstrip'
                                   f' (known: {",".join(sorted(STEPS))})')
 
@@ -427,13 +330,13 @@ def _parser() -> argparse.ArgumentParser:
     cache = commands.add_parser('cache', help='fill the cache of resampled volumes (resumable)')
     manifest_options(cache)
     cache.add_argument('--cache-dir', required=True, metavar='DIR')
-    cache.add_argument('--workers', type=_workers, default=min(4, os.cpu_count() or 1), metavar='N',
+    cache.add_argument('--workers', type=cli_args.workers, default=min(4, os.cpu_count() or 1), metavar='N',
                        help='parallel processes (default: min(4, CPUs)); 0 or 1 runs in this process')
-    cache.add_argument('--max-bytes', type=parse_size, metavar='SIZE', help='size limit, e.g. 50G (LRU eviction)')
+    cache.add_argument('--max-bytes', type=cli_args.parse_size, metavar='SIZE', help='size limit, e.g. 50G (LRU eviction)')
     cache.add_argument('--interpolator', choices=INTERPOLATORS, default=LINEAR)
     cache.add_argument('--dtype', choices=_DTYPES, default='float32', help='image dtype')
     cache.add_argument('--default-value', type=float, default=0.0, help='image value outside a file')
-    cache.add_argument('--shard', type=parse_shard, metavar='K/N',
+    cache.add_argument('--shard', type=cli_args.parse_shard, metavar='K/N',
                        help='cache only shard K (0-based) of N: the subjects whose id hashes to K (job arrays)')
     cache.add_argument('--no-progress', action='store_true', help='no progress bar')
     cache.set_defaults(run=_run_cache)

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 import pyable_tio as pt
-from pyable_tio import cache_fill, cli, synthetic
+from pyable_tio import cache_fill, cli, cli_args, synthetic
 from pyable_tio.cache import VolumeCache
 from pyable_tio.validation import validate
 
@@ -384,7 +384,7 @@ def test_usage_errors_exit_2(capsys):
 @pytest.mark.parametrize('text, expected', [('1000', 1000), ('2K', 2048), ('1.5M', 1572864), ('20G', 20 * 2**30),
                                             ('3GiB', 3 * 2**30), ('1e9', 10**9)])
 def test_parse_size(text, expected):
-    assert cli.parse_size(text) == expected
+    assert cli_args.parse_size(text) == expected
 
 
 def test_version(capsys):

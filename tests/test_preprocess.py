@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 
 import pyable_tio as pt
-from pyable_tio import backend, cli, registration, synthetic
+from pyable_tio import backend, cli, cli_args, registration, synthetic
 from pyable_tio.errors import MissingDependencyError
 from pyable_tio.preprocess import N4, PreprocessStep, SkullStrip, clear_recent, resolve_steps
 from pyable_tio.validation import validate
@@ -282,7 +282,7 @@ def test_shards_then_unsharded_run_give_exactly_the_entries_of_one_run(data, tmp
         return {key for key, _, _ in pt.VolumeCache(folder).entries()}
 
     ids = ['sub-00', 'sub-01']
-    assert sorted(cli.shard_of(i, 2) for i in ids) == [0, 1]  # this pair splits across two shards
+    assert sorted(cli_args.shard_of(i, 2) for i in ids) == [0, 1]  # this pair splits across two shards
     whole = run(tmp_path / 'one', workers='2')  # the steps run in worker processes
     kinds = [json.loads(side.read_text())['inputs'].get('kind') for _, _, side in pt.VolumeCache(tmp_path / 'one').entries()]
     assert kinds.count('preprocessed') == 4  # the native N4 result of each image (2 subjects x 2)
@@ -294,7 +294,7 @@ def test_shards_then_unsharded_run_give_exactly_the_entries_of_one_run(data, tmp
     assert final == shard1 == whole
     assert '8 hit(s), 0 miss(es)' in capsys.readouterr().out
     assert cli.main(['cache', str(data), '--cache-dir', str(tmp_path / 'x'), '--shard', '2/2']) == 2
-    assert cli.parse_shard('3/10') == (3, 10)
+    assert cli_args.parse_shard('3/10') == (3, 10)
 
 
 # ---------------------------------------------------------------- real data (MNI)
