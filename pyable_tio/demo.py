@@ -17,6 +17,7 @@ import torchio as tio
 from . import synthetic
 from .backend import active_backend
 from .data import queue_from_manifest
+from .patch_plan import plan_transform
 from .subjects import subjects_from_manifest
 
 
@@ -47,8 +48,9 @@ def run(folder: Path, num_subjects: int, workers: int) -> None:
     print(f'subject {subject["id"]}: images {tuple(images.shape)} (C, D, H, W), spacing (x,y,z) '
           f'{subject["meta"]["spacing"]}, orientation {subject["meta"]["orientation"]}')
     print(f'  label values after resampling: {sorted(labels.data.unique().tolist())}')
-    transform = tio.Compose([tio.RandomAffine(degrees=10),
+    transform = tio.Compose([tio.RandomAffine(degrees=10), tio.RandomGamma(),
                              tio.RandomFlip(axes=('LR',))])
+    print('augmentation (pt.plan_transform):\n  ' + str(plan_transform(transform)).replace('\n', '\n  '))
     queue = queue_from_manifest(
         manifest, patch_size=(16, 32, 32), samples_per_volume=4, max_length=16,
         sampler='label', label_name='labelmap_0', transform=transform, num_workers=workers,
