@@ -80,3 +80,18 @@ def test_sample_manifest_is_relative_and_make_sample_data_writes_its_files(tmp_p
     assert manifest.ids == ['sub-01', 'sub-02', 'sub-03']
     assert all(entry.path.parent == tmp_path for record in manifest for _, entry in record.entries())
     assert [len(record.rois) for record in manifest] == [1, 0, 2]
+
+
+def test_demo_streams_augmented_patches_with_label_values_kept(capsys):
+    """The README's demo command: per-patch augmentation planned, batches of the promised shape."""
+    from pyable_tio import demo
+
+    assert demo.main(['--subjects', '2', '--workers', '1']) == 0
+    out = capsys.readouterr().out
+    for step in ('RandomAffine', 'RandomGamma', 'RandomFlip'):
+        assert f'per patch   {step}' in out
+    batches = [line for line in out.splitlines() if 'batch images (4, 2, 16, 32, 32)' in line]
+    assert len(batches) == 2
+    for line in batches:  # labels are never interpolated: only the label map's own values
+        assert set(json.loads(line.split('label values ')[1])) <= {0, 1, 2, 7}
+    assert '8 patches in' in out
