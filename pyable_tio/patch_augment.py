@@ -41,6 +41,7 @@ from .constants import INTERPOLATION_SUPPORT, INTERPOLATION_SUPPORT_DEFAULT
 from .patch_draw import Drawn, draw
 from .patch_intensity import apply_intensity, kernel_margin
 from .patch_plan import SPATIAL
+from .transforms.intensity import IntensityNormalization
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -145,6 +146,8 @@ class _Context:
 
     def normalization(self, step: tio.Transform, name: str) -> dict[str, Any]:
         volume = self.volumes[name]
+        if isinstance(step, IntensityNormalization):
+            step.check_mask(self.subject)
         mask = step.masking_method if isinstance(step.masking_method, str) and step.masking_method in self.volumes else None
         parts = [volume] + ([self.volumes[mask]] if mask else [])
 

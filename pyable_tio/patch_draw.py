@@ -19,6 +19,7 @@ import torchio as tio
 from torchio.utils import to_tuple
 
 from .patch_plan import kind
+from .transforms.spatial import RandomFlip
 
 
 @dataclass
@@ -72,6 +73,11 @@ def draw(step: tio.Transform, subject: tio.Subject, channels: dict[str, int],
     elif isinstance(step, tio.RandomFlip):
         hot = (step.flip_probability > torch.rand(3, generator=generator)).tolist()
         drawn.params = {'axes': step.axes, 'hot': hot}
+    elif isinstance(step, RandomFlip):  # pyable_tio's: one draw per listed D, H, W axis
+        hot = [False] * 3
+        for axis, value in zip(step.axes, torch.rand(len(step.axes), generator=generator).tolist()):
+            hot[axis] = value < step.p_axis
+        drawn.params = {'axes': list(step.axes), 'hot': hot}
     elif isinstance(step, tio.Flip):
         drawn.params = {'axes': step.axes, 'hot': [True] * 3}
     elif isinstance(step, tio.RandomElasticDeformation):

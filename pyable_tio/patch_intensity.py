@@ -92,6 +92,8 @@ def _power(tensor: torch.Tensor, gamma: float) -> torch.Tensor:
 def _normalize(step: tio.Transform, tensor: torch.Tensor, stats: dict[str, Any], name: str,
                context: Any) -> torch.Tensor:
     subject_id = context.subject.get('id', '')
+    if 'channels' in stats:  # pyable_tio.transforms.IntensityNormalization: per channel
+        return torch.stack([(channel - mean) / std for channel, (mean, std) in zip(tensor, stats['channels'])])
     if isinstance(step, tio.ZNormalization):
         if stats['std'] == 0:
             raise RuntimeError(f'subject {subject_id!r}: standard deviation is 0 for masked values in image "{name}"')

@@ -5,7 +5,7 @@ prefix, run on the loaded subject as TorchIO runs it, and a patch-local suffix, 
 :mod:`pyable_tio.patch_augment` on the patch's box only. A step is patch-local when its value
 at a voxel depends on a bounded neighbourhood of the source (spatial steps: the preimage of the
 patch; blur: the kernel) or on whole-volume statistics computed once per volume
-(:mod:`pyable_tio.volume_stats`). Only TorchIO's own classes (exact types) are recognised:
+(:mod:`pyable_tio.volume_stats`). Only TorchIO's own classes and two of ours (exact types) are recognised:
 a subclass or an unknown callable may do anything, so it runs on the whole volume.
 """
 
@@ -19,6 +19,8 @@ from typing import Any
 import torchio as tio
 
 from .transforms.compose import Compose
+from .transforms.intensity import IntensityNormalization
+from .transforms.spatial import RandomFlip
 from .transforms.layout import FromTorchIO2D, ToTorchIO2D, ToZYX
 
 logger = logging.getLogger('pyable_tio')
@@ -31,6 +33,7 @@ _KINDS: dict[type, str] = {
     tio.RandomAffine: SPATIAL,
     tio.Flip: SPATIAL,
     tio.RandomFlip: SPATIAL,
+    RandomFlip: SPATIAL,  # pyable_tio.transforms.RandomFlip: D, H, W axes with p_axis each
     tio.ElasticDeformation: SPATIAL,
     tio.RandomElasticDeformation: SPATIAL,
     tio.RandomNoise: POINTWISE,
@@ -43,6 +46,7 @@ _KINDS: dict[type, str] = {
     tio.BiasField: FIELD,
     tio.RescaleIntensity: STATISTICS,
     tio.ZNormalization: STATISTICS,
+    IntensityNormalization: STATISTICS,  # pyable_tio.transforms: per-channel z-score
 }
 
 # Arguments whose dict form (one value per image) is not supported per patch.
@@ -135,8 +139,8 @@ def log_fallback(plan: TransformPlan) -> None:
 
 
 def is_flip(step: tio.Transform) -> bool:
-    """True for ``tio.Flip``/``tio.RandomFlip``: spatial steps that only reorder voxels."""
-    return type(step) in (tio.Flip, tio.RandomFlip)
+    """True for ``tio.Flip``/``tio.RandomFlip`` (and ours): spatial steps that only reorder voxels."""
+    return type(step) in (tio.Flip, tio.RandomFlip, RandomFlip)
 
 
 def kind(step: tio.Transform) -> str:

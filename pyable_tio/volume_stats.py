@@ -27,6 +27,7 @@ from torchio.data.io import nib_to_sitk
 
 from .constants import STATISTICS_MEMO_SIZE, STATISTICS_VERSION
 from .hashing import digest_of
+from .transforms.intensity import IntensityNormalization
 
 _memo: OrderedDict[Hashable, Any] = OrderedDict()
 _lock = threading.Lock()
@@ -121,13 +122,16 @@ def normalization_statistics(step: tio.transforms.NormalizationTransform, subjec
                              name: str) -> dict[str, Any]:
     """The statistics ``step`` computes on image ``name`` of a whole-volume subject.
 
-    ``ZNormalization``: ``mean`` and ``std`` of the masked values. ``RescaleIntensity``: the
+    ``ZNormalization``: ``mean`` and ``std`` of the masked values. ``IntensityNormalization``
+    (pyable-tio's): ``channels``, a (mean, std) per channel. ``RescaleIntensity``: the
     percentile ``cutoff`` of the masked values and the ``in_min``/``in_max`` TorchIO rescales
     from (given, or the extremes of the clipped volume). ``empty``: the mask is empty;
     ``flat``: nothing to rescale (TorchIO leaves the image unchanged, with a warning).
     """
     tensor = subject[name].data
     mask = step.get_mask_from_masking_method(step.masking_method, subject, tensor)
+    if isinstance(step, IntensityNormalization):
+        return {'channels': step.channel_statistics(subject, name, mask)}
     if isinstance(step, tio.ZNormalization):
         values = tensor.float()[mask]
         return {'mean': float(values.mean()), 'std': float(values.std())}

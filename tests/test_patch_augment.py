@@ -144,6 +144,27 @@ def test_flips_after_intensity_steps_reverse_the_finished_patch(subject):
     assert_same(ours, theirs, mirrored)
 
 
+def test_pyable_tio_flip_and_intensity_normalization_run_per_patch(subject):
+    """The package's own RandomFlip (D, H, W axes) and per-channel IntensityNormalization (whole-volume
+    statistics, optionally inside a mask) equal the whole-volume steps, then cropped."""
+    start = (3, 4, 5)
+    flip = pt.transforms.RandomFlip(axes=('D', 'W'), p_axis=1.0)
+    ours = per_patch(subject, flip, start)
+    theirs = whole(subject, flip)
+    shape = theirs['images'].spatial_shape
+    assert_same(ours, theirs, (shape[0] - start[0] - PATCH[0], start[1], shape[2] - start[2] - PATCH[2]))
+    for mask in (None, 'labelmap_0'):
+        normalize = pt.transforms.IntensityNormalization(mask=mask)
+        ours = per_patch(subject, normalize, start)
+        assert_same(ours, whole(subject, normalize), start)
+        assert abs(float(ours['images'].mean())) > 0.05  # not the patch's own statistics
+    plan = pt.plan_transform(tio.Compose([tio.RandomAffine(), pt.transforms.RandomFlip(),
+                                          pt.transforms.IntensityNormalization(mask='roi_0')]))
+    assert plan.per_patch, plan.table()
+    with pytest.raises(ValueError, match='mask "roi_9" is not a subject key'):
+        per_patch(subject, pt.transforms.IntensityNormalization(mask='roi_9'), start)
+
+
 def test_a_bias_field_after_a_late_flip_runs_on_the_volume():
     """A field in volume coordinates sees the flip, which per patch comes last: refused, with the reason."""
     plan = pt.plan_transform(tio.Compose([tio.RandomAffine(), tio.RandomGamma(), tio.RandomFlip(),

@@ -465,7 +465,7 @@ def test_same_seed_same_patches_with_workers(manifest, augment):
 def test_reset_queue_refuses_a_patch_queue_with_worker_processes(manifest):
     queue = pt.queue_from_manifest(
         manifest, patch_size=PATCH, samples_per_volume=2, max_length=4, num_workers=2,
-        transform=T.RandomFlip(), fast_patches=True,
+        transform=T.RandomRotation90(), fast_patches=True,  # a whole-volume step: processes
     )
     assert isinstance(queue, pt.PatchQueue) and not queue.threads
     with pytest.raises(ValueError, match='build a new queue'):
