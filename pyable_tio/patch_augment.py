@@ -38,12 +38,11 @@ from torchio.transforms.augmentation.spatial.random_elastic_deformation import S
 
 from . import volume_stats
 from .constants import INTERPOLATION_SUPPORT, INTERPOLATION_SUPPORT_DEFAULT
+from .geometry import LPS_TO_RAS, ras_affine_to_grid
 from .patch_draw import Drawn, draw
 from .patch_intensity import apply_intensity, kernel_margin
-from .patch_plan import SPATIAL
+from .patch_plan import SPATIAL, spatial_run
 from .transforms.intensity import IntensityNormalization
-
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def augment_patch(steps: Sequence[tio.Transform], subject: tio.Subject, volumes: dict[str, Any],
@@ -70,10 +69,7 @@ def augment_patch(steps: Sequence[tio.Transform], subject: tio.Subject, volumes:
     start, size = np.asarray(start, int), np.asarray(size, int)
     channels = {name: volume.channels for name, volume in volumes.items()}
     drawn = [d for d in (draw(step, subject, channels, generator) for step in steps) if d is not None]
-    lo_index = next((i for i, d in enumerate(drawn) if d.kind == SPATIAL), len(drawn))
-    hi_index = lo_index
-    while hi_index < len(drawn) and drawn[hi_index].kind == SPATIAL:
-        hi_index += 1
+    lo_index, hi_index = spatial_run([d.kind for d in drawn])
     pre, spatial = drawn[:lo_index], drawn[lo_index:hi_index]
     post = [d for d in drawn[hi_index:] if d.kind != SPATIAL]
     flips = [d for d in drawn[hi_index:] if d.kind == SPATIAL]  # only flips (plan_transform): last
@@ -177,7 +173,9 @@ class _Context:
 
 
 def _lps_affine(affine: np.ndarray) -> np.ndarray:
-    return _RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
+    lps = np.array(affine, dtype=np.float64)
+    lps[:3] = LPS_TO_RAS @ lps[:3]  # the flip of x and y is its own inverse
+    return lps
 
 
 def _step_transform(d: Drawn, volume: Any, start: np.ndarray, size: np.ndarray,
@@ -328,21 +326,21 @@ def _resample(channels: list[np.ndarray], volume: Any, box_start: np.ndarray, ou
     resampler = sitk.ResampleImageFilter()
     if threading.current_thread() is not threading.main_thread():
         resampler.SetNumberOfThreads(1)  # the queue's threads already use every core
-    origin, spacing, direction = _sitk_geometry(_shifted(volume.affine, out_start))
-    resampler.SetSize([int(n) for n in (out_stop - out_start)[::-1]])
-    resampler.SetOutputOrigin(origin)
-    resampler.SetOutputSpacing(spacing)
-    resampler.SetOutputDirection(direction)
+    output = ras_affine_to_grid(_shifted(volume.affine, out_start), out_stop - out_start)
+    resampler.SetSize(output.size)
+    resampler.SetOutputOrigin(output.origin)
+    resampler.SetOutputSpacing(output.spacing)
+    resampler.SetOutputDirection(output.direction)
     resampler.SetTransform(transform)
     resampler.SetInterpolator(tio.Transform.get_sitk_interpolator(interpolation))
-    box_geometry = _sitk_geometry(_shifted(volume.affine, box_start))
+    box = ras_affine_to_grid(_shifted(volume.affine, box_start), channels[0].shape)
     out = None
     for index, (channel, pad) in enumerate(zip(channels, pads)):
         # SimpleITK's index order is the array's reversed (W, H, D): a plain (strided) copy, no transpose.
         source = sitk.GetImageFromArray(channel)
-        source.SetOrigin(box_geometry[0])
-        source.SetSpacing(box_geometry[1])
-        source.SetDirection(box_geometry[2])
+        source.SetOrigin(box.origin)
+        source.SetSpacing(box.spacing)
+        source.SetDirection(box.direction)
         resampler.SetDefaultPixelValue(float(pad))
         resampler.SetOutputPixelType(source.GetPixelID() if label else sitk.sitkFloat32)
         resampled = resampler.Execute(source)  # kept alive while its array view is read
@@ -353,14 +351,6 @@ def _resample(channels: list[np.ndarray], volume: Any, box_start: np.ndarray, ou
         out[index].numpy()[...] = view  # one copy, straight into the stacked tensor
         del view, resampled
     return out
-
-
-def _sitk_geometry(affine: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    """Origin, spacing, direction (LPS) of a SimpleITK image whose index is (W, H, D) of ``affine``'s voxels."""
-    lps = _lps_affine(affine)
-    columns = lps[:3, [2, 1, 0]]
-    spacing = np.linalg.norm(columns, axis=0)
-    return tuple(lps[:3, 3].tolist()), tuple(spacing.tolist()), tuple((columns / spacing).ravel().tolist())
 
 
 def _shifted(affine: np.ndarray, start: np.ndarray) -> np.ndarray:

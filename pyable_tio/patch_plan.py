@@ -12,7 +12,7 @@ a subclass or an unknown callable may do anything, so it runs on the whole volum
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +143,22 @@ def is_flip(step: tio.Transform) -> bool:
     return type(step) in (tio.Flip, tio.RandomFlip, RandomFlip)
 
 
+def spatial_run(kinds: Sequence[str]) -> tuple[int, int]:
+    """Start and stop of the first run of consecutive spatial steps (both ``len(kinds)`` without one).
+
+    Per patch this run is resampled once; only flips may follow it (they reverse the finished patch).
+
+    Example:
+        >>> spatial_run([POINTWISE, SPATIAL, SPATIAL, POINTWISE, SPATIAL])
+        (1, 3)
+    """
+    start = next((i for i, k in enumerate(kinds) if k == SPATIAL), len(kinds))
+    stop = start
+    while stop < len(kinds) and kinds[stop] == SPATIAL:
+        stop += 1
+    return start, stop
+
+
 def kind(step: tio.Transform) -> str:
     """The patch-local kind of a supported step (see the module constants)."""
     return _KINDS[type(step)]
@@ -176,9 +192,7 @@ def _suffix_problem(steps: list[tio.Transform]) -> str | None:
     """Why ``steps`` cannot all run per patch (None when they can)."""
     kinds = [kind(step) for step in steps]
     spatial = [i for i, k in enumerate(kinds) if k == SPATIAL]
-    end = spatial[0] if spatial else 0
-    while end < len(steps) and kinds[end] == SPATIAL:
-        end += 1
+    end = spatial_run(kinds)[1]
     # After the first run of spatial steps only flips may come: they reverse the finished patch.
     later = [i for i in spatial if i >= end]
     resampling = next((i for i in later if not is_flip(steps[i])), None)

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from ..constants import BRAIN_MASK
 from ..errors import MissingDependencyError
+from ..geometry import Grid
 from .base import Masks, PreprocessStep, package_version
 
 #: What ``pip install "pyable-tio[brain]"`` adds, by import name.
@@ -27,8 +28,6 @@ _INSTALL = 'pip install "pyable-tio[brain]"'
 # deepbet keeps the bounding box of the current volume on its extractor object: threads (e.g.
 # PatchQueue's loader threads) take turns.
 _RUN_LOCK = threading.Lock()
-# SimpleITK stores LPS world coordinates, NIfTI affines (nibabel) RAS: flip x and y.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -114,10 +113,7 @@ class SkullStrip(PreprocessStep):
         import nibabel
 
         array_xyz = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)).transpose(2, 1, 0)
-        affine = np.eye(4)
-        direction = np.asarray(image.GetDirection()).reshape(3, 3)
-        affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
-        affine[:3, 3] = _LPS_TO_RAS @ np.asarray(image.GetOrigin())
+        affine = Grid.from_image(image).affine_xyz()
         nifti = nibabel.Nifti1Image(np.ascontiguousarray(array_xyz), affine)
         # deepbet reorients to RAS for its network and back: the mask comes in our voxel order.
         try:
