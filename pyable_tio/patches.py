@@ -13,8 +13,8 @@ copy per patch. Otherwise each subject is loaded (and its whole-volume steps run
 processes.
 
 Measured with ``benchmarks/bench_queue.py`` on a quiet 2-core machine (8 subjects of
-256 x 256 x 160, 96^3 patches, 16 per volume, 2 workers, warm cache): 7-8.4x the patches/s of
-a ``tio.Queue`` over plain TorchIO and 2.0-2.2x MONAI's warm ``PersistentDataset`` without
+256 x 256 x 160, 96^3 patches, 16 per volume, 2 workers, warm cache): 7-9x the patches/s of
+a ``tio.Queue`` over plain TorchIO and 2.0-2.3x MONAI's warm ``PersistentDataset`` without
 augmentation; with ``--augment`` (RandomAffine + RandomFlip + RandomGamma, per patch) 3.2x plain
 TorchIO and 2.2x MONAI's crop-then-augment recipe (median of 3 runs).
 """
