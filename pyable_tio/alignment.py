@@ -21,9 +21,9 @@ import SimpleITK as sitk
 
 from . import backend, integrity, registration
 from .atomic import atomic_path
-from .constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER, NONFINITE_ZERO
+from .constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER, NONFINITE_ZERO, SOURCE_READ_TRIES
 from .errors import ManifestError, describe, short_error
-from .hashing import digest_of, entries_digest, file_digest
+from .hashing import digest_of, entries_digest, file_digest, source_identity
 from .manifest.records import FileEntry, SubjectRecord, TransformEntry
 from .reference import Reference
 
@@ -184,36 +184,65 @@ def align_subject(
     index = reference.index if reference.index is not None else 0
     fixed_entry = record.images[index]
     fixed_entries = (*fixed_entry.transforms, *record.transforms)
-    fixed_image = fixed_transform = None
     results: dict[str, Alignment] = {}
+    fixed_files = [str(fixed_entry.path), *_transform_files(fixed_entries)]
+    # The fixed image, read once per subject: (identity of fixed_files it was read at, image, F).
+    fixed: tuple[tuple, sitk.Image, sitk.Transform | None] | None = None
     for i, entry in enumerate(record.images):
         if i == index or entry.path == fixed_entry.path:
             continue
         where = f'field "images": file {entry.path}'
         moving_entries = (*entry.transforms, *record.transforms)
-        try:
-            path = _cache_path(cache_dir, kind, fixed_entry, fixed_entries, entry, moving_entries)
-            cached = _read_cached(path)
-            if cached is not None:
-                results[str(entry.path)] = _result(entry, fixed_entry, kind, cached, path, reused=True)
-                continue
-            if fixed_image is None:
-                fixed_image = _finite(backend.load(fixed_entry.path, backend.ROLE_IMAGE))
-                fixed_transform = registration.compose(fixed_entries)
-            moving_image = _finite(backend.load(entry.path, backend.ROLE_IMAGE))
-            if moving_image.GetDimension() != fixed_image.GetDimension():
-                continue  # reported by plan_subject's dimension check
-            moving_transform = registration.compose(moving_entries)
-            found = register(fixed_image, moving_image, kind, fixed_transform, moving_transform)
-        except ValueError as error:  # a manifest transform
-            raise ManifestError.from_problems([describe(record.id, where, str(error))]) from None
-        except RuntimeError as error:
-            problem = f'{kind} alignment onto {fixed_entry.path.name} failed: {short_error(error)}'
-            raise ManifestError.from_problems([describe(record.id, where, problem)]) from None
-        if path is not None and not _store(found, path):
-            path = None
-        results[str(entry.path)] = _result(entry, fixed_entry, kind, found, path)
+        # Both images and every transform file: the .tfm is stored only if none changed from
+        # before its key was built to after the registration read them.
+        files = [*fixed_files, str(entry.path), *_transform_files(moving_entries)]
+        for _ in range(SOURCE_READ_TRIES):
+            try:
+                before = source_identity(files)
+                path = _cache_path(cache_dir, kind, fixed_entry, fixed_entries, entry, moving_entries)
+                cached = _read_cached(path)
+                if cached is not None:
+                    results[str(entry.path)] = _result(entry, fixed_entry, kind, cached, path, reused=True)
+                    break
+                if fixed is None or fixed[0] != before[:len(fixed_files)]:
+                    fixed = (before[:len(fixed_files)], _finite(backend.load(fixed_entry.path, backend.ROLE_IMAGE)),
+                             registration.compose(fixed_entries))
+                _, fixed_image, fixed_transform = fixed
+                moving_image = _finite(backend.load(entry.path, backend.ROLE_IMAGE))
+                if moving_image.GetDimension() != fixed_image.GetDimension():
+                    break  # reported by plan_subject's dimension check
+                moving_transform = registration.compose(moving_entries)
+                found = register(fixed_image, moving_image, kind, fixed_transform, moving_transform)
+            except OSError as error:
+                raise ManifestError.from_problems([describe(record.id, where, f'cannot be read: {error}')]) from None
+            except ValueError as error:  # a manifest transform
+                raise ManifestError.from_problems([describe(record.id, where, str(error))]) from None
+            except RuntimeError as error:
+                problem = f'{kind} alignment onto {fixed_entry.path.name} failed: {short_error(error)}'
+                raise ManifestError.from_problems([describe(record.id, where, problem)]) from None
+            if _identity_now(files) != before:
+                fixed = None
+                continue  # a file was replaced meanwhile: the result may mix two versions
+            if path is not None and not _store(found, path):
+                path = None
+            results[str(entry.path)] = _result(entry, fixed_entry, kind, found, path)
+            break
+        else:
+            problem = (f'it, {fixed_entry.path.name} or a transform changed while they were aligned,'
+                       f' {SOURCE_READ_TRIES} times in a row; is a file being written right now?')
+            raise ManifestError.from_problems([describe(record.id, where, problem)])
     return results
+
+
+def _transform_files(entries: Sequence[TransformEntry]) -> list[str]:
+    return [str(t.source) for t in entries if isinstance(t.source, (str, Path))]
+
+
+def _identity_now(files: list[str]) -> tuple | None:
+    try:
+        return source_identity(files)
+    except OSError:
+        return None
 
 
 def _finite(image: sitk.Image) -> sitk.Image:

@@ -70,6 +70,9 @@ CACHE_ARRAY_SUFFIX = '.npy'
 CACHE_SIDECAR_SUFFIX = '.json'
 CACHE_TEMP_SUFFIX = '.tmp'
 CACHE_SOURCES_FOLDER = 'sources'
+#: A result derived from files that change while it is computed is not stored; it is
+#: computed again, at most this many times in all, before the load fails naming the file.
+SOURCE_READ_TRIES = 3
 
 #: Keys of the items of ``PyableDataset`` (the seed's dict API) and of their batches.
 ITEM_IMAGES = 'images'

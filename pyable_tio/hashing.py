@@ -2,9 +2,15 @@
 
 A digest depends on what a file holds, not where it is: renaming a file keeps its digest,
 rewriting its bytes changes it. Hashing a 50 MB volume costs a fraction of a second, so a
-process remembers the digest of a file while its stat signature (size, mtime, ctime, inode)
-stays the same: one digest per path (the latest version), for at most
-:data:`DIGEST_MEMO_LIMIT` paths.
+process remembers the digest of a file while its stat signature (size, mtime, ctime, inode,
+device) stays the same: one digest per path (the latest version), for at most
+:data:`DIGEST_MEMO_LIMIT` paths. The signature remembered is the one of the very file that was
+hashed (``fstat`` of the open file, unchanged from before to after reading it), so a file
+replaced while it is hashed never lends its digest to another version.
+
+Whoever stores something derived from files brackets the work with :func:`source_identity`:
+taken before the key is built and again after the files were read, it must not have changed,
+else the result may mix two versions and is not stored (:class:`SourceChanged`).
 """
 
 from __future__ import annotations
@@ -20,18 +26,65 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from . import sources
+from . import dicom, sources
 from .manifest.records import TransformEntry
 
 _CHUNK = 1 << 20
 #: At most this many paths' digests are remembered per process (least recently used forgotten).
 DIGEST_MEMO_LIMIT = 65536
-#: A file's stat signature: (resolved path, size, mtime_ns, ctime_ns, inode).
-FileSignature = tuple[str, int, int, int, int]
+#: A file rewritten in place while it is hashed is hashed again, at most this many times.
+HASH_TRIES = 3
+#: A file's stat signature: (resolved path, size, mtime_ns, ctime_ns, inode, device).
+FileSignature = tuple[str, int, int, int, int, int]
 # resolved path -> (signature, sha256) of its latest version seen; the signature is re-read on
 # every call, so a changed file never gets an old digest.
 _memo: OrderedDict[str, tuple[FileSignature, str]] = OrderedDict()
 _memo_lock = threading.Lock()
+
+
+class SourceChanged(Exception):
+    """A file changed while a result derived from it was being computed: the result is not stored.
+
+    Example:
+        >>> raise SourceChanged('t1.nii.gz changed while it was read')
+        Traceback (most recent call last):
+        ...
+        pyable_tio.hashing.SourceChanged: t1.nii.gz changed while it was read
+    """
+
+
+def source_identity(paths: Iterable[str | os.PathLike]) -> tuple[Any, ...]:
+    """What identifies the current versions of ``paths``: any rewrite, replacement, ``touch``,
+    slice added to or removed from a DICOM folder changes it.
+
+    Taken before building a key and again after reading the files, an unchanged identity
+    proves that the key and the result describe the same bytes.
+
+    Raises:
+        OSError: when a file is missing.
+
+    Example:
+        >>> before = source_identity(['t1.nii.gz'])  # doctest: +SKIP
+        >>> array = read('t1.nii.gz')  # doctest: +SKIP
+        >>> source_identity(['t1.nii.gz']) == before  # unchanged: store it  # doctest: +SKIP
+        True
+    """
+    found: list[Any] = []
+    for path in paths:
+        split = dicom.split_locator(path)
+        if split is None:
+            found.append(file_signature(path))
+            continue
+        folder = split[0]
+        # The folder's own stat changes when a slice is added, removed or renamed; each slice's
+        # when it is rewritten in place.
+        slices = []
+        for child in os.scandir(folder):
+            if child.is_file():
+                stat = child.stat()
+                slices.append((child.name, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
+        found.append((file_signature(folder), os.fspath(path), tuple(sorted(slices))))
+    return tuple(found)
 
 
 def file_signature(path: str | os.PathLike) -> FileSignature:
@@ -42,11 +95,14 @@ def file_signature(path: str | os.PathLike) -> FileSignature:
 
     Example:
         >>> file_signature('t1.nii.gz')  # doctest: +SKIP
-        ('/data/t1.nii.gz', 1048576, 1700000000000000000, 1700000000000000000, 123456)
+        ('/data/t1.nii.gz', 1048576, 1700000000000000000, 1700000000000000000, 123456, 2049)
     """
     path = Path(path)
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    return _signature(str(path.resolve()), path.stat())
+
+
+def _signature(resolved: str, stat: os.stat_result) -> FileSignature:
+    return (resolved, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
 
 
 def known_digest(signature: FileSignature) -> str | None:
@@ -124,9 +180,35 @@ def file_digest(path: str | os.PathLike, signature: FileSignature | None = None)
         signature = file_signature(path)
     digest = known_digest(signature)
     if digest is None:
-        digest = hash_file(path)
+        signature, digest = hash_version(path)
         remember_digest(signature, digest)
     return digest
+
+
+def hash_version(path: str | os.PathLike) -> tuple[FileSignature, str]:
+    """SHA-256 of a file's bytes and the signature of the very version that was read.
+
+    The file is opened once; its ``fstat`` before and after reading must agree (an in-place
+    rewrite meanwhile hashes it again), so the pair never mixes two versions, even when the
+    path is replaced meanwhile (the open file is the old version, and so is its signature).
+
+    Raises:
+        OSError: when the file cannot be read, or keeps changing while it is read.
+
+    Example:
+        >>> hash_version('t1.nii.gz')  # doctest: +SKIP
+        (('/data/t1.nii.gz', 1048576, 1700000000000000000, 1700000000000000000, 123456, 2049), '9f86d081...')
+    """
+    path = Path(path)
+    resolved = str(path.resolve())
+    for _ in range(HASH_TRIES):
+        with path.open('rb') as stream:
+            before = os.fstat(stream.fileno())
+            digest = _hash_stream(stream)
+            after = os.fstat(stream.fileno())
+        if _signature(resolved, before) == _signature(resolved, after):
+            return _signature(resolved, after), digest
+    raise OSError(f'{path} kept changing while it was hashed ({HASH_TRIES} tries)')
 
 
 def hash_file(path: str | os.PathLike) -> str:
@@ -139,10 +221,14 @@ def hash_file(path: str | os.PathLike) -> str:
         >>> hash_file('t1.nii.gz')  # doctest: +SKIP
         '9f86d081884c7d65...'
     """
-    sha = hashlib.sha256()
     with Path(path).open('rb') as stream:
-        for chunk in iter(lambda: stream.read(_CHUNK), b''):
-            sha.update(chunk)
+        return _hash_stream(stream)
+
+
+def _hash_stream(stream: Any) -> str:
+    sha = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(_CHUNK), b''):
+        sha.update(chunk)
     return sha.hexdigest()
 
 

@@ -94,6 +94,19 @@ class PlanEntry:
     filler: bool = False
     name: str = ''
 
+    def files(self) -> tuple[str, ...]:
+        """The files its volume is read from: the source, transform files and preprocessing masks.
+
+        Example:
+            >>> PlanEntry('roi_0', 'rois', 0, 'roi', Path('/data/roi.nii.gz')).files()
+            ('/data/roi.nii.gz',)
+        """
+        files = [str(self.source)]
+        files += [str(t.source) for t in self.transforms if isinstance(t.source, (str, Path))]
+        if self.preprocessing is not None:
+            files += list(self.preprocessing.files(self.source)[1:])
+        return tuple(files)
+
 
 @dataclass(frozen=True)
 class SubjectPlan:

@@ -18,6 +18,7 @@ from . import backend, integrity, registration
 from .constants import DEFAULT_BACKGROUND, DEFAULT_NONFINITE, LINEAR, NONFINITE_KEEP
 from .errors import LoadError, describe, short_error
 from .geometry import Grid, reorient_grid
+from .hashing import SourceChanged, source_identity
 from .manifest.records import TransformEntry
 from .plan import PlanEntry
 from .preprocess import Preprocessing
@@ -104,21 +105,43 @@ class GridReader:
 
     def __call__(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         entry = self.entry(path)
-        if self.cache is not None:
-            # The cache sees data (the entry and the grid) and a function: never the reader.
-            array = self.cache.get_or_compute(entry, self.grid, lambda: self.read_entry(entry))
-        else:
-            array = self.read_entry(entry)
+        try:
+            if self.cache is not None:
+                # The cache sees data (the entry and the grid) and a function: never the reader.
+                array = self.cache.get_or_compute(entry, self.grid, lambda: self.read_entry(entry))
+            else:
+                array = self.read_entry(entry)
+        except SourceChanged as error:
+            raise LoadError(describe(self.subject_id, f'file {path}', str(error))) from None
         return array, self.grid.affine_zyx()
 
     def read(self, path: str | Path) -> np.ndarray:
         """The resampled C x D x H x W array, without the cache."""
-        return self.read_entry(self.entry(path))
+        try:
+            return self.read_entry(self.entry(path))
+        except SourceChanged as error:
+            raise LoadError(describe(self.subject_id, f'file {path}', str(error))) from None
+
+    def files(self, path: str | Path) -> tuple[str, ...]:
+        """The files the volume of ``path`` is read from: it, its transform files and masks.
+
+        Example:
+            >>> reader.files('t2.nii.gz')  # doctest: +SKIP
+            ('t2.nii.gz', 'rigid.tfm')
+        """
+        return self.entry(path).files()
 
     def read_entry(self, entry: PlanEntry) -> np.ndarray:
         """The resampled C x D x H x W (Z,Y,X) array of one plan entry, without the cache."""
         path, role, steps = entry.source, entry.role, entry.preprocessing
         where = f'file {path}'
+        identity = None
+        if steps is not None:
+            try:
+                # Before the read: the steps' results are stored only if it still holds after.
+                identity = source_identity(steps.files(path))
+            except OSError:
+                pass  # missing: the load below says so
         try:
             # A mask made by a step (roi_brain) comes from an image file: read it as one.
             image = backend.load(path, role if steps is None else backend.ROLE_IMAGE)
@@ -133,7 +156,7 @@ class GridReader:
             if problem is not None:
                 raise LoadError(describe(self.subject_id, where, problem))
         if steps is not None:
-            image = self._preprocessed(image, path, steps)
+            image = self._preprocessed(image, path, steps, identity)
         if image.GetDimension() != self.grid.dimension:
             problem = (
                 f'mismatched dimensions: the file is {image.GetDimension()}-D,'
@@ -158,10 +181,11 @@ class GridReader:
                 return integrity.restore_infinities(self._to_array(image, entry))
         return self._to_array(image, entry)
 
-    def _preprocessed(self, image: sitk.Image, path: str | Path, steps: Preprocessing) -> sitk.Image:
+    def _preprocessed(self, image: sitk.Image, path: str | Path, steps: Preprocessing,
+                      identity: tuple | None) -> sitk.Image:
         where = f'file {path}'
         try:
-            return steps.run(image, path, self.cache)
+            return steps.run(image, path, self.cache, identity)
         except (ValueError, RuntimeError) as error:
             problem = f'preprocessing failed: {short_error(error)}'
             raise LoadError(describe(self.subject_id, where, problem)) from None

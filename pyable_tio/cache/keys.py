@@ -20,8 +20,10 @@ from ..hashing import (
     file_digest,
     file_signature,
     hash_file,
+    hash_version,
     known_digest,
     remember_digest,
+    source_identity,
 )
 
 if TYPE_CHECKING:  # the plan imports the preprocessing steps, which import the cache
@@ -75,8 +77,18 @@ def key_inputs(entry: PlanEntry, grid: Grid, source: str) -> dict[str, Any]:
     return inputs
 
 
+def key_files(entry: PlanEntry) -> tuple[str, ...]:
+    """The files a volume is read from: its source, transform files and preprocessing masks.
+
+    Example:
+        >>> key_files(reader.entry('t2.nii.gz'))  # doctest: +SKIP
+        ('t2.nii.gz', 'rigid.tfm')
+    """
+    return entry.files()
+
+
 #: Fields of an on-disk source memo, in :data:`~pyable_tio.hashing.FileSignature` order.
-MEMO_FIELDS = ('path', 'size', 'mtime_ns', 'ctime_ns', 'inode')
+MEMO_FIELDS = ('path', 'size', 'mtime_ns', 'ctime_ns', 'inode', 'device')
 
 
 def source_digest(path: str | os.PathLike, memo_folder: Path | None = None) -> str:
@@ -117,8 +129,10 @@ def source_digest(path: str | os.PathLike, memo_folder: Path | None = None) -> s
     if digest is not None:
         remember_digest(signature, digest)
         return digest
-    digest = file_digest(path, signature)
-    text = json.dumps({**dict(zip(MEMO_FIELDS, signature)), 'sha256': digest}, sort_keys=True)
+    # The memo names the version that was hashed (maybe newer than ``signature`` by now).
+    hashed, digest = hash_version(path)
+    remember_digest(hashed, digest)
+    text = json.dumps({**dict(zip(MEMO_FIELDS, hashed)), 'sha256': digest}, sort_keys=True)
     try:
         atomic_write(memo, lambda stream: stream.write(text.encode()))
     except OSError:
@@ -144,17 +158,35 @@ def read_memo(memo: Path, signature: FileSignature | None = None) -> str | None:
         >>> read_memo(memo_path(folder, '/data/t1.nii.gz'), file_signature('/data/t1.nii.gz'))  # doctest: +SKIP
         '9f86d081884c7d65...'
     """
-    try:
-        record = json.loads(memo.read_bytes())
-        recorded = tuple(record[name] for name in MEMO_FIELDS)
-        digest = record['sha256']
-    except (OSError, ValueError, KeyError, TypeError):
+    record = _memo_record(memo)
+    if record is None:
         return None
-    if not (isinstance(digest, str) and len(digest) == 64) or memo.stem != digest_of(recorded[0]):
+    recorded = tuple(record[name] for name in MEMO_FIELDS)
+    if memo.stem != digest_of(recorded[0]):
         return None
     if signature is not None and recorded != tuple(signature):
         return None
-    return digest
+    return record['sha256']
+
+
+def _memo_record(memo: Path) -> dict[str, Any] | None:
+    """A memo's fields, each of its type, or None for any damage (whatever JSON it holds)."""
+    try:
+        record = json.loads(memo.read_bytes())
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get('path'), str):
+        return None
+    if not all(_is_count(record.get(name)) for name in MEMO_FIELDS[1:]):
+        return None
+    digest = record.get('sha256')
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in '0123456789abcdef' for c in digest)):
+        return None
+    return record
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def check_memo(memo: Path) -> str | None:
@@ -165,9 +197,9 @@ def check_memo(memo: Path) -> str | None:
     Example:
         >>> check_memo(memo_path(folder, '/data/t1.nii.gz'))  # doctest: +SKIP
     """
-    if read_memo(memo) is None:
+    record = _memo_record(memo)
+    if record is None or read_memo(memo) is None:
         return 'malformed, or not under its own name'
-    record = json.loads(memo.read_bytes())
     try:
         signature = file_signature(record['path'])
     except OSError:
@@ -181,3 +213,51 @@ def check_memo(memo: Path) -> str | None:
     if actual != record['sha256']:
         return 'wrong digest for its file'
     return None
+
+
+def content_problem(key: str, sidecar: dict[str, Any]) -> str | None:
+    """Whether an entry's sidecar still describes its key and its source's content; the problem or None.
+
+    For a volume entry (one that records its source's identity), the recorded inputs must
+    digest to ``key``, and a source that still has the identity recorded
+    when it was read (same size, mtime, ctime, inode, device) is hashed now: its digest must
+    be the one in the key. A source changed or gone since is not a problem (the entry still
+    holds that older content, which another copy of the file may ask for).
+
+    Example:
+        >>> content_problem(key, json.loads(sidecar_path.read_bytes()))  # doctest: +SKIP
+        'its source /data/t1.nii.gz no longer has the content its key names'
+    """
+    inputs, recorded = sidecar.get('inputs'), sidecar.get('source_identity')
+    if not isinstance(inputs, dict) or recorded is None:
+        return None  # not a volume of get_or_compute (another owner's entry, or an older one)
+    try:
+        if digest_of(inputs) != key:
+            return 'its recorded inputs do not give its key (edited, or of another entry)'
+    except (TypeError, ValueError, RecursionError):
+        return 'its recorded inputs are not plain JSON'
+    source, digest = sidecar.get('source'), inputs.get('source')
+    if not (isinstance(source, str) and isinstance(digest, str)):
+        return None
+    try:
+        now = json.loads(json.dumps(source_identity([source])))
+        if now != recorded:
+            return None  # changed since: the entry is of an older version
+        actual = content_digest(source)
+    except (OSError, ValueError):
+        return None
+    if actual != digest:
+        return f'its source {source} no longer has the content its key names (a wrong digest memo?)'
+    return None
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """A source's digest as :func:`source_digest` gives it, hashed now (no memo: what is checked).
+
+    Example:
+        >>> content_digest('t1.nii.gz') == source_digest('t1.nii.gz')  # doctest: +SKIP
+        True
+    """
+    if sources.is_series(path):
+        return digest_of({'series': [hash_file(file) for file in sources.files_of(path)]})
+    return hash_file(path)

@@ -13,18 +13,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..constants import ALIGNMENT_FOLDER, CACHE_ARRAY_SUFFIX, CACHE_SIDECAR_SUFFIX, CACHE_SOURCES_FOLDER, CACHE_TEMP_SUFFIX
-from ..hashing import digest_of
+from ..constants import (
+    ALIGNMENT_FOLDER,
+    CACHE_ARRAY_SUFFIX,
+    CACHE_SIDECAR_SUFFIX,
+    CACHE_SOURCES_FOLDER,
+    CACHE_TEMP_SUFFIX,
+    SOURCE_READ_TRIES,
+)
+from ..hashing import SourceChanged, digest_of, source_identity
 from .entry import (
     STALE_TEMP_SECONDS,
     CacheCorruption,
     folder_lock,
+    parse_sidecar,
     read_entry,
     stale_temporary,
     sweep_temporaries,
     write_entry,
 )
-from .keys import check_memo, key_inputs, source_digest
+from .keys import check_memo, content_problem, key_files, key_inputs, source_digest
 from .stats import KEY_FOLDERS, CacheStats, disk_bytes, owned_files, warn_line
 
 if TYPE_CHECKING:  # the plan imports the preprocessing steps, which import the cache
@@ -47,6 +55,13 @@ _COUNTS_LOCK = threading.Lock()
 # cache folders whose writes failed, and entries that are damaged and cannot be removed.
 _WRITE_FAILURES_REPORTED: set[str] = set()
 _UNREMOVABLE: set[str] = set()
+
+
+def _identity_now(files: tuple[str, ...]) -> tuple[Any, ...] | None:
+    try:
+        return source_identity(files)
+    except OSError:
+        return None
 
 
 class VolumeCache:
@@ -157,6 +172,10 @@ class VolumeCache:
         """The cached volume of ``entry`` on ``grid``, computing it on a miss.
 
         The cache's whole interface to readers: data for the key, a function for the array.
+        The files' identity (:func:`~pyable_tio.hashing.source_identity`) is taken before the
+        key and again after ``compute()``: a file replaced meanwhile (an rsync during a fill)
+        would store one version's voxels under another's key, so the array is not stored and
+        is computed again.
 
         Args:
             entry: The file's :class:`~pyable_tio.plan.PlanEntry` (source, transforms, options).
@@ -166,23 +185,39 @@ class VolumeCache:
         Returns:
             The array; a copy-on-write memory map on a hit, ``compute()``'s array on a miss.
 
+        Raises:
+            SourceChanged: the files changed during each of
+                :data:`~pyable_tio.constants.SOURCE_READ_TRIES` computations.
+
         Example:
             >>> array = cache.get_or_compute(entry, grid, lambda: reader.read_entry(entry))  # doctest: +SKIP
         """
-        try:
-            inputs = self.key_inputs(entry, grid)
-        except OSError:
-            # A source or transform file vanished: the reader raises the proper LoadError.
-            return compute()
-        key = digest_of(inputs)
-        array = self.get(key)
-        if array is not None:
-            self._count('hits', 1)
-            return array
-        self._count('misses', 1)
-        array = np.ascontiguousarray(compute())
-        self.put(key, array, inputs, source=entry.source, grid=grid.to_dict())
-        return array
+        files = key_files(entry)
+        for _ in range(SOURCE_READ_TRIES):
+            try:
+                before = source_identity(files)
+                inputs = self.key_inputs(entry, grid)
+            except OSError:
+                # A source or transform file vanished: the reader raises the proper LoadError.
+                return compute()
+            key = digest_of(inputs)
+            array = self.get(key)
+            if array is not None:
+                self._count('hits', 1)
+                return array
+            self._count('misses', 1)
+            try:
+                array = np.ascontiguousarray(compute())
+            except SourceChanged:
+                continue  # seen by a nested step (preprocessing): nothing was stored
+            if _identity_now(files) == before:
+                self.put(key, array, inputs, source=entry.source, grid=grid.to_dict(),
+                         source_identity=_identity_now(files[:1]))
+                return array
+        raise SourceChanged(
+            f'{entry.source} (or its transforms or masks) changed while it was read, {SOURCE_READ_TRIES} times'
+            ' in a row; is it being written right now?'
+        )
 
     def get(self, key: str) -> np.ndarray | None:
         """The entry ``key`` (copy-on-write memory map), or None when absent.
@@ -229,6 +264,7 @@ class VolumeCache:
         inputs: dict[str, Any],
         source: str | os.PathLike | None = None,
         grid: dict[str, Any] | None = None,
+        source_identity: tuple[Any, ...] | None = None,
     ) -> None:
         """Store ``array`` under ``key`` atomically (array first, sidecar last).
 
@@ -238,6 +274,8 @@ class VolumeCache:
             inputs: The key's inputs, recorded in the sidecar.
             source: Source file, recorded for humans.
             grid: Geometry of the array (x,y,z order), recorded in the sidecar.
+            source_identity: The identity ``source`` had when it was read; ``check`` rehashes a
+                source that still has it and compares with the key's ``inputs["source"]``.
         """
         array_path, sidecar_path = self.paths(key)
         if str(array_path) in _UNREMOVABLE:
@@ -250,6 +288,8 @@ class VolumeCache:
             'source': None if source is None else os.fspath(source),
             'inputs': inputs,
         }
+        if source_identity is not None:
+            record['source_identity'] = source_identity
         try:
             write_entry(array_path, sidecar_path, array, record, lock=self._lock)
         except OSError as error:
@@ -270,7 +310,12 @@ class VolumeCache:
                 yield array_path.stem, array_path, sidecar_path
 
     def check(self, key: str) -> str | None:
-        """Fully verify one entry (sizes, header and checksum); the problem, or None if valid."""
+        """Fully verify one entry; the problem, or None if valid.
+
+        Checks sizes, header and checksum, that the recorded inputs give the key, and that a
+        source still in the version it was read in still has the content the key names
+        (:func:`keys.content_problem`; this hashes it).
+        """
         array_path, sidecar_path = self.paths(key)
         try:
             text = sidecar_path.read_bytes()
@@ -278,7 +323,7 @@ class VolumeCache:
         except (OSError, CacheCorruption) as error:
             return str(error)
         del array
-        return None
+        return content_problem(key, parse_sidecar(text))
 
     def check_sources(self) -> list[tuple[Path, str]]:
         """Verify every source-digest memo against its file; remove and return the bad or stale ones.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from .. import backend
 from ..cache.entry import folder_lock
 from ..constants import CACHE_FORMAT_VERSION, PREPROCESS_IMAGE, PREPROCESS_LOCKS_FOLDER
 from ..geometry import Grid
-from ..hashing import digest_of, file_digest
+from ..hashing import SourceChanged, digest_of, file_digest, source_identity
 from .base import PreprocessStep, step_key
 
 #: Without a cache, the last outputs computed in this process, so that the image and its brain
@@ -66,13 +67,27 @@ class Preprocessing:
             'output': self.output,
         }
 
-    def run(self, image: sitk.Image, path: str | os.PathLike, cache: Any = None) -> sitk.Image:
+    def files(self, path: str | os.PathLike) -> tuple[str, ...]:
+        """The files the outputs for ``path`` are made from: it and the mask files.
+
+        Example:
+            >>> Preprocessing((N4(),), mask_files=(('roi_0', 'roi.nii.gz'),)).files('t1.nii.gz')
+            ('t1.nii.gz', 'roi.nii.gz')
+        """
+        return (os.fspath(path), *(os.fspath(mask) for _, mask in self.mask_files))
+
+    def run(self, image: sitk.Image, path: str | os.PathLike, cache: Any = None,
+            identity: tuple[Any, ...] | None = None) -> sitk.Image:
         """The requested output for ``image`` read from ``path``, from the cache when it is there.
 
         Args:
             image: The file as loaded (native space, float32).
             path: The file (its content digest keys the result).
             cache: Optional :class:`~pyable_tio.VolumeCache`; the outputs are stored in it.
+            identity: :func:`~pyable_tio.hashing.source_identity` of :meth:`files`, taken before
+                ``image`` was read (default: now). Outputs are stored, or kept in memory, only
+                when it still holds after the key is built and the steps ran: else the key could
+                name another version of the file than the one ``image`` holds.
 
         Returns:
             The output, on ``image``'s grid.
@@ -80,18 +95,30 @@ class Preprocessing:
         Raises:
             ValueError: a step failed or returned an image on another grid.
             MissingDependencyError: a step's optional package is not installed.
+            SourceChanged: with a cache, the file changed since it was read (nothing stored).
         """
+        files = self.files(path)
+        if identity is None:
+            identity = source_identity(files)
+
+        def unchanged() -> bool:
+            try:
+                return source_identity(files) == identity
+            except OSError:
+                return False
+
         digest = cache.source_digest(path) if cache is not None else file_digest(path)
         base = {'kind': 'preprocessed', 'format': CACHE_FORMAT_VERSION, 'source': digest, **self.describe()}
         base.pop('output')
         if cache is not None:
-            outputs = self._cached(image, path, cache, base)
+            outputs = self._cached(image, path, cache, base, unchanged)
         else:
             memo_key = digest_of(base)
-            outputs = _recent(memo_key)
+            outputs = _recent(memo_key) if unchanged() else None
             if outputs is None:
                 outputs = self.compute(image)
-                _remember(memo_key, outputs)
+                if unchanged():
+                    _remember(memo_key, outputs)
         if self.output not in outputs:
             raise ValueError(f'no step makes "{self.output}" (outputs: {sorted(outputs)})')
         return outputs[self.output]
@@ -118,12 +145,16 @@ class Preprocessing:
             image = result
         return {PREPROCESS_IMAGE: image, **made}
 
-    def _cached(self, image: sitk.Image, path: Any, cache: Any, base: dict[str, Any]) -> dict[str, sitk.Image]:
+    def _cached(self, image: sitk.Image, path: Any, cache: Any, base: dict[str, Any],
+                unchanged: Callable[[], bool]) -> dict[str, sitk.Image]:
         """Outputs from the cache, or computed (once across processes) and stored."""
         names = [PREPROCESS_IMAGE, *_masks_made(self.steps)]
         keys = {name: digest_of({**base, 'output': name}) for name in names}
+        changed = SourceChanged(f'{path} changed while it was preprocessed')
         found = _read(cache, keys, image)
         if found is not None:
+            if not unchanged():
+                raise changed  # the entry found is of the new version, ``image`` of the old one
             return found
         # Hold a lock per entry while computing: another worker asked for the brain mask of
         # this very file waits for these outputs instead of running the steps a second time.
@@ -135,8 +166,12 @@ class Preprocessing:
         with folder_lock(lock):
             found = _read(cache, keys, image)
             if found is not None:
+                if not unchanged():
+                    raise changed
                 return found
             outputs = self.compute(image)
+            if not unchanged():
+                raise changed
             for name, key in keys.items():
                 output = outputs[name]
                 array = sitk.GetArrayFromImage(output)
