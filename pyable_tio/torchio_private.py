@@ -17,7 +17,7 @@ CLASS_MEMBERS: tuple[tuple[str, str, str], ...] = (
     ('torchio.data.io', 'check_uint_to_int', 'patch_cutting: patch dtype as TorchIO reads it'),
     ('torchio.data.io', 'nib_to_sitk', 'volume_stats: B-spline domain and border means as TorchIO builds them'),
     ('torchio.constants', 'MIN_FLOAT_32', 'patch_cutting: weighted sampler draw'),
-    ('torchio', 'Transform._add_transform_to_subject_history', 'patch_cutting: patch history'),
+    ('torchio', 'Transform._add_transform_to_subject_history', 'patch_cutting: patch history; transforms.layout overrides it'),
     ('torchio', 'Affine._get_scaling_transform', 'patch_augment: TorchIO affine about the patch centre'),
     ('torchio', 'Affine._get_rotation_transform', 'patch_augment: TorchIO affine about the patch centre'),
     ('torchio.transforms.augmentation.spatial.random_elastic_deformation', 'SPLINE_ORDER', 'patch_augment: B-spline'),
@@ -30,6 +30,9 @@ CLASS_MEMBERS: tuple[tuple[str, str, str], ...] = (
     ('torchio', 'Queue._get_first_item', 'patches: PatchQueue'),
     ('torchio', 'Queue._initialize_subjects_iterable', 'transforms.seeding: reset_queue'),
     ('torch', 'UntypedStorage._new_shared', 'patch_cutting: shared-memory patches (optional)'),
+    ('torchio', 'Transform._get_base_args', 'transforms.layout, planar, spatial: steps built by a step keep its arguments'),
+    ('torchio', 'GridAggregator._get_hann_window', 'inference: SubjectGridAggregator, hann overlap weights'),
+    ('torch.utils.data._utils.collate', 'default_collate_fn_map', 'monai_data: registers the collate of SubjectMeta'),
 )
 #: Attributes set on instances: (what to build, attribute, where pyable-tio uses it).
 INSTANCE_MEMBERS: tuple[tuple[str, str, str], ...] = (
