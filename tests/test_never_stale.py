@@ -313,3 +313,21 @@ def test_info_check_finds_an_entry_whose_source_no_longer_has_its_keys_content(v
     assert 'no longer has the content its key names' in cache.check(key)
     assert cli.main(['info', '--cache-dir', str(folder), '--check']) == 1
     assert f'cache entry {key}' in capsys.readouterr().err
+
+
+def test_an_unremovable_damaged_entry_is_written_again_once_it_is_out_of_the_way(versions, tmp_path):
+    """The process remembers that a damaged entry could not be removed only while its files stay as they were."""
+    a, _, path = versions
+    cache = VolumeCache(tmp_path / 'cache')
+    reader = pt.GridReader(grid_of(a), 'image', 's', cache=cache)
+    expected = np.asarray(reader(path)[0]).copy()
+    ((key, array_path, _),) = list(cache.entries())
+    array_path.unlink()
+    array_path.mkdir()  # a directory in the way
+    (array_path / 'x').write_text('not the cache\'s')
+    with pytest.warns(RuntimeWarning, match='cannot be removed'):
+        np.testing.assert_array_equal(reader(path)[0], expected)
+    shutil.rmtree(array_path)  # its owner clears the way
+    writes = cache.counts['writes']
+    np.testing.assert_array_equal(reader(path)[0], expected)
+    assert cache.counts['writes'] == writes + 1 and cache.check(key) is None

@@ -54,7 +54,9 @@ _COUNTS_LOCK = threading.Lock()
 # What this process already warned about (warnings are once per process, not once per load):
 # cache folders whose writes failed, and entries that are damaged and cannot be removed.
 _WRITE_FAILURES_REPORTED: set[str] = set()
-_UNREMOVABLE: set[str] = set()
+# Damaged entries that could not be removed, with the stat of their files then: once either
+# file changes (removed or fixed by someone else), the entry is tried again.
+_UNREMOVABLE: dict[str, tuple[Any, ...]] = {}
 
 
 def _identity_now(files: tuple[str, ...]) -> tuple[Any, ...] | None:
@@ -62,6 +64,28 @@ def _identity_now(files: tuple[str, ...]) -> tuple[Any, ...] | None:
         return source_identity(files)
     except OSError:
         return None
+
+
+def _file_states(*paths: Path) -> tuple[Any, ...]:
+    states = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            states.append((stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
+        except OSError:
+            states.append(None)
+    return tuple(states)
+
+
+def _still_unremovable(array_path: Path, sidecar_path: Path) -> bool:
+    """Whether this damaged entry was found unremovable and its files are unchanged since."""
+    known = _UNREMOVABLE.get(str(array_path))
+    if known is None:
+        return False
+    if known == _file_states(array_path, sidecar_path):
+        return True
+    _UNREMOVABLE.pop(str(array_path), None)
+    return False
 
 
 class VolumeCache:
@@ -278,7 +302,7 @@ class VolumeCache:
                 source that still has it and compares with the key's ``inputs["source"]``.
         """
         array_path, sidecar_path = self.paths(key)
-        if str(array_path) in _UNREMOVABLE:
+        if _still_unremovable(array_path, sidecar_path):
             self._write_failed(array_path, 'a damaged entry is in the way and cannot be removed', warn=False)
             return
         sweep_temporaries(array_path.parent)  # left by killed writers of this folder
@@ -433,8 +457,8 @@ class VolumeCache:
         return removed
 
     def _discard(self, key: str, problem: str, remove: bool = True) -> None:
-        array_path = self.paths(key)[0]
-        if str(array_path) in _UNREMOVABLE:
+        array_path, sidecar_path = self.paths(key)
+        if _still_unremovable(array_path, sidecar_path):
             return  # already reported in this process; the volume is served from memory
         self._count('recovered', 1)
         action = 'discarding and recomputing it'
@@ -442,7 +466,7 @@ class VolumeCache:
             try:
                 self.remove(key)
             except OSError as error:  # a read-only folder, or a directory in the way
-                _UNREMOVABLE.add(str(array_path))
+                _UNREMOVABLE[str(array_path)] = _file_states(array_path, sidecar_path)
                 action = f'it cannot be removed ({error}), so it is recomputed on every load (reported once)'
         warn_line(f'pyable-tio cache: {problem}; {action}')
 
