@@ -47,7 +47,7 @@ from .constants import (
 from .geometry.grid import Grid, grid_from_meta
 from .manifest.records import TransformEntry
 from .preprocess import Preprocessing
-from .preprocess.plan import brain_source, file_steps, preprocessing_for
+from .preprocess.selection import brain_source, file_steps, preprocessing_for
 
 #: Reader roles (the values of :mod:`pyable_tio.io.backend`'s ``ROLE_*``), by manifest field.
 FIELD_ROLES = {FIELD_IMAGES: 'image', FIELD_ROIS: 'roi', FIELD_LABELMAPS: 'labelmap'}

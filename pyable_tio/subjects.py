@@ -33,7 +33,7 @@ from .geometry.grid import Grid
 from .manifest import ManifestSource
 from .plan import SubjectPlan, attach_plan, make_plan, plan_of
 from .checking.headers import PlanOptions, plan_source, plan_subject
-from .preprocess.plan import any_steps, brain_source
+from .preprocess.selection import any_steps, brain_source
 from .reader import GridReader
 from .geometry.reference import ReferenceSelector, ReferenceSpace
 

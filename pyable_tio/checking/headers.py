@@ -30,7 +30,7 @@ from ..errors import ManifestError, describe, short_error
 from ..geometry.grid import axis_aligned_grid, check_orientation, reorient_grid
 from ..manifest import Manifest, ManifestSource, SubjectRecord, file_problems, parse_manifest
 from ..preprocess import resolve_steps
-from ..preprocess.plan import brain_source, preprocess_problems
+from ..preprocess.selection import brain_source, preprocess_problems
 from ..geometry.reference import ImageHeader, Reference, ReferenceSelector, ReferenceSpace
 from ..geometry.reference import choose_reference, grid_of_space
 
