@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import backend, integrity, registration
+from .io import backend
+from .io import integrity
+from .geometry import registration
 from .constants import DEFAULT_BACKGROUND, DEFAULT_NONFINITE, LINEAR, NONFINITE_KEEP
 from .errors import LoadError, describe, short_error
-from .geometry import Grid, reorient_grid
-from .hashing import SourceChanged, source_identity
+from .geometry.grid import Grid, reorient_grid
+from .cache.digest import SourceChanged, source_identity
 from .manifest.records import TransformEntry
 from .plan import PlanEntry
 from .preprocess import Preprocessing

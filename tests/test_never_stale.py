@@ -22,12 +22,16 @@ import torch
 import torchio as tio
 
 import pyable_tio as pt
-from pyable_tio import backend, cli, hashing, synthetic, volume_stats
+from pyable_tio import synthetic, volume_stats
+from pyable_tio.cache import digest as hashing
+from pyable_tio.cli import main as cli
+from pyable_tio.io import backend
+from pyable_tio.reader import GridReader
 from pyable_tio.cache import VolumeCache
 from pyable_tio.cache.entry import forget_verified
 from pyable_tio.cache.keys import memo_path
 from pyable_tio.constants import CACHE_SOURCES_FOLDER
-from pyable_tio.geometry import Grid
+from pyable_tio.geometry.grid import Grid
 from pyable_tio.preprocess import Preprocessing, clear_recent
 
 SIZE = (12, 10, 8)
@@ -77,7 +81,7 @@ def grid_of(path: Path) -> Grid:
 
 def uncached(path: Path, grid: Grid, **kwargs) -> np.ndarray:
     clear_recent()
-    reader = pt.GridReader(grid, 'image', 's', **kwargs)
+    reader = GridReader(grid, 'image', 's', **kwargs)
     return np.asarray(reader.read(path))
 
 
@@ -107,7 +111,7 @@ def test_a_source_replaced_between_key_and_read_is_never_stored_under_the_old_ke
     grid = grid_of(a)
     expected = {'a': uncached(a, grid), 'b': uncached(b, grid)}
     cache = VolumeCache(tmp_path / 'cache')
-    reader = pt.GridReader(grid, 'image', 's', cache=cache)
+    reader = GridReader(grid, 'image', 's', cache=cache)
     done = swap_during_load(monkeypatch, path, b)
     np.testing.assert_array_equal(reader(path)[0], expected['b'])
     assert done
@@ -127,7 +131,7 @@ def test_a_source_replaced_over_and_over_while_loads_fill_the_cache(versions, tm
     expected = {'a': uncached(a, grid), 'b': uncached(b, grid)}
     cache = VolumeCache(tmp_path / 'cache')
     # Another default value per load: every load a miss, every entry kept (and all are checked).
-    readers = [pt.GridReader(grid, 'image', 's', cache=cache, default_value=float(i)) for i in range(60)]
+    readers = [GridReader(grid, 'image', 's', cache=cache, default_value=float(i)) for i in range(60)]
     stop = threading.Event()
 
     def swapper() -> None:
@@ -161,7 +165,7 @@ def test_a_source_replaced_over_and_over_while_loads_fill_the_cache(versions, tm
 
 def test_a_file_that_keeps_changing_fails_naming_subject_and_file(versions, tmp_path, monkeypatch):
     a, b, path = versions
-    reader = pt.GridReader(grid_of(a), 'image', 'sub-07', cache=VolumeCache(tmp_path / 'cache'))
+    reader = GridReader(grid_of(a), 'image', 'sub-07', cache=VolumeCache(tmp_path / 'cache'))
     real, flip = backend.load, [a, b]
 
     def load(source, *args, **kwargs):
@@ -184,7 +188,7 @@ def test_preprocessing_of_a_source_replaced_after_it_was_read(versions, tmp_path
     steps = Preprocessing((Scale(2.0),))
     expected = {name: uncached(v, grid, preprocessing={str(v): steps}) for name, v in (('a', a), ('b', b))}
     cache = VolumeCache(tmp_path / 'cache') if with_cache else None
-    reader = pt.GridReader(grid, 'image', 's', cache=cache, preprocessing={str(path): steps})
+    reader = GridReader(grid, 'image', 's', cache=cache, preprocessing={str(path): steps})
     clear_recent()
     done = swap_during_load(monkeypatch, path, b, after=True)
     first = np.asarray(reader(path)[0])
@@ -227,7 +231,7 @@ def test_znormalization_after_the_file_is_replaced_uses_the_new_statistics(tmp_p
 
 def test_a_statistic_computed_while_its_file_is_replaced_is_not_kept(versions):
     a, b, path = versions
-    image = tio.ScalarImage(path, reader=pt.GridReader(grid_of(a), 'image', 's'))
+    image = tio.ScalarImage(path, reader=GridReader(grid_of(a), 'image', 's'))
     key = volume_stats.volume_key(image)
     calls = []
 
@@ -308,7 +312,7 @@ def test_info_check_finds_an_entry_whose_source_no_longer_has_its_keys_content(v
                                 'ctime_ns': signature[3], 'inode': stat.st_ino, 'device': stat.st_dev,
                                 'sha256': wrong}))
     hashing.forget_digests()
-    pt.GridReader(grid_of(a), 'image', 's', cache=cache)(path)
+    GridReader(grid_of(a), 'image', 's', cache=cache)(path)
     (key,) = [key for key, _, _ in cache.entries()]
     assert 'no longer has the content its key names' in cache.check(key)
     assert cli.main(['info', '--cache-dir', str(folder), '--check']) == 1
@@ -319,7 +323,7 @@ def test_an_unremovable_damaged_entry_is_written_again_once_it_is_out_of_the_way
     """The process remembers that a damaged entry could not be removed only while its files stay as they were."""
     a, _, path = versions
     cache = VolumeCache(tmp_path / 'cache')
-    reader = pt.GridReader(grid_of(a), 'image', 's', cache=cache)
+    reader = GridReader(grid_of(a), 'image', 's', cache=cache)
     expected = np.asarray(reader(path)[0]).copy()
     ((key, array_path, _),) = list(cache.entries())
     array_path.unlink()

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import backend, sources
-from ..atomic import atomic_write
+from ..io import backend
+from ..io import sources
+from ..io.atomic import atomic_write
 from ..constants import CACHE_FORMAT_VERSION, CACHE_KEY_VERSION
-from ..geometry import Grid
-from ..hashing import (
+from ..geometry.grid import Grid
+from .digest import (
     FileSignature,
     digest_of,
     entries_digest,
@@ -87,7 +88,7 @@ def key_files(entry: PlanEntry) -> tuple[str, ...]:
     return entry.files()
 
 
-#: Fields of an on-disk source memo, in :data:`~pyable_tio.hashing.FileSignature` order.
+#: Fields of an on-disk source memo, in :data:`~pyable_tio.cache.digest.FileSignature` order.
 MEMO_FIELDS = ('path', 'size', 'mtime_ns', 'ctime_ns', 'inode', 'device')
 
 

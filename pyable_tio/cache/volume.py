@@ -21,7 +21,7 @@ from ..constants import (
     CACHE_TEMP_SUFFIX,
     SOURCE_READ_TRIES,
 )
-from ..hashing import SourceChanged, digest_of, source_identity
+from .digest import SourceChanged, digest_of, source_identity
 from .entry import (
     STALE_TEMP_SECONDS,
     CacheCorruption,
@@ -36,7 +36,7 @@ from .keys import check_memo, content_problem, key_files, key_inputs, source_dig
 from .stats import KEY_FOLDERS, CacheStats, disk_bytes, owned_files, warn_line
 
 if TYPE_CHECKING:  # the plan imports the preprocessing steps, which import the cache
-    from ..geometry import Grid
+    from ..geometry.grid import Grid
     from ..plan import PlanEntry
 
 __all__ = ['STALE_TEMP_SECONDS', 'CacheStats', 'VolumeCache']
@@ -196,7 +196,7 @@ class VolumeCache:
         """The cached volume of ``entry`` on ``grid``, computing it on a miss.
 
         The cache's whole interface to readers: data for the key, a function for the array.
-        The files' identity (:func:`~pyable_tio.hashing.source_identity`) is taken before the
+        The files' identity (:func:`~pyable_tio.cache.digest.source_identity`) is taken before the
         key and again after ``compute()``: a file replaced meanwhile (an rsync during a fill)
         would store one version's voxels under another's key, so the array is not stored and
         is computed again.

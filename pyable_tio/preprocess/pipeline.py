@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .. import backend
+from ..io import backend
 from ..cache.entry import folder_lock
 from ..constants import CACHE_FORMAT_VERSION, PREPROCESS_IMAGE, PREPROCESS_LOCKS_FOLDER
-from ..geometry import Grid
-from ..hashing import SourceChanged, digest_of, file_digest, source_identity
+from ..geometry.grid import Grid
+from ..cache.digest import SourceChanged, digest_of, file_digest, source_identity
 from .base import PreprocessStep, step_key
 
 #: Without a cache, the last outputs computed in this process, so that the image and its brain
@@ -84,7 +84,7 @@ class Preprocessing:
             image: The file as loaded (native space, float32).
             path: The file (its content digest keys the result).
             cache: Optional :class:`~pyable_tio.VolumeCache`; the outputs are stored in it.
-            identity: :func:`~pyable_tio.hashing.source_identity` of :meth:`files`, taken before
+            identity: :func:`~pyable_tio.cache.digest.source_identity` of :meth:`files`, taken before
                 ``image`` was read (default: now). Outputs are stored, or kept in memory, only
                 when it still holds after the key is built and the steps ran: else the key could
                 name another version of the file than the one ``image`` holds.

@@ -26,8 +26,8 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from . import dicom, sources
-from .manifest.records import TransformEntry
+from ..io import dicom, sources
+from ..manifest.records import TransformEntry
 
 _CHUNK = 1 << 20
 #: At most this many paths' digests are remembered per process (least recently used forgotten).
@@ -49,7 +49,7 @@ class SourceChanged(Exception):
         >>> raise SourceChanged('t1.nii.gz changed while it was read')
         Traceback (most recent call last):
         ...
-        pyable_tio.hashing.SourceChanged: t1.nii.gz changed while it was read
+        pyable_tio.cache.digest.SourceChanged: t1.nii.gz changed while it was read
     """
 
 
