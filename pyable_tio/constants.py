@@ -73,6 +73,10 @@ CACHE_SOURCES_FOLDER = 'sources'
 #: A result derived from files that change while it is computed is not stored; it is
 #: computed again, at most this many times in all, before the load fails naming the file.
 SOURCE_READ_TRIES = 3
+#: Folders of small files (blobs) a cache keeps beside its entries, by owner (``alignment``:
+#: the ``.tfm`` files of ``align=``), and of the lock files taken to compute something once.
+CACHE_BLOB_FOLDERS = ('alignment',)
+CACHE_LOCKS_FOLDER = 'locks'
 
 #: Keys of the items of ``PyableDataset`` (the seed's dict API) and of their batches.
 ITEM_IMAGES = 'images'
@@ -131,7 +135,7 @@ BRAIN_MASK_KEY = 'roi_brain'
 #: Output of a file's preprocessing steps that is the processed image itself.
 PREPROCESS_IMAGE = 'image'
 #: Cache sub-folder of the lock files that make one process compute a file's steps at a time.
-PREPROCESS_LOCKS_FOLDER = 'preprocess-locks'
+
 
 #: Exit codes of the ``pyable-tio`` command: success, problems found, bad command line,
 #: interrupted (Ctrl-C), terminated (SIGTERM).

@@ -20,7 +20,7 @@ from .geometry import registration
 from .constants import DEFAULT_BACKGROUND, DEFAULT_NONFINITE, LINEAR, NONFINITE_KEEP
 from .errors import LoadError, describe, short_error
 from .geometry.grid import Grid, reorient_grid
-from .cache.digest import SourceChanged, source_identity
+from .cache.digest import SourceChanged, digest_of, source_identity
 from .manifest.records import TransformEntry
 from .plan import PlanEntry
 from .preprocess import Preprocessing
@@ -109,8 +109,9 @@ class GridReader:
         entry = self.entry(path)
         try:
             if self.cache is not None:
-                # The cache sees data (the entry and the grid) and a function: never the reader.
-                array = self.cache.get_or_compute(entry, self.grid, lambda: self.read_entry(entry))
+                # The cache sees the key's inputs, the files and a function: never the reader.
+                array = self.cache.compute_once(lambda: self.cache_inputs(path), lambda: self.read_entry(entry),
+                                                entry.files(), self.grid.to_dict())
             else:
                 array = self.read_entry(entry)
         except SourceChanged as error:
@@ -123,6 +124,30 @@ class GridReader:
             return self.read_entry(self.entry(path))
         except SourceChanged as error:
             raise LoadError(describe(self.subject_id, f'file {path}', str(error))) from None
+
+    def cache_inputs(self, path: str | Path) -> dict:
+        """What the volume of ``path`` depends on (:meth:`~pyable_tio.plan.PlanEntry.cache_inputs`),
+        with the cache's on-disk digest memo when there is a cache.
+
+        Raises:
+            OSError: a file cannot be read.
+
+        Example:
+            >>> reader.cache_inputs('t2.nii.gz')['role']  # doctest: +SKIP
+            'image'
+        """
+        digest = getattr(self.cache, 'source_digest', None)
+        entry = self.entry(path)
+        return entry.cache_inputs(self.grid) if digest is None else entry.cache_inputs(self.grid, digest)
+
+    def cache_key(self, path: str | Path) -> str:
+        """The cache key of the volume of ``path`` (SHA-256 of :meth:`cache_inputs`).
+
+        Example:
+            >>> reader.cache.get(reader.cache_key('t2.nii.gz')) is not None  # doctest: +SKIP
+            True
+        """
+        return digest_of(self.cache_inputs(path))
 
     def files(self, path: str | Path) -> tuple[str, ...]:
         """The files the volume of ``path`` is read from: it, its transform files and masks.

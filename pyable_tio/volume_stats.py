@@ -134,15 +134,13 @@ def stored(images: Sequence[tio.Image], statistic: str, compute: Callable[[], An
         {'mean': 0.0, 'std': 1.0}
     """
     cache = getattr(images[0].reader, 'cache', None)
-    if cache is None or not hasattr(cache, 'key_inputs'):
+    if cache is None or not all(hasattr(image.reader, 'cache_inputs') for image in images):
         return compute()
     try:
-        entries = [image.reader.entry(path) for image in images for path in _paths(image)]
-        files = tuple(f for entry in entries for f in entry.files())
+        files = tuple(f for image in images for path in _paths(image) for f in image.reader.files(path))
         before = source_identity(files)
-        volumes = [cache.key_inputs(entry, image.reader.grid)
-                   for image in images for entry in [image.reader.entry(p) for p in _paths(image)]]
-    except (AttributeError, OSError):
+        volumes = [image.reader.cache_inputs(path) for image in images for path in _paths(image)]
+    except OSError:
         return compute()  # not a GridReader, or a source vanished (its reader says so when read)
     inputs = {'statistic': statistic, 'volumes': volumes, 'statistics_version': STATISTICS_VERSION}
     key = digest_of(inputs)

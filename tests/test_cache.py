@@ -299,7 +299,7 @@ def test_failed_computation_or_write_leaves_nothing(tmp_path, monkeypatch):
         raise pt.LoadError('subject "s": file a.nii.gz: unreadable image')
 
     with pytest.raises(pt.LoadError):
-        cache.get_or_compute(reader.entry(path), reader.grid, boom)
+        cache.compute_once(lambda: reader.cache_inputs(path), boom, [path])
     real_write = np.lib.format.write_array
 
     def half_write(stream, array, **kwargs):
@@ -454,7 +454,7 @@ def test_eviction_keeps_the_folder_under_its_limit_least_recently_used_first(tmp
     keys = []
     for i, path in enumerate(paths):
         reader(path)
-        keys.append(cache.key(reader.entry(path), reader.grid))
+        keys.append(reader.cache_key(path))
         if i == 1:
             for key, age in ((keys[0], 3600), (keys[1], 1800)):
                 old = time.time() - age

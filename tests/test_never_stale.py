@@ -29,7 +29,7 @@ from pyable_tio.io import backend
 from pyable_tio.reader import GridReader
 from pyable_tio.cache import VolumeCache
 from pyable_tio.cache.entry import forget_verified
-from pyable_tio.cache.keys import memo_path
+from pyable_tio.cache.digest import memo_path
 from pyable_tio.constants import CACHE_SOURCES_FOLDER
 from pyable_tio.geometry.grid import Grid
 from pyable_tio.preprocess import Preprocessing, clear_recent

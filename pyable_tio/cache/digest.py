@@ -20,14 +20,12 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import SimpleITK as sitk
-
 from ..io import dicom, sources
-from ..manifest.records import TransformEntry
+from ..io.atomic import atomic_write
 
 _CHUNK = 1 << 20
 #: At most this many paths' digests are remembered per process (least recently used forgotten).
@@ -153,20 +151,30 @@ def remember_digest(signature: FileSignature, digest: str) -> None:
             _memo.popitem(last=False)
 
 
-def file_digest(path: str | os.PathLike, signature: FileSignature | None = None) -> str:
-    """SHA-256 of a file's bytes (hex), remembered while its :func:`file_signature` is unchanged.
+def file_digest(path: str | os.PathLike, memo_folder: Path | None = None) -> str:
+    """SHA-256 of a file's bytes (hex), remembered per (path, size, mtime, ctime, inode, device).
+
+    The one digest service of the package: volume keys, preprocessing, alignment and
+    statistics all ask it. The stat signature is re-read on every call, so any rewrite, copy
+    or ``touch`` of the file hashes it again. The memo lives in this process and, when
+    ``memo_folder`` is given, on disk: forked DataLoader workers start each epoch with an
+    empty memory, and the disk memo spares them re-hashing every source file. There is one
+    memo file per source path (named by the path's digest, so a ``touch`` replaces it rather
+    than adding one); it names the file version it describes and is used only when that
+    still matches the file, so a memo moved, copied or swapped onto another name is ignored.
+
+    A DICOM series (a folder, or ``folder#UID``) digests its slice files' digests, in order:
+    each one is remembered like a file, and any file added, removed or rewritten changes it.
 
     Args:
-        path: The file.
-        signature: Its :func:`file_signature`, when the caller already has it.
-
-    A DICOM series (a folder, or ``folder#UID``) digests its slice files' digests, in order.
+        path: The file, or a DICOM series.
+        memo_folder: Folder of the on-disk memo (a cache's ``sources/``), or None.
 
     Raises:
         OSError: when the file cannot be read, or a folder holds no unique series.
 
     Example:
-        >>> file_digest('t1.nii.gz')  # doctest: +SKIP
+        >>> file_digest('t1.nii.gz', Path('/tmp/pyable-cache/sources'))  # doctest: +SKIP
         '9f86d081884c7d65...'
     """
     path = Path(path)
@@ -175,14 +183,38 @@ def file_digest(path: str | os.PathLike, signature: FileSignature | None = None)
             files = sources.files_of(path)
         except ValueError as error:
             raise OSError(str(error)) from None
-        return digest_of({'series': [file_digest(file) for file in files]})
-    if signature is None:
-        signature = file_signature(path)
+        return digest_of({'series': [file_digest(file, memo_folder) for file in files]})
+    signature = file_signature(path)
     digest = known_digest(signature)
-    if digest is None:
-        signature, digest = hash_version(path)
+    if digest is not None:
+        return digest
+    memo = None if memo_folder is None else memo_path(memo_folder, signature[0])
+    digest = None if memo is None else read_memo(memo, signature)
+    if digest is not None:
         remember_digest(signature, digest)
+        return digest
+    # The memos name the version that was hashed (maybe newer than ``signature`` by now).
+    hashed, digest = hash_version(path)
+    remember_digest(hashed, digest)
+    if memo is not None:
+        text = json.dumps({**dict(zip(MEMO_FIELDS, hashed)), 'sha256': digest}, sort_keys=True)
+        try:
+            atomic_write(memo, lambda stream: stream.write(text.encode()))
+        except OSError:
+            pass  # a read-only cache still works, it just hashes again
     return digest
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """:func:`file_digest` of a file or series, hashed now (no memo: what a check compares with).
+
+    Example:
+        >>> content_digest('t1.nii.gz') == file_digest('t1.nii.gz')  # doctest: +SKIP
+        True
+    """
+    if sources.is_series(path):
+        return digest_of({'series': [hash_file(file) for file in sources.files_of(path)]})
+    return hash_file(path)
 
 
 def hash_version(path: str | os.PathLike) -> tuple[FileSignature, str]:
@@ -232,51 +264,91 @@ def _hash_stream(stream: Any) -> str:
     return sha.hexdigest()
 
 
-def transform_digest(transform: sitk.Transform) -> str:
-    """SHA-256 of an in-memory SimpleITK transform (type, parameters, nested transforms)."""
-    return hashlib.sha256(json.dumps(_describe_transform(transform)).encode()).hexdigest()
-
-
-def entries_digest(entries: Sequence[TransformEntry]) -> str:
-    """SHA-256 of a list of transform entries: their contents, order and invert flags.
-
-    Example:
-        >>> entries_digest([TransformEntry(Path('rigid.tfm'))])  # doctest: +SKIP
-        'c3ab8ff13720e8ad...'
-    """
-    parts = []
-    for entry in entries:
-        if isinstance(entry.source, sitk.Transform):
-            content = transform_digest(entry.source)
-        else:
-            content = file_digest(entry.source)
-        parts.append({'content': content, 'invert': bool(entry.invert)})
-    return digest_of(parts)
-
-
 def digest_of(value: Any) -> str:
     """SHA-256 of a JSON-serialisable value (keys sorted)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=_jsonable).encode()).hexdigest()
 
 
-def _describe_transform(transform: sitk.Transform) -> dict[str, Any]:
-    if transform.GetName() == 'CompositeTransform':
-        composite = sitk.CompositeTransform(transform)
-        nested = [_describe_transform(composite.GetNthTransform(i)) for i in range(composite.GetNumberOfTransforms())]
-        return {'name': 'CompositeTransform', 'transforms': nested}
-    if transform.GetName() == 'DisplacementFieldTransform':
-        field = sitk.DisplacementFieldTransform(transform).GetDisplacementField()
-        array = sitk.GetArrayViewFromImage(field)
-        return {
-            'name': 'DisplacementFieldTransform',
-            'field': hashlib.sha256(array.tobytes()).hexdigest(),
-            'grid': [field.GetSize(), field.GetSpacing(), field.GetOrigin(), field.GetDirection()],
-        }
-    return {
-        'name': transform.GetName(),
-        'parameters': list(transform.GetParameters()),
-        'fixed': list(transform.GetFixedParameters()),
-    }
+# ------------------------------------------------------------- the on-disk memo
+
+
+#: Fields of an on-disk source memo, in :data:`~pyable_tio.cache.digest.FileSignature` order.
+MEMO_FIELDS = ('path', 'size', 'mtime_ns', 'ctime_ns', 'inode', 'device')
+
+
+def memo_path(memo_folder: Path, resolved: str) -> Path:
+    """The memo file of the source at ``resolved`` (its resolved path).
+
+    Example:
+        >>> memo_path(Path('/tmp/pyable-cache/sources'), '/data/t1.nii.gz').suffix  # doctest: +SKIP
+        '.json'
+    """
+    return memo_folder / f'{digest_of(resolved)}.json'
+
+
+def read_memo(memo: Path, signature: FileSignature | None = None) -> str | None:
+    """The digest a memo file records, if it is well-formed, under its own name, and describes
+    ``signature`` (when given); else None.
+
+    Example:
+        >>> read_memo(memo_path(folder, '/data/t1.nii.gz'), file_signature('/data/t1.nii.gz'))  # doctest: +SKIP
+        '9f86d081884c7d65...'
+    """
+    record = _memo_record(memo)
+    if record is None:
+        return None
+    recorded = tuple(record[name] for name in MEMO_FIELDS)
+    if memo.stem != digest_of(recorded[0]):
+        return None
+    if signature is not None and recorded != tuple(signature):
+        return None
+    return record['sha256']
+
+
+def _memo_record(memo: Path) -> dict[str, Any] | None:
+    """A memo's fields, each of its type, or None for any damage (whatever JSON it holds)."""
+    try:
+        record = json.loads(memo.read_bytes())
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get('path'), str):
+        return None
+    if not all(_is_count(record.get(name)) for name in MEMO_FIELDS[1:]):
+        return None
+    digest = record.get('sha256')
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in '0123456789abcdef' for c in digest)):
+        return None
+    return record
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_memo(memo: Path) -> str | None:
+    """Verify one memo against the file it names; the problem, or None when it is still right.
+
+    A memo of a file that changed or vanished is stale (not wrong: it is never used).
+
+    Example:
+        >>> check_memo(memo_path(folder, '/data/t1.nii.gz'))  # doctest: +SKIP
+    """
+    record = _memo_record(memo)
+    if record is None or read_memo(memo) is None:
+        return 'malformed, or not under its own name'
+    try:
+        signature = file_signature(record['path'])
+    except OSError:
+        return 'stale (its file is gone)'
+    if read_memo(memo, signature) is None:
+        return 'stale (its file changed)'
+    try:
+        actual = hash_file(record['path'])  # never a remembered digest: that is what is checked
+    except OSError:
+        return 'stale (its file is unreadable)'
+    if actual != record['sha256']:
+        return 'wrong digest for its file'
+    return None
 
 
 def _jsonable(value: Any) -> Any:

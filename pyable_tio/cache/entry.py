@@ -34,6 +34,7 @@ import numpy as np
 from ..io.atomic import HOST as _HOST
 from ..io.atomic import temporary_path as _temporary
 from ..constants import CACHE_FORMAT_VERSION, CACHE_TEMP_SUFFIX
+from .digest import content_digest, digest_of, source_identity
 
 #: A temporary file older than this (seconds) was left by a killed writer and may be removed
 #: even when its writer's pid cannot be checked (another host, a reused pid).
@@ -368,3 +369,39 @@ def sweep_temporaries(folder: Path, now: float | None = None) -> list[tuple[Path
         except OSError:
             continue  # removed by another process meanwhile, or a read-only folder
     return removed
+
+
+def content_problem(key: str, sidecar: dict[str, Any]) -> str | None:
+    """Whether an entry's sidecar still describes its key and its source's content; the problem or None.
+
+    For a volume entry (one that records its source's identity), the recorded inputs must
+    digest to ``key``, and a source that still has the identity recorded
+    when it was read (same size, mtime, ctime, inode, device) is hashed now: its digest must
+    be the one in the key. A source changed or gone since is not a problem (the entry still
+    holds that older content, which another copy of the file may ask for).
+
+    Example:
+        >>> content_problem(key, json.loads(sidecar_path.read_bytes()))  # doctest: +SKIP
+        'its source /data/t1.nii.gz no longer has the content its key names'
+    """
+    inputs, recorded = sidecar.get('inputs'), sidecar.get('source_identity')
+    if not isinstance(inputs, dict) or recorded is None:
+        return None  # not a volume of get_or_compute (another owner's entry, or an older one)
+    try:
+        if digest_of(inputs) != key:
+            return 'its recorded inputs do not give its key (edited, or of another entry)'
+    except (TypeError, ValueError, RecursionError):
+        return 'its recorded inputs are not plain JSON'
+    source, digest = sidecar.get('source'), inputs.get('source')
+    if not (isinstance(source, str) and isinstance(digest, str)):
+        return None
+    try:
+        now = json.loads(json.dumps(source_identity([source])))
+        if now != recorded:
+            return None  # changed since: the entry is of an older version
+        actual = content_digest(source)
+    except (OSError, ValueError):
+        return None
+    if actual != digest:
+        return f'its source {source} no longer has the content its key names (a wrong digest memo?)'
+    return None

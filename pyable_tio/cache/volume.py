@@ -6,38 +6,39 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from stat import S_ISREG
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..constants import (
-    ALIGNMENT_FOLDER,
     CACHE_ARRAY_SUFFIX,
+    CACHE_BLOB_FOLDERS,
+    CACHE_LOCKS_FOLDER,
     CACHE_SIDECAR_SUFFIX,
     CACHE_SOURCES_FOLDER,
     CACHE_TEMP_SUFFIX,
     SOURCE_READ_TRIES,
 )
-from .digest import SourceChanged, digest_of, source_identity
+from ..io.atomic import atomic_path
+from .digest import SourceChanged, check_memo, digest_of, file_digest, source_identity
 from .entry import (
     STALE_TEMP_SECONDS,
     CacheCorruption,
     folder_lock,
+    content_problem,
     parse_sidecar,
     read_entry,
     stale_temporary,
     sweep_temporaries,
     write_entry,
 )
-from .keys import check_memo, content_problem, key_files, key_inputs, source_digest
 from .stats import KEY_FOLDERS, CacheStats, disk_bytes, owned_files, warn_line
 
-if TYPE_CHECKING:  # the plan imports the preprocessing steps, which import the cache
-    from ..geometry.grid import Grid
-    from ..plan import PlanEntry
+T = TypeVar('T')
 
 __all__ = ['STALE_TEMP_SECONDS', 'CacheStats', 'VolumeCache']
 
@@ -173,17 +174,14 @@ class VolumeCache:
 
     # ------------------------------------------------------------------ keys
 
-    def key_inputs(self, entry: PlanEntry, grid: Grid) -> dict[str, Any]:
-        """Everything the volume of ``entry`` on ``grid`` depends on (see :func:`keys.key_inputs`)."""
-        return key_inputs(entry, grid, self.source_digest(entry.source))
-
-    def key(self, entry: PlanEntry, grid: Grid) -> str:
-        """The entry name (SHA-256 hex of :meth:`key_inputs`)."""
-        return digest_of(self.key_inputs(entry, grid))
-
     def source_digest(self, path: str | os.PathLike) -> str:
-        """SHA-256 of a source file, memoised in ``<folder>/sources/`` (:func:`keys.source_digest`)."""
-        return source_digest(path, self.folder / CACHE_SOURCES_FOLDER)
+        """SHA-256 of a source file, memoised in ``<folder>/sources/`` (:func:`~pyable_tio.cache.digest.file_digest`).
+
+        Example:
+            >>> VolumeCache('/tmp/pyable-cache').source_digest('t1.nii.gz')  # doctest: +SKIP
+            '9f86d081884c7d65...'
+        """
+        return file_digest(path, self.folder / CACHE_SOURCES_FOLDER)
 
     def paths(self, key: str) -> tuple[Path, Path]:
         """The ``.npy`` and sidecar paths of an entry."""
@@ -192,19 +190,28 @@ class VolumeCache:
 
     # ------------------------------------------------------------- get / put
 
-    def get_or_compute(self, entry: PlanEntry, grid: Grid, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        """The cached volume of ``entry`` on ``grid``, computing it on a miss.
+    def compute_once(
+        self,
+        inputs: Callable[[], dict[str, Any]],
+        compute: Callable[[], np.ndarray],
+        files: Sequence[str | os.PathLike] = (),
+        grid: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        """The entry keyed by ``inputs()``, computing and storing it on a miss.
 
-        The cache's whole interface to readers: data for the key, a function for the array.
-        The files' identity (:func:`~pyable_tio.cache.digest.source_identity`) is taken before the
-        key and again after ``compute()``: a file replaced meanwhile (an rsync during a fill)
-        would store one version's voxels under another's key, so the array is not stored and
-        is computed again.
+        The owner (the plan entry of a volume, a statistic...) says what the array depends on;
+        the cache knows only the key (SHA-256 of ``inputs()``), the bytes and the files. The
+        files' identity (:func:`~pyable_tio.cache.digest.source_identity`) is taken before
+        ``inputs()`` and again after ``compute()``: a file replaced meanwhile (an rsync during a
+        fill) would store one version's array under another's key, so the array is not stored
+        and everything is done again.
 
         Args:
-            entry: The file's :class:`~pyable_tio.plan.PlanEntry` (source, transforms, options).
-            grid: The grid it is resampled onto.
-            compute: Called on a miss; returns the C x D x H x W (Z,Y,X) array to store.
+            inputs: Builds the key's inputs (JSON-serialisable; recorded in the sidecar).
+                Raising ``OSError`` (a file vanished) computes without the cache.
+            compute: Called on a miss; returns the array to store.
+            files: The files ``inputs`` and ``compute`` read; the first is recorded as the source.
+            grid: Geometry of the array, recorded in the sidecar.
 
         Returns:
             The array; a copy-on-write memory map on a hit, ``compute()``'s array on a miss.
@@ -214,17 +221,17 @@ class VolumeCache:
                 :data:`~pyable_tio.constants.SOURCE_READ_TRIES` computations.
 
         Example:
-            >>> array = cache.get_or_compute(entry, grid, lambda: reader.read_entry(entry))  # doctest: +SKIP
+            >>> array = cache.compute_once(lambda: entry.cache_inputs(grid, cache.source_digest),
+            ...                            lambda: reader.read_entry(entry), entry.files())  # doctest: +SKIP
         """
-        files = key_files(entry)
+        files = tuple(os.fspath(f) for f in files)
         for _ in range(SOURCE_READ_TRIES):
             try:
                 before = source_identity(files)
-                inputs = self.key_inputs(entry, grid)
+                key_inputs = inputs()
             except OSError:
-                # A source or transform file vanished: the reader raises the proper LoadError.
-                return compute()
-            key = digest_of(inputs)
+                return compute()  # a file vanished: the owner's compute raises the proper error
+            key = digest_of(key_inputs)
             array = self.get(key)
             if array is not None:
                 self._count('hits', 1)
@@ -235,13 +242,76 @@ class VolumeCache:
             except SourceChanged:
                 continue  # seen by a nested step (preprocessing): nothing was stored
             if _identity_now(files) == before:
-                self.put(key, array, inputs, source=entry.source, grid=grid.to_dict(),
-                         source_identity=_identity_now(files[:1]))
+                self.put(key, array, key_inputs, source=files[0] if files else None, grid=grid,
+                         source_identity=_identity_now(files[:1]) if files else None)
                 return array
         raise SourceChanged(
-            f'{entry.source} (or its transforms or masks) changed while it was read, {SOURCE_READ_TRIES} times'
-            ' in a row; is it being written right now?'
+            f'{files[0] if files else "a file"} (or its transforms or masks) changed while it was read,'
+            f' {SOURCE_READ_TRIES} times in a row; is it being written right now?'
         )
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold a lock named ``name`` across processes (e.g. to compute several entries once).
+
+        Example:
+            >>> with cache.exclusive(key):  # doctest: +SKIP
+            ...     outputs = cached(keys) or compute_and_put(keys)
+        """
+        lock: Path | None = self.folder / CACHE_LOCKS_FOLDER / f'{name}.lock'
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            lock = None  # a read-only cache: nothing is written, so nothing to serialise
+        with folder_lock(lock):
+            yield
+
+    # ------------------------------------------------------------------ blobs
+
+    def blob_path(self, folder: str, key: str, suffix: str) -> Path:
+        """Where the small file (a ``.tfm``...) ``key`` of ``folder`` lives.
+
+        Example:
+            >>> VolumeCache('/tmp/pyable-cache').blob_path('alignment', 'ab12', '.tfm')  # doctest: +SKIP
+            PosixPath('/tmp/pyable-cache/alignment/ab12.tfm')
+        """
+        if folder not in CACHE_BLOB_FOLDERS:
+            raise ValueError(f'blob folder must be one of {CACHE_BLOB_FOLDERS}, got {folder!r}')
+        return self.folder / folder / f'{key}{suffix}'
+
+    def get_blob(self, folder: str, key: str, suffix: str, read: Callable[[Path], T]) -> T | None:
+        """``read(path)`` of the blob, or None when absent; a blob ``read`` refuses (raises
+        ``RuntimeError``/``ValueError``/``OSError``) is damaged: removed with a warning.
+
+        Example:
+            >>> cache.get_blob('alignment', key, '.tfm', lambda p: sitk.ReadTransform(str(p)))  # doctest: +SKIP
+        """
+        path = self.blob_path(folder, key, suffix)
+        if not path.is_file():
+            return None
+        try:
+            value = read(path)
+        except (RuntimeError, ValueError, OSError) as error:
+            warn_line(f'pyable-tio cache: unreadable {path.name} ({type(error).__name__}); recomputing it')
+            path.unlink(missing_ok=True)
+            return None
+        return value
+
+    def put_blob(self, folder: str, key: str, suffix: str, write: Callable[[Path], None]) -> Path | None:
+        """Write the blob atomically with ``write(temporary path)``; its path, or None (with a
+        warning, once per cache) when the folder is not writable.
+
+        Example:
+            >>> cache.put_blob('alignment', key, '.tfm', lambda p: sitk.WriteTransform(found, str(p)))  # doctest: +SKIP
+        """
+        path = self.blob_path(folder, key, suffix)
+        try:
+            with atomic_path(path, keep_suffix=True) as temporary:
+                write(temporary)
+        except (OSError, RuntimeError) as error:
+            self._write_failed(path, str(error))
+            return None
+        return path
 
     def get(self, key: str) -> np.ndarray | None:
         """The entry ``key`` (copy-on-write memory map), or None when absent.
@@ -338,7 +408,7 @@ class VolumeCache:
 
         Checks sizes, header and checksum, that the recorded inputs give the key, and that a
         source still in the version it was read in still has the content the key names
-        (:func:`keys.content_problem`; this hashes it).
+        (:func:`~pyable_tio.cache.entry.content_problem`; this hashes it).
         """
         array_path, sidecar_path = self.paths(key)
         try:
@@ -416,7 +486,8 @@ class VolumeCache:
         """Delete every entry, temporary file, source digest and alignment ``.tfm`` (only files the cache owns)."""
         for path, _ in self._files():
             path.unlink(missing_ok=True)
-        for folder in [*self.folder.glob(KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER, self.folder / ALIGNMENT_FOLDER]:
+        for folder in [*self.folder.glob(KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER,
+                       *(self.folder / name for name in CACHE_BLOB_FOLDERS)]:
             try:
                 folder.rmdir()
             except OSError:

@@ -21,8 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io import backend
-from ..cache.entry import folder_lock
-from ..constants import CACHE_FORMAT_VERSION, PREPROCESS_IMAGE, PREPROCESS_LOCKS_FOLDER
+from ..constants import CACHE_FORMAT_VERSION, PREPROCESS_IMAGE
 from ..geometry.grid import Grid
 from ..cache.digest import SourceChanged, digest_of, file_digest, source_identity
 from .base import PreprocessStep, step_key
@@ -55,15 +54,18 @@ class Preprocessing:
     output: str = PREPROCESS_IMAGE
     mask_files: tuple[tuple[str, str], ...] = ()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, digest: Callable[[str], str] = file_digest) -> dict[str, Any]:
         """What the output depends on besides the source file, for cache keys (JSON-serialisable).
+
+        Args:
+            digest: The content digest of a file (a cache's ``source_digest``: memoised on disk).
 
         Raises:
             OSError: when a mask file cannot be read.
         """
         return {
             'steps': [step_key(step) for step in self.steps],
-            'masks': {name: file_digest(path) for name, path in self.mask_files},
+            'masks': {name: digest(path) for name, path in self.mask_files},
             'output': self.output,
         }
 
@@ -107,8 +109,8 @@ class Preprocessing:
             except OSError:
                 return False
 
-        digest = cache.source_digest(path) if cache is not None else file_digest(path)
-        base = {'kind': 'preprocessed', 'format': CACHE_FORMAT_VERSION, 'source': digest, **self.describe()}
+        digest = cache.source_digest if cache is not None else file_digest
+        base = {'kind': 'preprocessed', 'format': CACHE_FORMAT_VERSION, 'source': digest(path), **self.describe(digest)}
         base.pop('output')
         if cache is not None:
             outputs = self._cached(image, path, cache, base, unchanged)
@@ -158,12 +160,7 @@ class Preprocessing:
             return found
         # Hold a lock per entry while computing: another worker asked for the brain mask of
         # this very file waits for these outputs instead of running the steps a second time.
-        lock = cache.folder / PREPROCESS_LOCKS_FOLDER / f'{keys[PREPROCESS_IMAGE]}.lock'
-        try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            lock = None
-        with folder_lock(lock):
+        with cache.exclusive(keys[PREPROCESS_IMAGE]):
             found = _read(cache, keys, image)
             if found is not None:
                 if not unchanged():
