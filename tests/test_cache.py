@@ -580,3 +580,25 @@ def test_alignment_files_are_counted_and_cleared(tmp_path):
     assert before >= disk_bytes(tfm.stat()) + disk_bytes(cache.paths('ab' * 32)[0].stat())
     cache.clear()
     assert not tfm.exists() and not alignment.exists()
+
+
+def test_the_cache_imports_nothing_above_it():
+    """cache/ is the bottom layer: keys, bytes, files, locks; never plans, readers or manifests
+    (imports under TYPE_CHECKING and inside functions count too)."""
+    import ast
+
+    allowed = ('pyable_tio.cache', 'pyable_tio.io', 'pyable_tio.constants', 'pyable_tio.errors')
+    above = []
+    for path in sorted((Path(pt.__file__).parent / 'cache').glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ('pyable_tio.cache.' + '.'.join(['x'] * (node.level - 1))) if node.level else ''
+                parts = (base.split('.')[:-node.level] if node.level else []) + ([node.module] if node.module else [])
+                names = ['.'.join(parts)] if node.module else ['.'.join(parts + [a.name]) for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            above += [f'{path.name}: {name}' for name in names
+                      if name.startswith('pyable_tio') and not name.startswith(allowed)]
+    assert not above, above
