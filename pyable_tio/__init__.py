@@ -32,6 +32,16 @@ from .transforms import ToZYX
 
 __version__ = '0.1.0'
 
+
+def __getattr__(name: str):
+    # The QA sheet on first use: ``import pyable_tio`` stays free of Pillow and the sheet.
+    if name == 'qa_sheet':
+        from .qa.report import qa_sheet
+
+        return qa_sheet
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
 __all__ = [
     'Alignment',
     'CacheStats',
@@ -71,6 +81,7 @@ __all__ = [
     'monai_dataset',
     'native_grid',
     'predict_subject',
+    'qa_sheet',
     'plan_of',
     'plan_transform',
     'pyable_available',
