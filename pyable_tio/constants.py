@@ -164,6 +164,6 @@ QA_MIN_SUBJECTS_Z = 4
 QA_MAX_LABEL_VALUES = 255
 #: Thumbnail panel size in pixels (each channel: three panels side by side) and PNG colours.
 QA_PANEL_PIXELS = 144
-QA_PNG_COLOURS = 64
+QA_PNG_COLOURS = 32
 #: Intensity window of thumbnails: these percentiles of the channel map to black and white.
 QA_WINDOW_PERCENTILES = (1.0, 99.5)

@@ -291,6 +291,9 @@ def assess(plan: SubjectPlan, cache: Any = None, draw: bool = True) -> SubjectQA
         name = _label_name(entry)
         if entry.filler:
             continue
+        if volume.any():  # an empty one (out of the grid?) has nothing to match; in_grid says where it is
+            shift, nmi = scores.channel_shift(reference_volume, volume.astype(np.float32), spacing, outside_zero=False)
+            findings.append(scores.shift_finding(name, shift, nmi, check='label_shift'))
         inside = scores.in_foreground(volume, image_foreground, name)
         if inside is not None:
             findings.append(inside)

@@ -8,7 +8,8 @@ badness sorts the sheet.
 - Channel alignment: the shift (mm) of a channel against the reference channel at which their
   normalised mutual information (NMI, Studholme: (H(a) + H(b)) / H(a, b)) peaks, found by a
   hill climb over whole-voxel shifts of block-averaged copies and refined by a parabola.
-- Label placement: the share of a label map's/ROI's foreground inside the reference channel's
+- Label placement: the shift at which a label map/ROI matches the reference channel best (the
+  same NMI search; its zeros count as background), the share of a label map's/ROI's foreground inside the reference channel's
   foreground (Otsu, dilated), on the grid; and inside the reference grid, measured from the
   file itself, in physical coordinates (a label map outside the grid loads as zeros).
 - Flags from headers (oblique file, anisotropic spacing), label maps with implausibly many
@@ -177,11 +178,13 @@ def _crop(shift: Sequence[int], shape: Sequence[int]) -> tuple[tuple[slice, ...]
 
 def channel_shift(
     reference: np.ndarray, moving: np.ndarray, spacing: Sequence[float], search_mm: float = QA_SHIFT_SEARCH_MM,
+    outside_zero: bool = True,
 ) -> tuple[np.ndarray, float]:
     """The shift (mm per D, H, W axis) of ``moving`` against ``reference``, and their NMI as given.
 
-    ``moving`` voxel x + shift matches ``reference`` voxel x best. Voxels where ``moving`` is
-    0 (outside its file) are left out. A shift of zero means aligned as far as this can tell.
+    ``moving`` voxel x + shift matches ``reference`` voxel x best. With ``outside_zero``, voxels
+    where ``moving`` is 0 (outside its file) are left out; a label map's zeros are background
+    and count (``outside_zero=False``). A shift of zero means aligned as far as this can tell.
 
     Example:
         >>> volume = np.zeros((20, 20, 20)); volume[5:15, 5:15, 5:15] = 1
@@ -193,7 +196,7 @@ def channel_shift(
     step = np.asarray(spacing, dtype=float) * blocks
     bins = QA_NMI_BINS
     a, b = _bins(fixed, bins), _bins(other, bins)
-    inside = other != 0
+    inside = other != 0 if outside_zero else np.ones(other.shape, bool)
     limit = np.maximum(0, np.floor(search_mm / step)).astype(int)
     memo: dict[tuple[int, ...], float] = {}
 
@@ -233,13 +236,17 @@ def channel_shift(
     return refined * step, float(given)
 
 
-def shift_finding(item: str, shift_mm: np.ndarray, nmi: float) -> Finding:
-    """The :class:`Finding` of :func:`channel_shift`'s result for channel ``item``."""
+def shift_finding(item: str, shift_mm: np.ndarray, nmi: float, check: str = 'channel_shift') -> Finding:
+    """The :class:`Finding` of :func:`channel_shift`'s result for channel or label map ``item``.
+
+    ``check`` is ``channel_shift`` (a channel against the reference channel) or
+    ``label_shift`` (a label map/ROI against the reference channel).
+    """
     size = float(np.linalg.norm(shift_mm)) if np.all(np.isfinite(shift_mm)) else float('nan')
     badness = size / QA_MAX_CHANNEL_SHIFT_MM if np.isfinite(size) else QA_NOTICE
     text = (f'{item}: best match {size:.1f} mm off the reference channel (NMI {nmi:.3f})' if np.isfinite(size)
             else f'{item}: too little overlap with the reference channel to compare')
-    return Finding('channel_shift', item, size, QA_MAX_CHANNEL_SHIFT_MM, badness, text)
+    return Finding(check, item, size, QA_MAX_CHANNEL_SHIFT_MM, badness, text)
 
 
 # ---------------------------------------------------------------- labels
