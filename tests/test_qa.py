@@ -19,7 +19,8 @@ import pytest
 import SimpleITK as sitk
 
 import pyable_tio as pt
-from pyable_tio import cli, constants, synthetic
+from pyable_tio import constants, synthetic
+from pyable_tio.cli import main as cli
 from pyable_tio.errors import MissingDependencyError
 from pyable_tio.qa import render
 from pyable_tio.qa.report import assess

@@ -33,7 +33,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .. import backend, registration
+from ..geometry import registration
+from ..io import backend
 from ..constants import (
     QA_ALIGN_MAX_SIZE,
     QA_CROSSED,
@@ -49,7 +50,7 @@ from ..constants import (
     QA_NOTICE,
     QA_SHIFT_SEARCH_MM,
 )
-from ..geometry import Grid, read_header
+from ..geometry.grid import Grid, read_header
 from ..plan import PlanEntry
 
 #: Largest number of foreground voxels of a file mapped into the grid (evenly subsampled),

@@ -18,11 +18,9 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from ..atomic import atomic_write
+from ..io.atomic import atomic_write
 from ..constants import (
     QA_CROSSED,
     QA_MAX_CHANNEL_SHIFT_MM,
@@ -33,9 +31,7 @@ from ..constants import (
     QA_MIN_IN_GRID,
 )
 from .render import colour
-
-if TYPE_CHECKING:
-    from .report import SubjectQA
+from .row import SubjectQA
 
 #: The documented thresholds, as the sheet and the JSON state them.
 THRESHOLDS = {
