@@ -82,7 +82,7 @@ def qa_sheet(
 
     Example:
         >>> report = qa_sheet('sample_manifest.json', out='qa.html')  # doctest: +SKIP
-        >>> report.html.name, report.csv.name
+        >>> report.html.name, report.csv.name  # doctest: +SKIP
         ('qa.html', 'qa.csv')
     """
     from ..subjects import subjects_from_manifest
@@ -224,7 +224,7 @@ def assess(plan: SubjectPlan, cache: Any = None, draw: bool = True) -> SubjectQA
     grid = plan.grid.as_3d()
     words = (f'grid {" x ".join(map(str, grid.size))} voxels of {" x ".join(f"{s:.3g}" for s in grid.spacing)} mm'
              f' (x, y, z), {grid.orientation()}{"" if grid.is_axis_aligned() else " oblique"};'
-             f' reference {plan.reference_used}')
+             f' reference {_short(plan.reference_used)}')
     try:
         subject = subject_from_plan(plan, cache)
         subject.load()
@@ -278,6 +278,12 @@ def assess(plan: SubjectPlan, cache: Any = None, draw: bool = True) -> SubjectQA
                      statistics, None, time.perf_counter() - start)
 
 
+def _short(reference: str) -> str:
+    """A reference file's name (the sheet names files, not folders); a description as it is."""
+    path = Path(reference)
+    return path.name if path.is_file() else reference
+
+
 def centre_of(labels: Sequence[np.ndarray], shape: Sequence[int]) -> tuple[int, int, int]:
     """The (D, H, W) voxel nearest the centroid of all labels' non-zero voxels, else the centre.
 
@@ -288,9 +294,14 @@ def centre_of(labels: Sequence[np.ndarray], shape: Sequence[int]) -> tuple[int, 
     """
     total, count = np.zeros(3), 0
     for label in labels:
-        index = np.argwhere(label != 0)
-        if len(index):
-            total, count = total + index.sum(axis=0), count + len(index)
+        mask = label != 0
+        voxels = int(mask.sum())
+        if voxels:
+            # Per-axis profiles: three reductions, not the coordinates of every voxel.
+            for axis in range(3):
+                profile = mask.sum(axis=tuple(a for a in range(3) if a != axis))
+                total[axis] += float(profile @ np.arange(len(profile)))
+            count += voxels
     if count == 0:
         return tuple(int(n) // 2 for n in shape)
     return tuple(int(round(v)) for v in total / count)
