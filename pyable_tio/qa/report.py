@@ -267,7 +267,7 @@ def assess(plan: SubjectPlan, cache: Any = None, draw: bool = True) -> SubjectQA
             item = _channel_name(entry) if entry.role == backend.ROLE_IMAGE else _label_name(entry)
             findings += scores.header_findings(entry, item)
     statistics = {_channel_name(e): scores.intensity_statistics(v) for e, v in channels}
-    overlays = [(_label_name(e), v) for e, v in labels]
+    overlays = [(_label_name(e), v) for e, v in labels if not e.filler]  # a filler is all zeros
     thumbnails = []
     if draw:
         views = views_of(grid.affine_zyx(), centre_of([v for _, v in overlays], reference_volume.shape))
