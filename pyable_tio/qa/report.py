@@ -26,6 +26,7 @@ from ..errors import ManifestError, PyableTioError, short_error
 from ..manifest import ManifestSource
 from ..plan import PlanEntry, SubjectPlan
 from . import render, scores
+from .shift import channel_shift
 from .row import SubjectQA
 from .scores import Finding
 from .views import views_of
@@ -244,7 +245,7 @@ def assess(plan: SubjectPlan, cache: Any = None, draw: bool = True) -> SubjectQA
     findings: list[Finding] = []
     for i, (entry, volume) in enumerate(channels):
         if i != reference:
-            shift, nmi = scores.channel_shift(reference_volume, volume, spacing)
+            shift, nmi = channel_shift(reference_volume, volume, spacing)
             findings.append(scores.shift_finding(_channel_name(entry), shift, nmi))
     image_foreground = scores.foreground(reference_volume, spacing)
     for entry, volume in labels:
@@ -252,7 +253,7 @@ def assess(plan: SubjectPlan, cache: Any = None, draw: bool = True) -> SubjectQA
         if entry.filler:
             continue
         if volume.any():  # an empty one (out of the grid?) has nothing to match; in_grid says where it is
-            shift, nmi = scores.channel_shift(reference_volume, volume.astype(np.float32), spacing, outside_zero=False)
+            shift, nmi = channel_shift(reference_volume, volume.astype(np.float32), spacing, outside_zero=False)
             findings.append(scores.shift_finding(name, shift, nmi, check='label_shift'))
         inside = scores.in_foreground(volume, image_foreground, name)
         if inside is not None:
