@@ -99,6 +99,23 @@ def test_shifted_label_map_and_misaligned_channel_come_first_over_their_threshol
     assert by_check(report.subjects[-1], 'oblique', 'T2').badness == constants.QA_NOTICE
 
 
+def test_an_intensity_outlier_and_an_image_listed_as_a_label_map_are_flagged(tmp_path):
+    manifest = synthetic.write_dataset(tmp_path, num_subjects=5, size=(16, 14, 10), second_image=False)
+    bright = tmp_path / 'sub-03_t1.nii.gz'
+    sitk.WriteImage(sitk.ReadImage(str(bright)) * 4.0, str(bright))  # another scanner's scale
+    t1 = sitk.ReadImage(str(tmp_path / 'sub-01_t1.nii.gz'))
+    sitk.WriteImage(sitk.Cast(t1 * 10.0, sitk.sitkInt16), str(tmp_path / 'sub-01_labels.nii.gz'))  # a T1 as labels
+    report = pt.qa_sheet(manifest, out=tmp_path / 'qa.html')
+    assert {row.id for row in report.subjects[:2]} == {'sub-01', 'sub-03'}
+    rows = {row.id: row for row in report.subjects}
+    median = by_check(rows['sub-03'], 'intensity_z', 'image 0 median')
+    assert median.crossed and median.value > constants.QA_MAX_ROBUST_Z
+    values = by_check(rows['sub-01'], 'label_values', 'labelmap_0')
+    assert values.crossed and values.value > constants.QA_MAX_LABEL_VALUES
+    for other in ('sub-00', 'sub-02', 'sub-04'):
+        assert rows[other].worst < constants.QA_CROSSED, rows[other].worst_finding
+
+
 class _Page(HTMLParser):
     def __init__(self):
         super().__init__()

@@ -29,6 +29,7 @@ from ..constants import (
     QA_MAX_SPACING_RATIO,
     QA_MIN_IN_FOREGROUND,
     QA_MIN_IN_GRID,
+    QA_NOTICE,
 )
 from .render import colour
 from .row import SubjectQA
@@ -59,7 +60,7 @@ def _badness(value: float) -> str:
 
 
 def _level(value: float) -> str:
-    return 'crossed' if value >= QA_CROSSED else ('notice' if value > 0.0 and value >= 0.5 else '')
+    return 'crossed' if value >= QA_CROSSED else ('notice' if value >= QA_NOTICE else '')
 
 
 def anchor(rank: int) -> str:
@@ -109,7 +110,7 @@ def render_html(rows: Sequence[SubjectQA], problems: Sequence[str], source: str)
         if row.problem is not None:
             parts.append(f'<p class="crossed">could not load: {e(row.problem)}</p></section>')
             continue
-        notable = sorted((f for f in row.findings if f.badness >= 0.5), key=lambda f: -f.badness)
+        notable = sorted((f for f in row.findings if f.badness >= QA_NOTICE), key=lambda f: -f.badness)
         if notable:
             parts.append('<ul>' + ''.join(f'<li class="{_level(f.badness)}">{e(f.text)}'
                                           f' (badness {f.badness:.2f})</li>' for f in notable) + '</ul>')
