@@ -35,6 +35,10 @@ def __getattr__(name: str):
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {'qa_sheet'})
+
+
 # User-level names only; everything else is importable from its module (docs/API.md).
 __all__ = [
     'LoadError',
