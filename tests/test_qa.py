@@ -228,6 +228,9 @@ def test_cli_qa_takes_the_validate_and_cache_options_and_reads_a_warm_cache(data
     assert {r.id for r in rows} == {s['id'] for s in first}
     assert cli.main(['qa', str(dataset), '--out', str(out), '--shard', '0/2', '--workers', '0', '--no-progress']) == 0
     assert len(json.loads(out.with_suffix('.json').read_text())['subjects']) < 6
+    capsys.readouterr()
+    assert cli.main(['qa', str(dataset), str(dataset), '--out', str(out)]) == 2  # one sheet, one manifest
+    assert 'one manifest per sheet' in capsys.readouterr().err
 
 
 def test_a_subject_that_fails_to_load_is_on_top_with_its_problem(dataset, tmp_path, capsys):
