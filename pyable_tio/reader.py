@@ -39,7 +39,8 @@ class GridReader:
         role: ``"image"``, ``"roi"`` or ``"labelmap"``; ROIs and label maps are nearest-neighbour.
         subject_id: For error messages.
         interpolator: Interpolator for images (``"linear"``, ``"bspline"``, ...).
-        transforms: Per file path, the transforms applied to it, in order.
+        transforms: Per file path, the transforms applied to it, in order (a shorthand: they
+            become ``entries``).
         dtype: NumPy dtype name for images (label maps keep their pixel type).
         default_value: Value outside the file's field of view.
         cache: Optional volume cache (``pyable_tio.cache.VolumeCache``).
@@ -49,11 +50,13 @@ class GridReader:
             voxels around it, and +-Inf stays +-Inf).
         preprocessing: Per file path, the steps run on it in its native space before the
             transforms and the resampling (:class:`~pyable_tio.preprocess.Preprocessing`);
-            their result has its own cache entry.
+            their result has its own cache entry (a shorthand: they become ``entries``).
         entries: The files' :class:`~pyable_tio.plan.PlanEntry` objects (what
-            ``subjects_from_manifest`` passes, through :meth:`for_entries`); when given, they
-            are the reader's state and ``transforms``/``preprocessing`` are views of them.
-            A path without an entry is read with the options above.
+            ``subjects_from_manifest`` passes, through :meth:`for_entries`).
+
+    ``entries`` are the reader's only state: ``transforms`` and ``preprocessing``, given or not,
+    are views of them afterwards, and a path without an entry is read with the options above.
+    Giving both ``entries`` and one of the shorthands is an error.
 
     Example:
         >>> reader = GridReader(grid, 'image', 'sub-01')  # doctest: +SKIP
@@ -76,11 +79,23 @@ class GridReader:
     def __post_init__(self) -> None:
         backend.interpolator_for(self.role, self.interpolator)
         integrity.check_nonfinite_mode(self.nonfinite)
-        if self.entries:
-            # Views of the entries, which are the reader's state, for code reading them by path.
-            object.__setattr__(self, 'transforms', {str(e.source): e.transforms for e in self.entries})
-            steps = {str(e.source): e.preprocessing for e in self.entries if e.preprocessing is not None}
-            object.__setattr__(self, 'preprocessing', steps)
+        entries = tuple(self.entries)
+        if self.transforms or self.preprocessing:
+            if entries:
+                raise ValueError('give a GridReader either entries or transforms/preprocessing, not both')
+            transforms = {str(path): tuple(chain) for path, chain in self.transforms.items()}
+            steps = {str(path): step for path, step in self.preprocessing.items()}
+            entries = tuple(
+                PlanEntry('', '', 0, self.role, Path(path), transforms.get(path, ()), self.interpolator, self.dtype,
+                          float(self.default_value), self.nonfinite, steps.get(path))
+                for path in dict.fromkeys([*transforms, *steps])
+            )
+        object.__setattr__(self, 'entries', entries)
+        # Views of the entries, for code reading them by path.
+        object.__setattr__(self, 'transforms', {str(e.source): e.transforms for e in entries})
+        object.__setattr__(self, 'preprocessing',
+                           {str(e.source): e.preprocessing for e in entries if e.preprocessing is not None})
+        object.__setattr__(self, '_by_source', {str(e.source): e for e in entries})
 
     @classmethod
     def for_entries(
@@ -97,12 +112,10 @@ class GridReader:
 
     def entry(self, path: str | Path) -> PlanEntry:
         """The plan entry of ``path``: one of ``entries``, else made from the reader's options."""
-        for entry in self.entries:
-            if str(entry.source) == str(path):
-                return entry
-        return PlanEntry(
-            '', '', 0, self.role, Path(path), tuple(self.transforms.get(str(path), ())), self.interpolator,
-            self.dtype, float(self.default_value), self.nonfinite, self.preprocessing.get(str(path)),
+        found = self._by_source.get(str(path))
+        return found if found is not None else PlanEntry(
+            '', '', 0, self.role, Path(path), (), self.interpolator, self.dtype, float(self.default_value),
+            self.nonfinite,
         )
 
     def __call__(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:

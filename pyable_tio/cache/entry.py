@@ -386,7 +386,7 @@ def content_problem(key: str, sidecar: dict[str, Any]) -> str | None:
     """
     inputs, recorded = sidecar.get('inputs'), sidecar.get('source_identity')
     if not isinstance(inputs, dict) or recorded is None:
-        return None  # not a volume of get_or_compute (another owner's entry, or an older one)
+        return None  # not a volume of compute_once (another owner's entry, or an older one)
     try:
         if digest_of(inputs) != key:
             return 'its recorded inputs do not give its key (edited, or of another entry)'
