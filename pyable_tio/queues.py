@@ -137,6 +137,7 @@ def queue_from_manifest(
         # From the manifest alone (no header); its problems are reported with the others below.
         parsed, _, _ = parse_manifest(source, root=kwargs.get('root'), extra_fields=kwargs.get('extra_fields', ()))
         _check_label_name(label_name, parsed, missing)
+        source = parsed  # parsed once: it carries its problems on to the planning
     subjects = subjects_from_manifest(source, missing=missing, **kwargs)
     if may_resize(transform) is False:
         _check_patch_fits(subjects, patch)

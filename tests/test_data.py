@@ -121,6 +121,30 @@ def test_bad_sampler_and_label_name(manifest, tmp_path):
         pt.queue_from_manifest([image], patch_size=4, samples_per_volume=1, max_length=1, sampler='weighted')
 
 
+def test_label_name_parses_the_manifest_once_and_keeps_its_problems(manifest, monkeypatch):
+    import json
+
+    from pyable_tio import manifest as manifest_package
+
+    real, calls = manifest_package._rows, []
+
+    def rows(source):
+        calls.append(source)
+        return real(source)
+
+    monkeypatch.setattr(manifest_package, '_rows', rows)
+    queue = pt.queue_from_manifest(manifest, patch_size=4, samples_per_volume=1, max_length=1,
+                                   sampler='label', label_name='labelmap_0', missing='error')
+    assert len(calls) == 1 and len(queue.subjects_dataset) == 3
+    # A subject with a structural problem is still reported (its problems travel with the parse).
+    bad = {**json.loads(manifest.read_text()), 'sub-bad': {'images': []}}
+    broken = manifest.with_name('broken.json')
+    broken.write_text(json.dumps(bad))
+    with pytest.raises(pt.ManifestError, match='subject "sub-bad": .*field "images": no images listed'):
+        pt.queue_from_manifest(broken, patch_size=4, samples_per_volume=1, max_length=1,
+                               sampler='label', label_name='labelmap_0', missing='error')
+
+
 def test_make_sampler_prefers_label_maps(full_subjects):
     subject = next(iter(full_subjects.values()))
     sampler = pt.queues.make_sampler('label', PATCH, None, subject)
