@@ -138,7 +138,7 @@ def test_a_source_replaced_over_and_over_while_loads_fill_the_cache(versions, tm
         rng = np.random.default_rng(0)
         while not stop.is_set():
             place(a if rng.random() < 0.5 else b, path)
-            stop.wait(float(rng.uniform(0.0, 0.004)))
+            stop.wait(float(rng.uniform(0.002, 0.02)))
 
     thread = threading.Thread(target=swapper)
     thread.start()
