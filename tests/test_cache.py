@@ -23,7 +23,7 @@ import torchio as tio
 import pyable_tio as pt
 from pyable_tio import synthetic
 from pyable_tio.cache import VolumeCache
-from pyable_tio.cache.volume import disk_bytes
+from pyable_tio.cache.stats import disk_bytes
 from pyable_tio.geometry.grid import Grid
 from pyable_tio.manifest.records import TransformEntry
 

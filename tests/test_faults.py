@@ -28,7 +28,7 @@ from pyable_tio import synthetic
 from pyable_tio.cache import digest as hashing
 from pyable_tio.cache import VolumeCache, entry
 from pyable_tio.cache.digest import memo_path
-from pyable_tio.cache.volume import disk_bytes
+from pyable_tio.cache.stats import disk_bytes
 from pyable_tio.cli.main import main
 from pyable_tio.geometry.grid import Grid
 

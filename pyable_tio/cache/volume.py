@@ -5,40 +5,33 @@ from __future__ import annotations
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from stat import S_ISREG
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from ..constants import (
     CACHE_ARRAY_SUFFIX,
-    CACHE_BLOB_FOLDERS,
     CACHE_LOCKS_FOLDER,
     CACHE_SIDECAR_SUFFIX,
     CACHE_SOURCES_FOLDER,
-    CACHE_TEMP_SUFFIX,
     SOURCE_READ_TRIES,
 )
-from ..io.atomic import atomic_path
-from .digest import SourceChanged, check_memo, digest_of, file_digest, source_identity
+from .blobs import BlobStore
+from .digest import SourceChanged, digest_of, file_digest, source_identity
 from .entry import (
     STALE_TEMP_SECONDS,
     CacheCorruption,
     folder_lock,
-    content_problem,
-    parse_sidecar,
     read_entry,
-    stale_temporary,
     sweep_temporaries,
     write_entry,
 )
-from .stats import KEY_FOLDERS, CacheStats, disk_bytes, owned_files, warn_line
-
-T = TypeVar('T')
+from .stats import CacheStats, warn_line
+from .upkeep import CacheUpkeep
 
 __all__ = ['STALE_TEMP_SECONDS', 'CacheStats', 'VolumeCache']
 
@@ -89,7 +82,7 @@ def _still_unremovable(array_path: Path, sidecar_path: Path) -> bool:
     return False
 
 
-class VolumeCache:
+class VolumeCache(CacheUpkeep, BlobStore):
     """Disk cache of resampled volumes for :class:`pyable_tio.GridReader`.
 
     The key of an entry covers the source file's content (SHA-256, remembered per
@@ -266,53 +259,6 @@ class VolumeCache:
         with folder_lock(lock):
             yield
 
-    # ------------------------------------------------------------------ blobs
-
-    def blob_path(self, folder: str, key: str, suffix: str) -> Path:
-        """Where the small file (a ``.tfm``...) ``key`` of ``folder`` lives.
-
-        Example:
-            >>> VolumeCache('/tmp/pyable-cache').blob_path('alignment', 'ab12', '.tfm')  # doctest: +SKIP
-            PosixPath('/tmp/pyable-cache/alignment/ab12.tfm')
-        """
-        if folder not in CACHE_BLOB_FOLDERS:
-            raise ValueError(f'blob folder must be one of {CACHE_BLOB_FOLDERS}, got {folder!r}')
-        return self.folder / folder / f'{key}{suffix}'
-
-    def get_blob(self, folder: str, key: str, suffix: str, read: Callable[[Path], T]) -> T | None:
-        """``read(path)`` of the blob, or None when absent; a blob ``read`` refuses (raises
-        ``RuntimeError``/``ValueError``/``OSError``) is damaged: removed with a warning.
-
-        Example:
-            >>> cache.get_blob('alignment', key, '.tfm', lambda p: sitk.ReadTransform(str(p)))  # doctest: +SKIP
-        """
-        path = self.blob_path(folder, key, suffix)
-        if not path.is_file():
-            return None
-        try:
-            value = read(path)
-        except (RuntimeError, ValueError, OSError) as error:
-            warn_line(f'pyable-tio cache: unreadable {path.name} ({type(error).__name__}); recomputing it')
-            path.unlink(missing_ok=True)
-            return None
-        return value
-
-    def put_blob(self, folder: str, key: str, suffix: str, write: Callable[[Path], None]) -> Path | None:
-        """Write the blob atomically with ``write(temporary path)``; its path, or None (with a
-        warning, once per cache) when the folder is not writable.
-
-        Example:
-            >>> cache.put_blob('alignment', key, '.tfm', lambda p: sitk.WriteTransform(found, str(p)))  # doctest: +SKIP
-        """
-        path = self.blob_path(folder, key, suffix)
-        try:
-            with atomic_path(path, keep_suffix=True) as temporary:
-                write(temporary)
-        except (OSError, RuntimeError) as error:
-            self._write_failed(path, str(error))
-            return None
-        return path
-
     def get(self, key: str) -> np.ndarray | None:
         """The entry ``key`` (copy-on-write memory map), or None when absent.
 
@@ -394,138 +340,12 @@ class VolumeCache:
         if self.max_bytes is not None:
             self.evict(self.max_bytes)
 
-    # --------------------------------------------------------------- upkeep
-
-    def entries(self) -> Iterator[tuple[str, Path, Path]]:
-        """Yield ``(key, array_path, sidecar_path)`` of every entry with both files present."""
-        for array_path in sorted(self.folder.glob(f'{KEY_FOLDERS}/*{CACHE_ARRAY_SUFFIX}')):
-            sidecar_path = array_path.with_suffix(CACHE_SIDECAR_SUFFIX)
-            if sidecar_path.exists():
-                yield array_path.stem, array_path, sidecar_path
-
-    def check(self, key: str) -> str | None:
-        """Fully verify one entry; the problem, or None if valid.
-
-        Checks sizes, header and checksum, that the recorded inputs give the key, and that a
-        source still in the version it was read in still has the content the key names
-        (:func:`~pyable_tio.cache.entry.content_problem`; this hashes it).
-        """
-        array_path, sidecar_path = self.paths(key)
-        try:
-            text = sidecar_path.read_bytes()
-            array = read_entry(array_path, text, checksum='always', key=key)
-        except (OSError, CacheCorruption) as error:
-            return str(error)
-        del array
-        return content_problem(key, parse_sidecar(text))
-
-    def check_sources(self) -> list[tuple[Path, str]]:
-        """Verify every source-digest memo against its file; remove and return the bad or stale ones.
-
-        Hashes every source file whose memo is current (this reads them all).
-
-        Example:
-            >>> VolumeCache('/tmp/pyable-cache').check_sources()  # doctest: +SKIP
-            [(PosixPath('/tmp/pyable-cache/sources/3f....json'), 'stale (its file changed)')]
-        """
-        removed = []
-        for memo in sorted((self.folder / CACHE_SOURCES_FOLDER).glob('*')):
-            if memo.name.startswith('.') or not memo.is_file():
-                continue  # temporaries are swept separately
-            problem = check_memo(memo) if memo.suffix == CACHE_SIDECAR_SUFFIX else 'stale (old memo format)'
-            if problem is not None:
-                memo.unlink(missing_ok=True)
-                removed.append((memo, problem))
-        return removed
-
-    def evict(self, max_bytes: int | None = None) -> int:
-        """Remove least-recently-used entries until the folder holds at most ``max_bytes``.
-
-        Sizes are what the files take on disk (allocated blocks), so many small files count
-        for what they really cost. Also removes temporary files whose writer is gone
-        (:func:`~pyable_tio.cache.entry.stale_temporary`). Returns the number of entries removed.
-        """
-        limit = self.max_bytes if max_bytes is None else int(max_bytes)
-        now = time.time()
-        total, candidates = 0, []
-        for path, stat in self._files():
-            if path.name.endswith(CACHE_TEMP_SUFFIX) and stale_temporary(path, stat.st_mtime, now):
-                path.unlink(missing_ok=True)
-                continue
-            total += disk_bytes(stat)
-            if path.suffix == CACHE_SIDECAR_SUFFIX and path.parent.name != CACHE_SOURCES_FOLDER:
-                try:
-                    size = disk_bytes(stat) + disk_bytes(path.with_suffix(CACHE_ARRAY_SUFFIX).stat())
-                except OSError:
-                    size = disk_bytes(stat)  # array gone meanwhile (another process evicting)
-                candidates.append((stat.st_mtime, size, path.stem))
-        removed = 0
-        if limit is None or total <= limit:
-            return removed
-        for _, size, key in sorted(candidates):
-            try:
-                self.remove(key)
-            except OSError as error:  # e.g. mapped by another process on Windows
-                warnings.warn(f'pyable-tio cache: cannot evict {key}: {error}', RuntimeWarning, stacklevel=2)
-                continue
-            removed += 1
-            total -= size
-            if total <= limit:
-                break
-        self._count('evicted', removed)
-        return removed
-
-    def remove(self, key: str) -> None:
-        """Delete an entry (sidecar first, so it stops being valid before its array goes)."""
-        array_path, sidecar_path = self.paths(key)
-        with folder_lock(self._lock):
-            sidecar_path.unlink(missing_ok=True)
-            array_path.unlink(missing_ok=True)
-
-    def clear(self) -> None:
-        """Delete every entry, temporary file, source digest and alignment ``.tfm`` (only files the cache owns)."""
-        for path, _ in self._files():
-            path.unlink(missing_ok=True)
-        for folder in [*self.folder.glob(KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER,
-                       *(self.folder / name for name in CACHE_BLOB_FOLDERS)]:
-            try:
-                folder.rmdir()
-            except OSError:
-                pass  # not empty (someone else's file) or already gone
-
     @property
     def counts(self) -> dict[str, int]:
         """This process's hits, misses, writes, recovered and evicted, without scanning the folder."""
         return dict(self._counts)
 
-    def stats(self) -> CacheStats:
-        """Entries and bytes on disk now, and this process's hits, misses, writes, ...
-
-        Example:
-            >>> VolumeCache('/tmp/empty-cache').stats().entries  # doctest: +SKIP
-            0
-        """
-        total = sum(disk_bytes(stat) for _, stat in self._files())
-        return CacheStats(entries=sum(1 for _ in self.entries()), bytes=total, **self._counts)
-
     # -------------------------------------------------------------- helpers
-
-    def _files(self) -> Iterator[tuple[Path, os.stat_result]]:
-        return owned_files(self.folder)
-
-    def sweep_temporaries(self) -> list[tuple[Path, str]]:
-        """Remove temporary files whose writer is gone; returns them with the reason.
-
-        Run when the cache is opened and, per entry folder, before each write.
-
-        Example:
-            >>> VolumeCache('/tmp/pyable-cache').sweep_temporaries()  # doctest: +SKIP
-            []
-        """
-        removed = []
-        for folder in [*self.folder.glob(KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER]:
-            removed += sweep_temporaries(folder)
-        return removed
 
     def _discard(self, key: str, problem: str, remove: bool = True) -> None:
         array_path, sidecar_path = self.paths(key)
