@@ -19,8 +19,8 @@ from .inference import GridInference, SubjectGridAggregator, inference_loader, p
 from .manifest import FileEntry, Manifest, SubjectRecord, TransformEntry, read_manifest
 from .monai_data import monai_dataset
 from .native import NativeSpaceError, native_grid, save_prediction, to_native
-from .patch_plan import TransformPlan, plan_transform
-from .patches import PatchQueue
+from .patching.split import TransformPlan, plan_transform
+from .patching.queue import PatchQueue
 from .plan import PlanEntry, SubjectPlan, plan_of
 from .preprocess import N4, PreprocessStep, SkullStrip
 from .pyable_dataset import PyableDataset

@@ -110,7 +110,7 @@ NONFINITE_ERROR = 'error'
 NONFINITE_MODES = (NONFINITE_KEEP, NONFINITE_ZERO, NONFINITE_ERROR)
 DEFAULT_NONFINITE = NONFINITE_ERROR
 
-#: Per-patch augmentation (pyable_tio.patch_augment): whole-volume statistics kept per process.
+#: Per-patch augmentation (pyable_tio.patching.augment): whole-volume statistics kept per process.
 STATISTICS_MEMO_SIZE = 512
 #: Version of the whole-volume statistics kept in the volume cache; bump when their formulas change.
 STATISTICS_VERSION = 1

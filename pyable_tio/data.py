@@ -12,8 +12,8 @@ from .constants import LABELMAP_PREFIX, MISSING_EMPTY, MISSING_ERROR, MISSING_KE
 from .errors import ManifestError, describe
 from .plan import reference_grid
 from .manifest import ManifestSource, parse_manifest
-from .patch_plan import log_fallback, plan_transform
-from .patches import PatchQueue
+from .patching.split import log_fallback, plan_transform
+from .patching.queue import PatchQueue
 from .subjects import subjects_from_manifest
 from .transforms.layout import with_layout_guard
 from .transforms.adapter import CallableTransform

@@ -2,10 +2,10 @@
 
 :func:`plan_transform` splits a transform (a ``tio.Compose`` is flattened) into a volume-level
 prefix, run on the loaded subject as TorchIO runs it, and a patch-local suffix, run by
-:mod:`pyable_tio.patch_augment` on the patch's box only. A step is patch-local when its value
+:mod:`pyable_tio.patching.augment` on the patch's box only. A step is patch-local when its value
 at a voxel depends on a bounded neighbourhood of the source (spatial steps: the preimage of the
 patch; blur: the kernel) or on whole-volume statistics computed once per volume
-(:mod:`pyable_tio.volume_stats`). Only TorchIO's own classes and two of ours (exact types) are recognised:
+(:mod:`pyable_tio.patching.stats`). Only TorchIO's own classes and two of ours (exact types) are recognised:
 a subclass or an unknown callable may do anything, so it runs on the whole volume.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import torchio as tio
 
-from .transforms.compose import Compose
-from .transforms.intensity import IntensityNormalization
-from .transforms.spatial import RandomFlip
-from .transforms.layout import FromTorchIO2D, ToTorchIO2D, ToZYX
+from ..transforms.compose import Compose
+from ..transforms.intensity import IntensityNormalization
+from ..transforms.spatial import RandomFlip
+from ..transforms.layout import FromTorchIO2D, ToTorchIO2D, ToZYX
 
 logger = logging.getLogger('pyable_tio')
 

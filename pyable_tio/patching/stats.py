@@ -25,9 +25,9 @@ import torch
 import torchio as tio
 from torchio.data.io import nib_to_sitk
 
-from .constants import STATISTICS_MEMO_SIZE, STATISTICS_VERSION
-from .hashing import digest_of
-from .transforms.intensity import IntensityNormalization
+from ..constants import STATISTICS_MEMO_SIZE, STATISTICS_VERSION
+from ..hashing import digest_of
+from ..transforms.intensity import IntensityNormalization
 
 _memo: OrderedDict[Hashable, Any] = OrderedDict()
 _lock = threading.Lock()

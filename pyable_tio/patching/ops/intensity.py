@@ -1,4 +1,4 @@
-"""Intensity steps of per-patch augmentation, on a region of the volume grid (pyable_tio.patch_augment).
+"""Intensity steps of per-patch augmentation, on a region of the volume grid (pyable_tio.patching.augment).
 
 Each runs TorchIO's formula on a box (before the spatial steps) or on the resampled region
 (after them): voxel-wise steps as they are, blur on a region widened by its kernel radius
@@ -16,9 +16,9 @@ import torch
 import torchio as tio
 from scipy import ndimage as ndi
 
-from .constants import BLUR_TRUNCATE
-from .patch_draw import Drawn
-from .patch_plan import FIELD, KERNEL, STATISTICS
+from ...constants import BLUR_TRUNCATE
+from .base import Drawn
+from ..split import FIELD, KERNEL, STATISTICS
 
 
 
@@ -45,7 +45,7 @@ def apply_intensity(d: Drawn, tensors: dict[str, torch.Tensor], region_start: np
         d: The drawn step.
         tensors: C x D x H x W tensors of the region, by image name (replaced by the results).
         region_start: The region's first voxel in the volume (D, H, W).
-        context: The patch's ``patch_augment`` context (volumes, statistics, generator).
+        context: The patch's ``patching.augment`` context (volumes, statistics, generator).
 
     Example:
         >>> apply_intensity(drawn_gamma, {'images': box}, np.zeros(3, int), context)  # doctest: +SKIP

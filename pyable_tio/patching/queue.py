@@ -5,7 +5,7 @@ process and crops the patches there: with 96^3 patches from 256x256x160 volumes 
 bytes read, copied and pickled are thrown away. :class:`PatchQueue` keeps ``tio.Queue``'s
 queue (same ``max_length``, ``samples_per_volume``, shuffling, subject sampler, epoch length)
 but its workers return the patches of a subject instead of the subject, cut by
-:class:`pyable_tio.patch_cutting.SubjectPatches`. When the patches are read lazily (no
+:class:`pyable_tio.patching.cutting.SubjectPatches`. When the patches are read lazily (no
 transform, or one whose steps are all patch-local, and a uniform, weighted or label
 sampler) the work is mostly copying and SimpleITK resampling of small boxes, which release the
 GIL, so it runs in threads of the main process: no process start, pickling or shared-memory
@@ -29,7 +29,8 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader, Sampler
 
-from .patch_cutting import SubjectPatches, Volume, cut_patch
+from .cutting import SubjectPatches, cut_patch
+from .volume import Volume
 
 __all__ = ['PatchQueue', 'SubjectPatches', 'Volume', 'cut_patch']
 

@@ -20,7 +20,7 @@ Geometry, stated once:
   image), so the physical control-point spacing is the volume's; only the patch is evaluated.
 - ``RandomBiasField`` is evaluated at the patch's voxels in volume coordinates.
 - Statistics (``ZNormalization``, ``RescaleIntensity``, pad values) are the whole volume's
-  (:mod:`pyable_tio.volume_stats`).
+  (:mod:`pyable_tio.patching.stats`).
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ import torchio as tio
 from torchio.constants import INTENSITY, TYPE
 from torchio.transforms.augmentation.spatial.random_elastic_deformation import SPLINE_ORDER
 
-from . import volume_stats
-from .constants import INTERPOLATION_SUPPORT, INTERPOLATION_SUPPORT_DEFAULT
-from .geometry import LPS_TO_RAS, ras_affine_to_grid
-from .patch_draw import Drawn, draw
-from .patch_intensity import apply_intensity, kernel_margin
-from .patch_plan import SPATIAL, spatial_run
-from .transforms.intensity import IntensityNormalization
+from . import stats as volume_stats
+from ..constants import INTERPOLATION_SUPPORT, INTERPOLATION_SUPPORT_DEFAULT
+from ..geometry import LPS_TO_RAS, ras_affine_to_grid
+from .ops.base import Drawn, draw
+from .ops.intensity import apply_intensity, kernel_margin
+from .split import SPATIAL, spatial_run
+from ..transforms.intensity import IntensityNormalization
 
 
 def augment_patch(steps: Sequence[tio.Transform], subject: tio.Subject, volumes: dict[str, Any],
@@ -53,7 +53,7 @@ def augment_patch(steps: Sequence[tio.Transform], subject: tio.Subject, volumes:
     Args:
         steps: Patch-local steps (``plan_transform(T).patch_steps``).
         subject: The subject (its images need not be loaded).
-        volumes: Image name -> :class:`pyable_tio.patch_cutting.Volume`.
+        volumes: Image name -> :class:`pyable_tio.patching.volume.Volume`.
         start: Patch start (D, H, W voxel index).
         size: Patch size (D, H, W).
         generator: Draws the steps' random parameters.

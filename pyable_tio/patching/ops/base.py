@@ -18,8 +18,8 @@ import torch
 import torchio as tio
 from torchio.utils import to_tuple
 
-from .patch_plan import kind
-from .transforms.spatial import RandomFlip
+from ..split import kind
+from ...transforms.spatial import RandomFlip
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Drawn:
 
     Attributes:
         step: The TorchIO transform.
-        kind: Its kind (:mod:`pyable_tio.patch_plan` constants).
+        kind: Its kind (:mod:`pyable_tio.patching.split` constants).
         names: Subject keys of the images it applies to (TorchIO's include/exclude and
             intensity-only rules).
         params: The drawn parameters (per step, or per image name under ``per_image``).
