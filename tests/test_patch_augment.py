@@ -20,6 +20,7 @@ import pyable_tio as pt
 from pyable_tio import synthetic
 from pyable_tio.patching.augment import augment_patch
 from pyable_tio.patching.cutting import SubjectPatches
+from pyable_tio.patching.ops.intensity import ZNormalizationOp
 from pyable_tio.patching.volume import Volume
 
 SIZE_XYZ = (30, 26, 18)
@@ -234,7 +235,7 @@ def test_noise_and_gamma_are_drawn_from_the_subject_generator(subject):
 
 def test_only_the_patch_box_is_read(subject, monkeypatch):
     boxes = []
-    for method in ('crop', 'channel_views'):  # every way a region is read
+    for method in ('crop', 'box_views'):  # every way a region is read
         def spy(self, start, stop, original=getattr(Volume, method)):
             boxes.append(np.subtract(stop, start))
             return original(self, start, stop)
@@ -346,7 +347,7 @@ def test_whole_volume_statistics_are_kept_in_the_volume_cache(oblique_manifest, 
 
     # A later run (empty process memo) reads the statistics from the cache, not the volume.
     volume_stats._memo.clear()
-    monkeypatch.setattr(volume_stats, 'normalization_statistics', lambda *a: pytest.fail('recomputed'))
+    monkeypatch.setattr(ZNormalizationOp, 'statistics', lambda *a: pytest.fail('recomputed'))
     again = per_patch(pt.subjects_from_manifest(oblique_manifest, cache_dir=cache)[0], steps, start)['images']
     assert torch.equal(first, again)
     monkeypatch.undo()

@@ -1,32 +1,26 @@
-"""Per-patch augmentation: TorchIO's steps on the patch's box only, one resampling, then the crop.
+"""Per-patch augmentation: the ops on the patch's box only, one resampling, then the crop.
 
 For one patch at ``start`` (D, H, W voxel index of the volume) the drawn steps split into
 intensity steps before the spatial ones (run on the source box), the spatial steps (composed
-into one SimpleITK transform, resampled once onto the patch grid) and intensity steps after
+into one output-to-input map, resampled once onto the patch grid) and intensity steps after
 them (run on the patch grid, widened by their kernels). The box is the preimage of the patch
-under the composed transform: the mapped corners of the output region, plus the largest
-elastic displacement, plus the interpolator's support, clipped to the volume. So a value
-inside the patch comes from padding exactly where the whole-volume transform pads.
+under the composed map: the mapped corners of the output region, plus the largest elastic
+displacement, plus the interpolator's support, clipped to the volume. So a value inside the
+patch comes from padding exactly where the whole-volume transform pads.
 
-Geometry, stated once:
-- ``Affine``/``RandomAffine`` (``center='image'``) rotate and scale about the **patch centre**
-  (TorchIO rotates about the volume centre; ``center='origin'`` keeps the world origin).
-  Built with TorchIO's own ``Affine._get_scaling_transform``/``_get_rotation_transform``.
-- Flips reflect about the patch centre: the flipped patch is the patch at the mirrored
-  location of the flipped volume. Flips after intensity steps (nnU-Net mirrors last) reverse
-  the finished patch, with no interpolation.
-- ``RandomElasticDeformation`` draws its control points on the **whole volume's** grid (the
-  B-spline domain is the volume's, as ``BSplineTransformInitializer`` sets it for the whole
-  image), so the physical control-point spacing is the volume's; only the patch is evaluated.
-- ``RandomBiasField`` is evaluated at the patch's voxels in volume coordinates.
-- Statistics (``ZNormalization``, ``RescaleIntensity``, pad values) are the whole volume's
-  (:mod:`pyable_tio.patching.stats`).
+Two engines resample: ``"numba"`` (default, :mod:`.kernel`: one compiled pass per image,
+the map evaluated once per output voxel and shared by the channels; a map that only flips
+and shifts is a crop) and ``"sitk"`` (:mod:`.sitk_engine`, SimpleITK, the oracle). The
+geometry of each step is its op's (:mod:`.ops.spatial`); flips after intensity steps (nnU-Net
+mirrors last) reverse the finished patch. Statistics (``ZNormalization``,
+``RescaleIntensity``, pad values) are the whole volume's (:mod:`.stats`).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -34,135 +28,156 @@ import SimpleITK as sitk
 import torch
 import torchio as tio
 from torchio.constants import INTENSITY, TYPE
-from torchio.transforms.augmentation.spatial.random_elastic_deformation import SPLINE_ORDER
 
-from . import stats as volume_stats
-from ..constants import INTERPOLATION_SUPPORT, INTERPOLATION_SUPPORT_DEFAULT
-from ..geometry import LPS_TO_RAS, ras_affine_to_grid
-from .ops.base import Drawn, draw
-from .ops.intensity import apply_intensity, kernel_margin
-from .split import SPATIAL, spatial_run
-from ..transforms.intensity import IntensityNormalization
+from ..constants import PATCH_ENGINE_DEFAULT, PATCH_ENGINES
+from ..geometry import ras_affine_to_grid
+from . import sitk_engine, stats
+from .ops.base import SPATIAL, Drawn, PatchOp
+from .ops.intensity import IntensityOp, StatisticsOp
+from .ops.registry import op_for
+from .ops.spatial import SpatialOp, lps_affine, matrix_of
+from .split import spatial_run
+from .volume import Volume
+
+_kernel: ModuleType | None = None
 
 
-def augment_patch(steps: Sequence[tio.Transform], subject: tio.Subject, volumes: dict[str, Any],
-                  start: Sequence[int], size: Sequence[int],
-                  generator: torch.Generator) -> tuple[dict[str, torch.Tensor], list[tio.Transform]]:
+def augment_patch(steps: Sequence[tio.Transform | PatchOp], subject: tio.Subject, volumes: dict[str, Volume],
+                  start: Sequence[int], size: Sequence[int], generator: torch.Generator,
+                  engine: str = PATCH_ENGINE_DEFAULT) -> tuple[dict[str, torch.Tensor], list[tio.Transform]]:
     """The patch of every image after ``steps``, each C x D x H x W (Z,Y,X) on the patch grid.
 
     Args:
-        steps: Patch-local steps (``plan_transform(T).patch_steps``).
+        steps: Patch-local steps or their ops (``plan_transform(T).patch_ops``).
         subject: The subject (its images need not be loaded).
         volumes: Image name -> :class:`pyable_tio.patching.volume.Volume`.
         start: Patch start (D, H, W voxel index).
         size: Patch size (D, H, W).
         generator: Draws the steps' random parameters.
+        engine: ``"numba"`` (compiled kernels) or ``"sitk"`` (SimpleITK, the oracle).
 
     Returns:
         The patch tensors by image name, and the steps applied (not skipped by their probability).
 
     Example:
-        >>> augment_patch(plan.patch_steps, subject, volumes, (0, 8, 8), (32, 32, 32), generator)  # doctest: +SKIP
+        >>> augment_patch(plan.patch_ops, subject, volumes, (0, 8, 8), (32, 32, 32), generator)  # doctest: +SKIP
     """
+    if engine not in PATCH_ENGINES:
+        raise ValueError(f'engine must be one of {PATCH_ENGINES}, got {engine!r}')
+    ops = [step if isinstance(step, PatchOp) else op_for(step) for step in steps]
     first = next(iter(volumes.values()))
     shape = np.array(first.shape)
     start, size = np.asarray(start, int), np.asarray(size, int)
     channels = {name: volume.channels for name, volume in volumes.items()}
-    drawn = [d for d in (draw(step, subject, channels, generator) for step in steps) if d is not None]
+    drawn = [d for d in (op.draw(subject, channels, generator) for op in ops) if d is not None]
     lo_index, hi_index = spatial_run([d.kind for d in drawn])
     pre, spatial = drawn[:lo_index], drawn[lo_index:hi_index]
     post = [d for d in drawn[hi_index:] if d.kind != SPATIAL]
     flips = [d for d in drawn[hi_index:] if d.kind == SPATIAL]  # only flips (plan_transform): last
 
-    out_start = np.maximum(start - kernel_margin(post, first.affine), 0)
-    out_stop = np.minimum(start + size + kernel_margin(post, first.affine), shape)
+    out_start = np.maximum(start - _margin(post, first.affine), 0)
+    out_stop = np.minimum(start + size + _margin(post, first.affine), shape)
     maps, composed = {}, {}
     for name, volume in volumes.items():
-        # Images on one grid under the same steps share one composed transform.
+        # Images on one grid under the same steps share one composed map.
         key = (tuple(name in d.names for d in spatial), np.asarray(volume.affine).tobytes())
         if key not in composed:
-            composed[key] = _composite(spatial, name, volume, start, size, shape)
+            steps_of = [d for d in spatial if name in d.names]
+            composed[key] = _SpatialMap.of(steps_of, volume, start, size, shape, engine)
         if composed[key] is not None:
             maps[name] = composed[key]
     box_start, box_stop = out_start.copy(), out_stop.copy()
-    for name, (transform, bound_transform, displacement) in maps.items():
-        lo, hi = _preimage(bound_transform, displacement, volumes[name].affine, out_start, out_stop)
+    for name, mapped in maps.items():
+        lo, hi = mapped.preimage(volumes[name].affine, out_start, out_stop)
         support = _support(spatial, name, volumes[name])
         box_start = np.minimum(box_start, np.floor(lo).astype(int) - support)
         box_stop = np.maximum(box_stop, np.ceil(hi).astype(int) + support + 1)
-    pre_margin = kernel_margin(pre, first.affine)
+    pre_margin = _margin(pre, first.affine)
     box_start = np.clip(box_start - pre_margin, 0, shape - 1)
     box_stop = np.maximum(np.clip(box_stop + pre_margin, 0, shape), box_start + 1)
 
     context = _Context(subject, volumes, shape, generator)
     if pre:
         boxes = {name: volume.crop(tuple(box_start), tuple(box_stop)) for name, volume in volumes.items()}
-        for step in pre:
-            apply_intensity(step, boxes, box_start, context)
+        for d in pre:
+            _apply(d, boxes, box_start, context)
         region = (slice(None), *(slice(a - b, c - b) for a, b, c in zip(out_start, box_start, out_stop)))
-        channels_of, unmoved = (lambda name: list(boxes[name].numpy())), (lambda name: boxes[name][region])
+        sources_of, unmoved = (lambda name: [boxes[name].numpy()]), (lambda name: boxes[name][region])
     else:  # the box is resampled straight from the arrays (memory maps): one copy fewer
-        channels_of = lambda name: volumes[name].channel_views(box_start, box_stop)  # noqa: E731
+        sources_of = lambda name: volumes[name].box_views(box_start, box_stop)  # noqa: E731
         unmoved = lambda name: volumes[name].crop(tuple(out_start), tuple(out_stop))  # noqa: E731
     tensors = {}
     for name, volume in volumes.items():
-        if name in maps:
-            tensors[name] = _resample(channels_of(name), volume, box_start, out_start, out_stop, maps[name][0],
-                                      *_pads(spatial, name, volume, context))
-        else:
+        if name not in maps:
             tensors[name] = unmoved(name)
-    for step in post:
-        apply_intensity(step, tensors, out_start, context)
+            continue
+        interpolation, pads = _pads(spatial, name, volume, context)
+        tensors[name] = maps[name].resample(sources_of(name), volume, box_start, out_start, out_stop,
+                                            interpolation, pads)
+    for d in post:
+        _apply(d, tensors, out_start, context)
     offset = start - out_start
     patch = tuple(slice(a, a + n) for a, n in zip(offset, size))
     patches = {name: tensor[(slice(None), *patch)].contiguous() for name, tensor in tensors.items()}
     for d in flips:
         for name in d.names:
-            axes = _flipped(d, volumes[name])
+            axes = d.op.flipped(d, volumes[name])
             if axes:
                 patches[name] = torch.flip(patches[name], [1 + a for a in axes])
     return patches, [d.step for d in drawn]
 
 
+def _apply(d: Drawn, tensors: dict[str, torch.Tensor], region_start: np.ndarray, context: _Context) -> None:
+    op: IntensityOp = d.op
+    for name in d.names:
+        tensors[name] = op.apply(d, tensors[name].float(), name, region_start, context)
+
+
+def _margin(drawn: list[Drawn], affine: np.ndarray) -> np.ndarray:
+    """Voxels (D, H, W) the steps of ``drawn`` read beyond a region (their kernels)."""
+    return np.sum([d.op.margin(d, affine) for d in drawn] or [np.zeros(3, int)], axis=0).astype(int)
+
+
 class _Context:
     """What statistics-based steps need: the volumes, their grid shape and the generator."""
 
-    def __init__(self, subject: tio.Subject, volumes: dict[str, Any], shape: np.ndarray,
+    def __init__(self, subject: tio.Subject, volumes: dict[str, Volume], shape: np.ndarray,
                  generator: torch.Generator) -> None:
         self.subject, self.volumes, self.shape, self.generator = subject, volumes, shape, generator
 
     def minima(self, name: str) -> list[float]:
         volume = self.volumes[name]
-        return self._kept(volume, 'min', lambda: volume_stats.channel_minima(volume.read()))
+        return self._kept(volume, 'min', lambda: stats.channel_minima(volume.read()))
 
     def border_means(self, name: str, otsu: bool) -> list[float]:
         volume = self.volumes[name]
         return self._kept(volume, 'otsu' if otsu else 'mean',
-                          lambda: volume_stats.border_means(volume.read(), volume.affine, otsu))
+                          lambda: stats.border_means(volume.read(), volume.affine, otsu))
 
-    def normalization(self, step: tio.Transform, name: str) -> dict[str, Any]:
-        volume = self.volumes[name]
-        if isinstance(step, IntensityNormalization):
+    def normalization(self, op: StatisticsOp, name: str) -> dict[str, Any]:
+        """The whole-volume statistics of ``op`` on image ``name`` (kept)."""
+        step, volume = op.step, self.volumes[name]
+        if hasattr(step, 'check_mask'):
             step.check_mask(self.subject)
-        mask = step.masking_method if isinstance(step.masking_method, str) and step.masking_method in self.volumes else None
+        method = step.masking_method
+        mask = method if isinstance(method, str) and method in self.volumes else None
         parts = [volume] + ([self.volumes[mask]] if mask else [])
 
         def compute() -> dict[str, Any]:
             images = {name: volume} | ({mask: self.volumes[mask]} if mask else {})
             whole = tio.Subject({n: type(v.image)(tensor=v.read(), affine=v.affine) for n, v in images.items()})
-            return volume_stats.normalization_statistics(step, whole, name)
+            return op.statistics(whole, name)
 
         return self._kept(parts, repr(step), compute)
 
     @staticmethod
-    def _kept(volumes: Any, statistic: str, compute: Any) -> Any:
+    def _kept(volumes: Volume | list[Volume], statistic: str, compute: Any) -> Any:
         """A statistic kept per process for cached/unloaded volumes, per subject for loaded ones."""
         volumes = volumes if isinstance(volumes, list) else [volumes]
-        keys = [volume_stats.volume_key(v.image) for v in volumes]
+        keys = [stats.volume_key(v.image) for v in volumes]
         if None not in keys:
             images = [v.image for v in volumes]
-            return volume_stats.remembered((tuple(keys), statistic),
-                                           lambda: volume_stats.stored(images, statistic, compute))
+            return stats.remembered((tuple(keys), statistic), lambda: stats.stored(images, statistic, compute))
         memo = volumes[0].statistics  # a loaded (transformed) volume: its statistics change every draw
         if statistic not in memo:
             memo[statistic] = compute()
@@ -172,188 +187,145 @@ class _Context:
 # ----------------------------------------------------------------------------- spatial steps
 
 
-def _lps_affine(affine: np.ndarray) -> np.ndarray:
-    lps = np.array(affine, dtype=np.float64)
-    lps[:3] = LPS_TO_RAS @ lps[:3]  # the flip of x and y is its own inverse
-    return lps
+@dataclass
+class _SpatialMap:
+    """The composed output-to-input map of one image's spatial steps, for one engine.
 
+    Attributes:
+        engine: ``"numba"`` or ``"sitk"``.
+        matrix: 4 x 4 map on volume voxel indices (linear steps only, numba engine), or None.
+        transform: The composed SimpleITK transform (LPS mm): the sitk engine's, and the
+            numba engine's when an elastic step makes the map a field.
+        bound: Its linear part (the elastic steps left out), to bound the preimage.
+        displacement: The elastic steps' largest displacement (mm), scaled by later maps.
+    """
 
-def _step_transform(d: Drawn, volume: Any, start: np.ndarray, size: np.ndarray,
-                    shape: np.ndarray) -> tuple[sitk.Transform | None, float]:
-    """The output-to-input LPS transform of one drawn spatial step, and its largest displacement (mm)."""
-    lps = _lps_affine(volume.affine)
-    if d.kind == SPATIAL and 'scales' in d.params:
-        centre = None
-        if d.step.center == 'image':
-            centre = tuple(float(v) for v in lps[:3, :3] @ (start + (size - 1) / 2) + lps[:3, 3])
-        scaling = tio.Affine._get_scaling_transform(d.params['scales'], center_lps=centre)
-        rotation = tio.Affine._get_rotation_transform(d.params['degrees'], d.params['translation'], center_lps=centre)
-        transform = sitk.CompositeTransform([scaling, rotation]).GetInverse()  # as tio.Affine
-        return (transform.GetInverse() if d.params['invert'] else transform), 0.0
-    if 'axes' in d.params:
-        flipped = _flipped(d, volume)
-        if not flipped:
-            return None, 0.0
-        reflection, shift = np.eye(3), np.zeros(3)
-        for a in flipped:  # index a -> (2 start_a + size_a - 1) - index a: about the patch centre
-            reflection[a, a] = -1.0
-            shift[a] = 2 * start[a] + size[a] - 1
-        linear, origin = lps[:3, :3], lps[:3, 3]
-        matrix = linear @ reflection @ np.linalg.inv(linear)
-        translation = -matrix @ origin + linear @ shift + origin
-        return sitk.AffineTransform(matrix.ravel().tolist(), translation.tolist()), 0.0
-    control_points = np.array(d.params['control_points'], dtype=np.float64)
-    if d.params['invert']:
-        control_points = -control_points
-    bspline = sitk.BSplineTransform(3, SPLINE_ORDER)
-    mesh = tuple(int(n) - SPLINE_ORDER for n in control_points.shape[:-1])
-    bspline.SetFixedParameters(_bspline_domain(volume.affine, tuple(int(n) for n in shape), mesh))
-    bspline.SetParameters(control_points.flatten(order='F').tolist())
-    # A cubic B-spline is a convex combination of its coefficients: |displacement| <= max |coefficient|.
-    largest = float(np.linalg.norm(np.abs(control_points).reshape(-1, 3).max(axis=0)))
-    return bspline, largest
+    engine: str
+    matrix: np.ndarray | None = None
+    transform: sitk.Transform | None = None
+    bound: sitk.Transform | None = None
+    displacement: float = 0.0
 
+    @classmethod
+    def of(cls, spatial: list[Drawn], volume: Volume, start: np.ndarray, size: np.ndarray, shape: np.ndarray,
+           engine: str) -> _SpatialMap | None:
+        """The map of ``spatial`` (the steps applied to this image); None when it is the identity."""
+        if engine == 'numba' and all(d.op.linear for d in spatial):
+            matrix = None
+            for d in spatial:
+                step_map = d.op.index_map(d, volume, start, size, shape)
+                if step_map is not None:  # output-to-input maps compose first step outermost
+                    matrix = step_map if matrix is None else matrix @ step_map
+            return None if matrix is None else cls(engine, matrix=matrix)
+        maps, bounds, displacement = [], [], 0.0
+        for d in spatial:
+            op: SpatialOp = d.op
+            transform, largest = op.transform(d, volume, start, size, shape)
+            if transform is None:
+                continue
+            maps.append(transform)
+            if largest:
+                # Maps applied after this one (earlier steps) stretch its displacement at most by their norms.
+                displacement += largest * np.prod([_norm(t) for t in bounds]) if bounds else largest
+            else:
+                bounds.append(transform)
+        if not maps:
+            return None
+        bound = _as_affine(sitk.CompositeTransform(bounds)) if bounds else sitk.Transform(3, sitk.sitkIdentity)
+        # Linear maps only: one AffineTransform, which ITK resamples on its fast (scan-line) path.
+        transform = bound if displacement == 0 else sitk.CompositeTransform(maps)
+        return cls(engine, transform=transform, bound=bound, displacement=displacement)
 
-def _bspline_domain(affine: np.ndarray, shape: tuple[int, int, int], mesh: tuple[int, ...]) -> tuple[float, ...]:
-    """Fixed parameters of TorchIO's B-spline on the whole volume (``BSplineTransformInitializer``)."""
-    key = ('bspline', np.asarray(affine, np.float64).tobytes(), shape, mesh)
+    def preimage(self, affine: np.ndarray, out_start: np.ndarray, out_stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Continuous source index bounds (D, H, W) of the output region's preimage."""
+        corners = np.array([[(a if bit else b - 1) for a, b, bit in zip(out_start, out_stop, bits)]
+                            for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
+        if self.matrix is not None:
+            indices = corners @ self.matrix[:3, :3].T + self.matrix[:3, 3]
+            return indices.min(axis=0), indices.max(axis=0)
+        lps = lps_affine(affine)
+        inverse = np.linalg.inv(lps[:3, :3])
+        points = np.array([self.bound.TransformPoint(tuple(lps[:3, :3] @ c + lps[:3, 3])) for c in corners])
+        indices = (points - lps[:3, 3]) @ inverse.T
+        margin = self.displacement * np.linalg.norm(inverse, axis=1)
+        return indices.min(axis=0) - margin, indices.max(axis=0) + margin
 
-    def compute() -> tuple[float, ...]:
-        return tuple(sitk.BSplineTransformInitializer(volume_stats.sitk_grid(affine, shape), list(mesh))
-                     .GetFixedParameters())
-
-    return volume_stats.remembered(key, compute)
-
-
-def _flipped(d: Drawn, volume: Any) -> list[int]:
-    """The index axes (D, H, W) a drawn flip reverses on ``volume``."""
-    axes = _flip_axes(d.params['axes'], volume)
-    return [a for a in range(3) if d.params['hot'][a] and a in axes]
-
-
-def _flip_axes(axes: Sequence[int | str], volume: Any) -> list[int]:
-    """Index axes of ``axes`` (ints or anatomical names), as ``tio.Flip`` resolves them."""
-    if not any(isinstance(a, str) for a in axes):
-        return [int(a) for a in axes]
-
-    def resolve() -> list[int]:
-        probe = tio.ScalarImage(tensor=torch.zeros(1, 1, 1, 1), affine=volume.affine)
-        return sorted(3 + probe.axis_name_to_index(a) if isinstance(a, str) else int(a) for a in axes)
-
-    return volume_stats.remembered(('flip', tuple(axes), np.asarray(volume.affine).tobytes()), resolve)
-
-
-def _composite(spatial: list[Drawn], name: str, volume: Any, start: np.ndarray, size: np.ndarray,
-               shape: np.ndarray) -> tuple[sitk.Transform, sitk.Transform, float] | None:
-    """Composed output-to-input transform of the steps applied to ``name``, a bounding copy
-    without the elastic steps, and their largest displacement in mm (scaled by later maps)."""
-    maps, bounds, displacement = [], [], 0.0
-    for d in spatial:
-        if name not in d.names:
-            continue
-        transform, largest = _step_transform(d, volume, start, size, shape)
-        if transform is None:
-            continue
-        maps.append(transform)
-        if largest:
-            # Maps applied after this one (earlier steps) stretch its displacement at most by their norms.
-            displacement += largest * np.prod([_norm(t) for t in bounds]) if bounds else largest
+    def resample(self, sources: list[np.ndarray], volume: Volume, box_start: np.ndarray, out_start: np.ndarray,
+                 out_stop: np.ndarray, interpolation: str, pads: list[float]) -> torch.Tensor:
+        """The output region of every channel (images float32, labels in their dtype)."""
+        if self.engine == 'sitk' or interpolation not in ('linear', 'nearest'):
+            if self.transform is None:  # an interpolator the kernels lack: the oracle resamples
+                lps = lps_affine(volume.affine)
+                self.transform = _affine_transform(lps @ self.matrix @ np.linalg.inv(lps))
+            channels = [source[c] for source in sources for c in range(source.shape[0])]
+            return sitk_engine.resample(channels, volume, box_start, out_start, out_stop, self.transform,
+                                        interpolation, pads)
+        kernel = _kernels()
+        label = volume.image[TYPE] != INTENSITY
+        out = np.empty((volume.channels, *(out_stop - out_start)), dtype=volume.patch_dtype() if label else np.float32)
+        if self.matrix is not None:
+            to_box = np.eye(4)
+            to_box[:3, 3] = -box_start
+            from_out = np.eye(4)
+            from_out[:3, 3] = out_start
+            mapping = to_box @ self.matrix @ from_out
+            crop = kernel.as_crop(mapping)
+            if crop is not None and kernel.crop(sources, *crop, out) is not None:
+                return torch.from_numpy(out)  # flips and whole-voxel shifts: no interpolation
         else:
-            bounds.append(transform)
-    if not maps:
-        return None
-    bound = _as_affine(sitk.CompositeTransform(bounds)) if bounds else sitk.Transform(3, sitk.sitkIdentity)
-    # Linear maps only: one AffineTransform, which ITK resamples on its fast (scan-line) path.
-    return (bound if displacement == 0 else sitk.CompositeTransform(maps)), bound, displacement
+            mapping = self._coordinates(volume, box_start, out_start, out_stop)
+        return torch.from_numpy(kernel.sample(sources, mapping, out, pads, nearest=interpolation == 'nearest'))
+
+    def _coordinates(self, volume: Volume, box_start: np.ndarray, out_start: np.ndarray,
+                     out_stop: np.ndarray) -> np.ndarray:
+        """Box index of every output voxel (3 x d x h x w), from SimpleITK's displacement field."""
+        lps = lps_affine(volume.affine)
+        grid = ras_affine_to_grid(sitk_engine.shifted(volume.affine, out_start), out_stop - out_start)
+        field = sitk.TransformToDisplacementField(self.transform, sitk.sitkVectorFloat64, grid.size, grid.origin,
+                                                  grid.spacing, grid.direction)
+        displacement = sitk.GetArrayViewFromImage(field)  # d x h x w x 3 (LPS x, y, z)
+        index = np.stack(np.meshgrid(*(np.arange(a, b, dtype=np.float64) for a, b in zip(out_start, out_stop)),
+                                     indexing='ij'))
+        # Output point + displacement, back to source indices: index + A^-1 displacement.
+        inverse = np.linalg.inv(lps[:3, :3])
+        coordinates = index + np.einsum('ij,dhwj->idhw', inverse, displacement)
+        return coordinates - np.asarray(box_start, np.float64)[:, None, None, None]
+
+
+def _kernels() -> ModuleType:
+    """The numba kernels, imported on first use (numba's import costs ~0.3 s that
+    ``import pyable_tio`` and the CLI do not pay)."""
+    global _kernel
+    if _kernel is None:
+        from . import kernel  # lazy for its cost (not a cycle)
+
+        _kernel = kernel
+    return _kernel
+
+
+def _affine_transform(matrix: np.ndarray) -> sitk.AffineTransform:
+    return sitk.AffineTransform(matrix[:3, :3].ravel().tolist(), matrix[:3, 3].tolist())
 
 
 def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
     """A composition of affine maps as one ``sitk.AffineTransform``."""
-    points = np.array([transform.TransformPoint(tuple(p)) for p in np.vstack([np.zeros(3), np.eye(3)])])
-    matrix = (points[1:] - points[0]).T
-    return sitk.AffineTransform(matrix.ravel().tolist(), points[0].tolist())
+    return _affine_transform(matrix_of(transform))
 
 
 def _norm(transform: sitk.Transform) -> float:
     """Operator norm of an affine transform's linear part."""
-    return float(np.linalg.norm(np.asarray(_as_affine(transform).GetMatrix()).reshape(3, 3), 2))
+    return float(np.linalg.norm(matrix_of(transform)[:3, :3], 2))
 
 
-def _preimage(transform: sitk.Transform, displacement: float, affine: np.ndarray, out_start: np.ndarray,
-              out_stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Continuous source index bounds (D, H, W) of the output region's preimage."""
-    lps = _lps_affine(affine)
-    inverse = np.linalg.inv(lps[:3, :3])
-    corners = np.array([[(a if bit else b - 1) for a, b, bit in zip(out_start, out_stop, bits)]
-                        for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
-    points = np.array([transform.TransformPoint(tuple(lps[:3, :3] @ c + lps[:3, 3])) for c in corners])
-    indices = (points - lps[:3, 3]) @ inverse.T
-    margin = displacement * np.linalg.norm(inverse, axis=1)
-    return indices.min(axis=0) - margin, indices.max(axis=0) + margin
-
-
-def _support(spatial: list[Drawn], name: str, volume: Any) -> int:
+def _support(spatial: list[Drawn], name: str, volume: Volume) -> int:
     label = volume.image[TYPE] != INTENSITY
-    names = [getattr(d.step, 'label_interpolation' if label else 'image_interpolation', 'nearest')
-             for d in spatial if name in d.names]
-    return max([INTERPOLATION_SUPPORT.get(n, INTERPOLATION_SUPPORT_DEFAULT) for n in names] or [1])
+    return max([d.op.support(label) for d in spatial if name in d.names] or [1])
 
 
-def _pads(spatial: list[Drawn], name: str, volume: Any, context: _Context) -> tuple[str, list[float]]:
+def _pads(spatial: list[Drawn], name: str, volume: Volume, context: _Context) -> tuple[str, list[float]]:
     """Interpolator name and per-channel pad value, from the first step that resamples ``name``."""
     label = volume.image[TYPE] != INTENSITY
     for d in spatial:
-        if name not in d.names or 'axes' in d.params:
-            continue
-        interpolation = d.step.label_interpolation if label else d.step.image_interpolation
-        if 'control_points' in d.params:  # ElasticDeformation pads every image with its minimum
-            return interpolation, context.minima(name)
-        if label:
-            return interpolation, [float(d.step.default_pad_label)] * volume.channels
-        pad = d.step.default_pad_value
-        if pad == 'minimum':
-            return interpolation, context.minima(name)
-        if pad in ('mean', 'otsu'):
-            return interpolation, context.border_means(name, pad == 'otsu')
-        return interpolation, [float(pad)] * volume.channels
+        if name in d.names and not d.op.reorders_only:
+            return d.op.interpolation(label), d.op.pads(d, name, volume, context)
     return 'nearest', [0.0] * volume.channels  # flips only: every output voxel maps onto a voxel
-
-
-def _resample(channels: list[np.ndarray], volume: Any, box_start: np.ndarray, out_start: np.ndarray,
-              out_stop: np.ndarray, transform: sitk.Transform, interpolation: str, pads: list[float]) -> torch.Tensor:
-    """Each channel of the box resampled onto the output region (labels keep their dtype)."""
-    label = volume.image[TYPE] != INTENSITY
-    resampler = sitk.ResampleImageFilter()
-    if threading.current_thread() is not threading.main_thread():
-        resampler.SetNumberOfThreads(1)  # the queue's threads already use every core
-    output = ras_affine_to_grid(_shifted(volume.affine, out_start), out_stop - out_start)
-    resampler.SetSize(output.size)
-    resampler.SetOutputOrigin(output.origin)
-    resampler.SetOutputSpacing(output.spacing)
-    resampler.SetOutputDirection(output.direction)
-    resampler.SetTransform(transform)
-    resampler.SetInterpolator(tio.Transform.get_sitk_interpolator(interpolation))
-    box = ras_affine_to_grid(_shifted(volume.affine, box_start), channels[0].shape)
-    out = None
-    for index, (channel, pad) in enumerate(zip(channels, pads)):
-        # SimpleITK's index order is the array's reversed (W, H, D): a plain (strided) copy, no transpose.
-        source = sitk.GetImageFromArray(channel)
-        source.SetOrigin(box.origin)
-        source.SetSpacing(box.spacing)
-        source.SetDirection(box.direction)
-        resampler.SetDefaultPixelValue(float(pad))
-        resampler.SetOutputPixelType(source.GetPixelID() if label else sitk.sitkFloat32)
-        resampled = resampler.Execute(source)  # kept alive while its array view is read
-        view = sitk.GetArrayViewFromImage(resampled)
-        if out is None:
-            dtype = volume.patch_dtype() if label else view.dtype
-            out = torch.from_numpy(np.empty((len(pads), *view.shape), dtype=dtype))
-        out[index].numpy()[...] = view  # one copy, straight into the stacked tensor
-        del view, resampled
-    return out
-
-
-def _shifted(affine: np.ndarray, start: np.ndarray) -> np.ndarray:
-    shifted = np.array(affine, dtype=np.float64)
-    shifted[:3, 3] = shifted[:3, :3] @ np.asarray(start, dtype=np.float64) + shifted[:3, 3]
-    return shifted

@@ -7,7 +7,7 @@ image's reader for its array (a memory map when the volume cache is on) and copi
 patch region; the probability map of a weighted/label sampler is the only volume read whole.
 With a transform whose steps are patch-local (:func:`pyable_tio.plan_transform`), it reads
 the patch's box plus the margin the drawn augmentation needs and augments that box only
-(:mod:`pyable_tio.patching.augment`); a volume-level prefix of the transform runs on the loaded
+(:mod:`pyable_tio.patching.augment`, with the numba or SimpleITK engine); a volume-level prefix of the transform runs on the loaded
 subject first. Any other sampler or transform loads the subject as ``tio.Queue`` does.
 """
 
@@ -26,7 +26,7 @@ from torchio.data.sampler.label import LabelSampler
 from torchio.data.sampler.uniform import UniformSampler
 from torchio.data.sampler.weighted import WeightedSampler
 
-from ..constants import ID
+from ..constants import ID, PATCH_ENGINE_DEFAULT, PATCH_ENGINES
 from .augment import augment_patch
 from .split import TransformPlan, plan_transform
 from .volume import Volume
@@ -44,6 +44,10 @@ class SubjectPatches(Dataset):
         sampler: The TorchIO patch sampler.
         samples_per_volume: Patches per subject, unless the subject has a ``num_samples``
             attribute (as in ``tio.Queue``).
+        plan: The split of the dataset's transform (:func:`pyable_tio.plan_transform`);
+            None: planned here from the dataset's transform.
+        engine: Resampling engine of augmented patches: ``"numba"`` (compiled kernels) or
+            ``"sitk"`` (SimpleITK, the oracle).
 
     Example:
         >>> patches = SubjectPatches(tio.SubjectsDataset(subjects), tio.UniformSampler(32), 4)  # doctest: +SKIP
@@ -51,11 +55,15 @@ class SubjectPatches(Dataset):
     """
 
     def __init__(self, subjects_dataset: tio.SubjectsDataset, sampler: tio.data.PatchSampler,
-                 samples_per_volume: int) -> None:
+                 samples_per_volume: int, plan: TransformPlan | None = None,
+                 engine: str = PATCH_ENGINE_DEFAULT) -> None:
+        if engine not in PATCH_ENGINES:
+            raise ValueError(f'engine must be one of {PATCH_ENGINES}, got {engine!r}')
         self.subjects_dataset = subjects_dataset
         self.sampler = sampler
         self.samples_per_volume = samples_per_volume
-        self.plan: TransformPlan = plan_transform(getattr(subjects_dataset, '_transform', None))
+        self.engine = engine
+        self.plan: TransformPlan = plan_transform(self._transform()) if plan is None else plan
 
     def __len__(self) -> int:
         return len(self.subjects_dataset)
@@ -79,10 +87,10 @@ class SubjectPatches(Dataset):
             return list(self.sampler(self.subjects_dataset[int(index)], num_patches))
         if self.plan.patch_steps and generator is None:
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,)).item()))
-        volume_steps, patch_steps = self.plan.volume_steps, self.plan.patch_steps
+        volume_steps, patch_steps = self.plan.volume_steps, self.plan.patch_ops
         if patch_steps and _is_planar(subject):
             # 2-D subjects: the whole guarded transform, with its in-plane (TorchIO 2-D) conventions.
-            volume_steps, patch_steps = (self.subjects_dataset._transform,), ()
+            volume_steps, patch_steps = (self._transform(),), ()
         if volume_steps:
             # The whole-volume prefix runs on the loaded subject, as TorchIO runs it.
             subject = copy.deepcopy(subject)
@@ -97,8 +105,12 @@ class SubjectPatches(Dataset):
 
     def reads_lazily(self) -> bool:
         """True when patches are cut (and augmented) from the readers' arrays without loading subjects."""
-        lazy_transform = getattr(self.subjects_dataset, '_transform', None) is None or self.plan.per_patch
+        lazy_transform = self._transform() is None or self.plan.per_patch
         return lazy_transform and getattr(self.subjects_dataset, 'load_getitem', True) and self.sampler_is_lazy()
+
+    def _transform(self) -> Any:
+        """The dataset's transform (a ``tio.SubjectsDataset`` keeps it private)."""
+        return getattr(self.subjects_dataset, '_transform', None)
 
     def _lazy_patches(self, subject: tio.Subject, num_patches: int, generator: torch.Generator | None,
                       steps: Sequence[tio.Transform] = ()) -> list[tio.Subject]:
@@ -119,7 +131,8 @@ class SubjectPatches(Dataset):
             start = tuple(int(i) for i in draw())
             tensors, applied = None, ()
             if steps:
-                tensors, applied = augment_patch(steps, subject, volumes, start, tuple(patch_size), generator)
+                tensors, applied = augment_patch(steps, subject, volumes, start, tuple(patch_size), generator,
+                                                 self.engine)
             elif generator is None:
                 # tio.Crop.__call__ draws one number per patch: keep the random stream TorchIO's,
                 # so that a seed gives the patches tio.Queue would give.

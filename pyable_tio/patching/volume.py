@@ -57,11 +57,10 @@ class Volume:
             channel += part.shape[0]
         return out
 
-    def channel_views(self, start: Sequence[int], stop: Sequence[int]) -> list[np.ndarray]:
-        """Each channel of the region as a view of the arrays (of a memory map: nothing read yet)."""
-        region = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
-        arrays = [a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in self.arrays]
-        return [array[(c, *region)] for array in arrays for c in range(array.shape[0])]
+    def box_views(self, start: Sequence[int], stop: Sequence[int]) -> list[np.ndarray]:
+        """Each file's region (C_f x D x H x W) as a view of its array: of a memory map, nothing read yet."""
+        region = (slice(None), *(slice(int(a), int(b)) for a, b in zip(start, stop)))
+        return [(a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a))[region] for a in self.arrays]
 
     def patch_dtype(self) -> np.dtype:
         """The dtype of :meth:`crop`'s tensors (unsigned types torch lacks widened, as TorchIO reads them)."""

@@ -1,25 +1,41 @@
-"""Random parameters of per-patch steps, drawn as TorchIO draws them, from a given generator.
+"""The op interface: one class per TorchIO transform that runs per patch, registered by type.
+
+An op wraps one step (a TorchIO transform instance) and holds everything the patch path needs
+to know about it: its kind, how it draws its parameters (TorchIO's ``get_params``
+distributions, from the subject's own generator), the margin it needs around a region, and
+how it applies. Spatial ops give their output-to-input map (:mod:`.spatial`); intensity ops
+apply drawn parameters to tensors (:mod:`.intensity`). Adding a transform means adding one
+class decorated with :func:`register` in one of those modules.
 
 TorchIO's random transforms draw from torch's global generator; per-patch augmentation runs in
-threads, where that stream would be shared and in no fixed order. So each step's parameters are
-drawn here with TorchIO's distributions (``RandomTransform.sample_uniform``: float32 uniforms;
-one draw per image, per channel for gamma; the step's probability first), from the subject's own
+threads, where that stream would be shared and in no fixed order. So each op draws with
+TorchIO's distributions (``RandomTransform.sample_uniform``: float32 uniforms; one draw per
+image, per channel for gamma; the step's probability first) from the subject's own
 ``torch.Generator``: the same seed gives the same patches whatever the number of threads.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torchio as tio
-from torchio.utils import to_tuple
 
-from ..split import kind
-from ...transforms.spatial import RandomFlip
+#: Step kinds. Spatial steps move voxels; the others change values in place.
+SPATIAL, POINTWISE, KERNEL, FIELD, STATISTICS = 'spatial', 'pointwise', 'kernel', 'field', 'statistics'
+
+#: Exact transform type -> op class (filled by :func:`register`).
+REGISTRY: dict[type, type[PatchOp]] = {}
+
+
+def register(cls: type[PatchOp]) -> type[PatchOp]:
+    """Class decorator: ``cls`` runs its ``transforms`` (exact types) per patch."""
+    for transform_type in cls.transforms:
+        REGISTRY[transform_type] = cls
+    return cls
 
 
 @dataclass
@@ -27,96 +43,96 @@ class Drawn:
     """One step with its parameters fixed, for the images it applies to.
 
     Attributes:
-        step: The TorchIO transform.
-        kind: Its kind (:mod:`pyable_tio.patching.split` constants).
+        op: The step's op (``op.step`` is the TorchIO transform).
         names: Subject keys of the images it applies to (TorchIO's include/exclude and
             intensity-only rules).
         params: The drawn parameters (per step, or per image name under ``per_image``).
     """
 
-    step: tio.Transform
-    kind: str
+    op: PatchOp
     names: list[str]
     params: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def step(self) -> tio.Transform:
+        """The TorchIO transform."""
+        return self.op.step
 
-def draw(step: tio.Transform, subject: tio.Subject, channels: dict[str, int],
-         generator: torch.Generator) -> Drawn | None:
-    """``step`` with its random parameters drawn from ``generator``; None when skipped.
+    @property
+    def kind(self) -> str:
+        """The op's kind."""
+        return self.op.kind
+
+
+class PatchOp:
+    """Base of the per-patch ops. Subclasses set ``kind`` and ``transforms`` and override
+    :meth:`params` (and, per kind, the methods of :class:`.spatial.SpatialOp` or
+    :class:`.intensity.IntensityOp`).
 
     Args:
-        step: A supported TorchIO transform (see :func:`pyable_tio.plan_transform`).
-        subject: The (unloaded) subject, to pick the images ``step`` applies to.
-        channels: Number of channels per image name.
-        generator: The subject's generator.
+        step: The TorchIO transform (one of ``transforms``, exact type).
 
     Example:
-        >>> draw(tio.RandomGamma(), subject, {'images': 2}, torch.Generator().manual_seed(0)).params  # doctest: +SKIP
-        {'per_image': {'images': [0.93, 1.21]}}
+        >>> from pyable_tio.patching.ops.registry import op_for
+        >>> op = op_for(tio.RandomGamma())
+        >>> op.kind, type(op).__name__
+        ('pointwise', 'GammaOp')
     """
-    if torch.rand(1, generator=generator).item() > step.probability:
+
+    kind: ClassVar[str]
+    transforms: ClassVar[tuple[type, ...]] = ()
+    #: Step arguments whose dict form (one value per image) is not supported per patch.
+    per_image_arguments: ClassVar[tuple[str, ...]] = ('gamma', 'std', 'coefficients', 'order', 'mean', 'seed')
+
+    def __init__(self, step: tio.Transform) -> None:
+        self.step = step
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({self.step!r})'
+
+    def volume_reason(self) -> str | None:
+        """Why this step must run on the whole volume after all (None: it runs per patch)."""
+        name = type(self.step).__name__
+        if getattr(self.step, 'keep', None):
+            return f'{name} keeps a copy of an image (keep=)'
+        for argument in self.per_image_arguments:
+            if isinstance(getattr(self.step, argument, None), dict):
+                return f'{name} has per-image {argument}'
         return None
-    names = list(subject.get_images_dict(intensity_only=isinstance(step, tio.IntensityTransform),
-                                         include=step.include, exclude=step.exclude))
-    drawn = Drawn(step, kind(step), names)
-    uniform = lambda a, b: torch.empty(1).uniform_(float(a), float(b), generator=generator).item()  # noqa: E731
-    sextet = lambda ranges: [uniform(a, b) for a, b in zip(ranges[::2], ranges[1::2])]  # noqa: E731
-    if isinstance(step, tio.RandomAffine):
-        scales = sextet(step.scales)
-        if step.isotropic:
-            scales = [scales[0]] * 3
-        drawn.params = {'scales': scales, 'degrees': sextet(step.degrees),
-                        'translation': sextet(step.translation), 'invert': False}
-    elif isinstance(step, tio.Affine):
-        drawn.params = {'scales': list(step.scales), 'degrees': list(step.degrees),
-                        'translation': list(step.translation), 'invert': bool(step.invert_transform)}
-    elif isinstance(step, tio.RandomFlip):
-        hot = (step.flip_probability > torch.rand(3, generator=generator)).tolist()
-        drawn.params = {'axes': step.axes, 'hot': hot}
-    elif isinstance(step, RandomFlip):  # pyable_tio's: one draw per listed D, H, W axis
-        hot = [False] * 3
-        for axis, value in zip(step.axes, torch.rand(len(step.axes), generator=generator).tolist()):
-            hot[axis] = value < step.p_axis
-        drawn.params = {'axes': list(step.axes), 'hot': hot}
-    elif isinstance(step, tio.Flip):
-        drawn.params = {'axes': step.axes, 'hot': [True] * 3}
-    elif isinstance(step, tio.RandomElasticDeformation):
-        if not any(step.max_displacement):
+
+    def draw(self, subject: tio.Subject, channels: dict[str, int], generator: torch.Generator) -> Drawn | None:
+        """The step with its parameters drawn from ``generator``; None when it does not fire.
+
+        The step's probability is drawn first, as TorchIO does, then :meth:`params`.
+
+        Args:
+            subject: The (unloaded) subject, to pick the images the step applies to.
+            channels: Number of channels per image name.
+            generator: The subject's generator.
+        """
+        if torch.rand(1, generator=generator).item() > self.step.probability:
             return None
-        field_ = torch.rand(*step.num_control_points, 3, generator=generator)
-        field_ = (field_ - 0.5) * 2 * torch.as_tensor(step.max_displacement, dtype=torch.float32)
-        for i in range(step.num_locked_borders):  # as RandomElasticDeformation.get_params
-            field_[i, :] = 0
-            field_[-1 - i, :] = 0
-            field_[:, i] = 0
-            field_[:, -1 - i] = 0
-        drawn.params = {'control_points': field_.numpy(), 'invert': False}
-    elif isinstance(step, tio.ElasticDeformation):
-        if not any(step.max_displacement):
-            return None
-        drawn.params = {'control_points': np.asarray(step.control_points), 'invert': bool(step.invert_transform)}
-    elif isinstance(step, tio.RandomGamma):
-        drawn.params = {'per_image': {n: [math.exp(uniform(*step.log_gamma_range)) for _ in range(channels[n])]
-                                      for n in names}, 'invert': False}
-    elif isinstance(step, tio.Gamma):
-        drawn.params = {'per_image': {n: list(to_tuple(step.gamma, length=channels[n])) for n in names},
-                        'invert': bool(step.invert_transform)}
-    elif isinstance(step, tio.RandomNoise):
-        drawn.params = {'per_image': {n: (uniform(*step.mean_range), uniform(*step.std_range)) for n in names}}
-    elif isinstance(step, tio.RandomBlur):
-        drawn.params = {'per_image': {n: sextet(step.std_ranges) for n in names}}
-    elif isinstance(step, tio.Blur):
-        drawn.params = {'per_image': {n: list(to_tuple(step.std, length=3)) for n in names}}
-    elif isinstance(step, tio.RandomBiasField):
-        count = _bias_coefficients(step.order)
-        drawn.params = {'per_image': {n: [uniform(*step.coefficients_range) for _ in range(count)] for n in names},
-                        'order': step.order, 'invert': False}
-    elif isinstance(step, tio.BiasField):
-        drawn.params = {'per_image': {n: list(step.coefficients) for n in names}, 'order': step.order,
-                        'invert': bool(step.invert_transform)}
-    return drawn
+        intensity_only = isinstance(self.step, tio.IntensityTransform)
+        names = list(subject.get_images_dict(intensity_only=intensity_only, include=self.step.include,
+                                             exclude=self.step.exclude))
+        params = self.params(names, channels, generator)
+        return None if params is None else Drawn(self, names, params)
+
+    def params(self, names: list[str], channels: dict[str, int], generator: torch.Generator) -> dict[str, Any] | None:
+        """The drawn parameters (TorchIO's distributions); None: the step does nothing."""
+        raise NotImplementedError
+
+    def margin(self, drawn: Drawn, affine: np.ndarray) -> np.ndarray:
+        """Voxels (D, H, W) this step reads beyond a region (blur kernels); zero by default."""
+        return np.zeros(3, dtype=int)
 
 
-def _bias_coefficients(order: int) -> int:
-    """How many polynomial coefficients ``RandomBiasField.get_params`` draws for ``order``."""
-    return sum(1 for x in range(order + 1) for y in range(order + 1 - x) for _ in range(order + 1 - x - y))
+def uniform(generator: torch.Generator) -> Callable[[float, float], float]:
+    """``RandomTransform.sample_uniform`` from ``generator``: one float32 uniform in [a, b)."""
+    return lambda a, b: torch.empty(1).uniform_(float(a), float(b), generator=generator).item()
+
+
+def sextet(generator: torch.Generator) -> Callable[[Any], list[float]]:
+    """Three uniforms from a TorchIO range sextet (a0, b0, a1, b1, a2, b2)."""
+    draw = uniform(generator)
+    return lambda ranges: [draw(a, b) for a, b in zip(ranges[::2], ranges[1::2])]
