@@ -18,8 +18,10 @@ import torchio as tio
 
 import pyable_tio as pt
 from pyable_tio import synthetic
-from pyable_tio.patch_augment import augment_patch
-from pyable_tio.patch_cutting import Volume
+from pyable_tio.patching.augment import augment_patch
+from pyable_tio.patching.cutting import SubjectPatches
+from pyable_tio.patching.ops.intensity import ZNormalizationOp
+from pyable_tio.patching.volume import Volume
 
 SIZE_XYZ = (30, 26, 18)
 SPACING_XYZ = (0.9, 1.2, 2.0)
@@ -233,7 +235,7 @@ def test_noise_and_gamma_are_drawn_from_the_subject_generator(subject):
 
 def test_only_the_patch_box_is_read(subject, monkeypatch):
     boxes = []
-    for method in ('crop', 'channel_views'):  # every way a region is read
+    for method in ('crop', 'box_views'):  # every way a region is read
         def spy(self, start, stop, original=getattr(Volume, method)):
             boxes.append(np.subtract(stop, start))
             return original(self, start, stop)
@@ -296,7 +298,7 @@ def test_2d_subjects_run_spatial_steps_on_the_whole_slice(tmp_path):
     sitk.WriteImage(image, str(tmp_path / 'slice.nii.gz'))
     subjects = pt.subjects_from_manifest({'s0': {'images': [str(tmp_path / 'slice.nii.gz')]}})
     flip = tio.Flip(axes=(1,))
-    patches = pt.patches.SubjectPatches(tio.SubjectsDataset(subjects, transform=flip), tio.UniformSampler((1, 6, 8)), 3)
+    patches = SubjectPatches(tio.SubjectsDataset(subjects, transform=flip), tio.UniformSampler((1, 6, 8)), 3)
     assert patches.plan.per_patch and patches.reads_lazily()
     flipped = whole(subjects[0], flip)['images'].data
     for patch in patches.patches(0, torch.Generator().manual_seed(0)):
@@ -331,7 +333,7 @@ def test_whole_volume_prefix_then_statistics_per_patch(oblique_manifest):
 
 
 def test_whole_volume_statistics_are_kept_in_the_volume_cache(oblique_manifest, tmp_path, monkeypatch):
-    from pyable_tio import volume_stats
+    from pyable_tio.patching import stats as volume_stats
 
     cache = pt.VolumeCache(tmp_path / 'cache')
     cached = pt.subjects_from_manifest(oblique_manifest, cache_dir=cache)[0]
@@ -345,7 +347,7 @@ def test_whole_volume_statistics_are_kept_in_the_volume_cache(oblique_manifest, 
 
     # A later run (empty process memo) reads the statistics from the cache, not the volume.
     volume_stats._memo.clear()
-    monkeypatch.setattr(volume_stats, 'normalization_statistics', lambda *a: pytest.fail('recomputed'))
+    monkeypatch.setattr(ZNormalizationOp, 'statistics', lambda *a: pytest.fail('recomputed'))
     again = per_patch(pt.subjects_from_manifest(oblique_manifest, cache_dir=cache)[0], steps, start)['images']
     assert torch.equal(first, again)
     monkeypatch.undo()

@@ -5,7 +5,7 @@ process and crops the patches there: with 96^3 patches from 256x256x160 volumes 
 bytes read, copied and pickled are thrown away. :class:`PatchQueue` keeps ``tio.Queue``'s
 queue (same ``max_length``, ``samples_per_volume``, shuffling, subject sampler, epoch length)
 but its workers return the patches of a subject instead of the subject, cut by
-:class:`pyable_tio.patch_cutting.SubjectPatches`. When the patches are read lazily (no
+:class:`pyable_tio.patching.cutting.SubjectPatches`. When the patches are read lazily (no
 transform, or one whose steps are all patch-local, and a uniform, weighted or label
 sampler) the work is mostly copying and SimpleITK resampling of small boxes, which release the
 GIL, so it runs in threads of the main process: no process start, pickling or shared-memory
@@ -29,7 +29,10 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader, Sampler
 
-from .patch_cutting import SubjectPatches, Volume, cut_patch
+from ..constants import PATCH_ENGINE_DEFAULT
+from .cutting import SubjectPatches, cut_patch
+from .split import TransformPlan
+from .volume import Volume
 
 __all__ = ['PatchQueue', 'SubjectPatches', 'Volume', 'cut_patch']
 
@@ -62,6 +65,11 @@ class PatchQueue(tio.Queue):
         verbose: Print debugging messages.
         threads: Workers are threads (True) or processes (False, persistent across epochs).
             None: threads when the patches are read lazily, processes otherwise.
+        plan: The split of the dataset's transform into whole-volume and per-patch steps
+            (:func:`pyable_tio.plan_transform`, as :func:`pyable_tio.queue_from_manifest`
+            computes it); None: planned from the dataset's transform.
+        engine: Resampling engine of per-patch augmentation: ``"numba"`` (default, one
+            compiled pass per image) or ``"sitk"`` (SimpleITK, the oracle it is tested against).
 
     Example:
         >>> queue = PatchQueue(tio.SubjectsDataset(subjects), 64, 8, tio.UniformSampler(96),
@@ -82,9 +90,11 @@ class PatchQueue(tio.Queue):
         start_background: bool = True,
         verbose: bool = False,
         threads: bool | None = None,
+        plan: TransformPlan | None = None,
+        engine: str = PATCH_ENGINE_DEFAULT,
     ) -> None:
         self._leftover: list[tio.Subject] = []
-        self._patches = SubjectPatches(subjects_dataset, sampler, samples_per_volume)
+        self._patches = SubjectPatches(subjects_dataset, sampler, samples_per_volume, plan, engine)
         self.threads = self._patches.reads_lazily() if threads is None else threads
         self._loader = self._executor = None
         super().__init__(
@@ -92,6 +102,22 @@ class PatchQueue(tio.Queue):
             num_workers=num_workers, shuffle_subjects=shuffle_subjects, shuffle_patches=shuffle_patches,
             start_background=start_background, verbose=verbose,
         )
+
+    @property
+    def plan(self) -> TransformPlan:
+        """Which steps of the dataset's transform run per patch and which per volume."""
+        return self._patches.plan
+
+    @property
+    def engine(self) -> str:
+        """The resampling engine of per-patch augmentation (``"numba"`` or ``"sitk"``)."""
+        return self._patches.engine
+
+    @property
+    def replayable(self) -> bool:
+        """True when :func:`pyable_tio.transforms.reset_queue` can replay this queue (not with
+        worker processes, whose patch draws change from one reset to the next)."""
+        return not (self.num_workers > 0 and not self.threads)
 
     def _get_subjects_iterable(self):
         self._num_sampled_subjects = 0

@@ -2,55 +2,31 @@
 
 :func:`plan_transform` splits a transform (a ``tio.Compose`` is flattened) into a volume-level
 prefix, run on the loaded subject as TorchIO runs it, and a patch-local suffix, run by
-:mod:`pyable_tio.patch_augment` on the patch's box only. A step is patch-local when its value
+:mod:`pyable_tio.patching.augment` on the patch's box only (each step as its op,
+:mod:`pyable_tio.patching.ops`). A step is patch-local when its value
 at a voxel depends on a bounded neighbourhood of the source (spatial steps: the preimage of the
 patch; blur: the kernel) or on whole-volume statistics computed once per volume
-(:mod:`pyable_tio.volume_stats`). Only TorchIO's own classes and two of ours (exact types) are recognised:
-a subclass or an unknown callable may do anything, so it runs on the whole volume.
+(:mod:`pyable_tio.patching.stats`). Only the registered types (exact types) run per patch
+(:mod:`pyable_tio.patching.ops.registry`): a subclass or an unknown callable may do anything,
+so it runs on the whole volume.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torchio as tio
 
-from .transforms.compose import Compose
-from .transforms.intensity import IntensityNormalization
-from .transforms.spatial import RandomFlip
-from .transforms.layout import FromTorchIO2D, ToTorchIO2D, ToZYX
+from ..transforms.compose import Compose
+from ..transforms.layout import FromTorchIO2D, ToTorchIO2D, ToZYX
+from .ops.base import FIELD, SPATIAL, STATISTICS, PatchOp
+from .ops.registry import op_for
 
 logger = logging.getLogger('pyable_tio')
 
-#: Step kinds. Spatial steps move voxels; the others change values in place.
-SPATIAL, POINTWISE, KERNEL, FIELD, STATISTICS = 'spatial', 'pointwise', 'kernel', 'field', 'statistics'
-
-_KINDS: dict[type, str] = {
-    tio.Affine: SPATIAL,
-    tio.RandomAffine: SPATIAL,
-    tio.Flip: SPATIAL,
-    tio.RandomFlip: SPATIAL,
-    RandomFlip: SPATIAL,  # pyable_tio.transforms.RandomFlip: D, H, W axes with p_axis each
-    tio.ElasticDeformation: SPATIAL,
-    tio.RandomElasticDeformation: SPATIAL,
-    tio.RandomNoise: POINTWISE,
-    tio.RandomGamma: POINTWISE,
-    tio.Gamma: POINTWISE,
-    tio.Clamp: POINTWISE,
-    tio.RandomBlur: KERNEL,
-    tio.Blur: KERNEL,
-    tio.RandomBiasField: FIELD,
-    tio.BiasField: FIELD,
-    tio.RescaleIntensity: STATISTICS,
-    tio.ZNormalization: STATISTICS,
-    IntensityNormalization: STATISTICS,  # pyable_tio.transforms: per-channel z-score
-}
-
-# Arguments whose dict form (one value per image) is not supported per patch.
-_PER_IMAGE_ARGUMENTS = ('gamma', 'std', 'coefficients', 'order', 'mean', 'seed')
 _logged: set[str] = set()
 
 
@@ -61,6 +37,7 @@ class TransformPlan:
     Attributes:
         volume_steps: Steps run on the loaded subject, in order, before the patches are cut.
         patch_steps: Steps run on each patch's box, in order.
+        patch_ops: Their ops (:mod:`pyable_tio.patching.ops`), in the same order.
         reason: Why the volume steps cannot run per patch (names the step); None when all
             steps run per patch.
 
@@ -73,6 +50,11 @@ class TransformPlan:
     volume_steps: tuple[Callable, ...]
     patch_steps: tuple[tio.Transform, ...]
     reason: str | None = None
+    patch_ops: tuple[PatchOp, ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.patch_ops) != len(self.patch_steps):  # a plan built by hand
+            object.__setattr__(self, 'patch_ops', tuple(op_for(step) for step in self.patch_steps))
 
     @property
     def per_patch(self) -> bool:
@@ -119,16 +101,17 @@ def plan_transform(transform: Callable | None) -> TransformPlan:
         return TransformPlan((), ())
     steps = _flatten(transform)
     guard_free = [step for step in steps if not isinstance(step, ToZYX)]
-    reasons = [_volume_reason(step) for step in guard_free]
+    ops = [op_for(step) for step in guard_free]
+    reasons = [_volume_reason(step, op) for step, op in zip(guard_free, ops)]
     start = max((i + 1 for i, reason in enumerate(reasons) if reason), default=0)
     reason = reasons[start - 1] if start else None
-    while start < len(guard_free) and (problem := _suffix_problem(guard_free[start:])):
+    while start < len(guard_free) and (problem := _suffix_problem(ops[start:])):
         reason = reason or problem
         start += 1
     volume = tuple(guard_free[:start])
     if volume and any(isinstance(step, ToZYX) for step in steps):
         volume = (*volume, ToZYX())
-    return TransformPlan(volume, tuple(guard_free[start:]), reason)
+    return TransformPlan(volume, tuple(guard_free[start:]), reason, tuple(ops[start:]))
 
 
 def log_fallback(plan: TransformPlan) -> None:
@@ -136,11 +119,6 @@ def log_fallback(plan: TransformPlan) -> None:
     if plan.reason and plan.reason not in _logged:
         _logged.add(plan.reason)
         logger.warning('pyable-tio: transform steps run on whole volumes because %s:\n%s', plan.reason, plan.table())
-
-
-def is_flip(step: tio.Transform) -> bool:
-    """True for ``tio.Flip``/``tio.RandomFlip`` (and ours): spatial steps that only reorder voxels."""
-    return type(step) in (tio.Flip, tio.RandomFlip, RandomFlip)
 
 
 def spatial_run(kinds: Sequence[str]) -> tuple[int, int]:
@@ -159,11 +137,6 @@ def spatial_run(kinds: Sequence[str]) -> tuple[int, int]:
     return start, stop
 
 
-def kind(step: tio.Transform) -> str:
-    """The patch-local kind of a supported step (see the module constants)."""
-    return _KINDS[type(step)]
-
-
 def _flatten(transform: Callable) -> list[Any]:
     if type(transform) in (tio.Compose, Compose):
         if transform.probability < 1:
@@ -176,34 +149,30 @@ def _flatten(transform: Callable) -> list[Any]:
     return [transform]
 
 
-def _volume_reason(step: Any) -> str | None:
+def _volume_reason(step: Any, op: PatchOp | None) -> str | None:
     """Why ``step`` must run on the whole volume, or None when it can run per patch."""
-    if type(step) not in _KINDS:
+    if op is None:
         return f'{_name(step)} is not a patch-local TorchIO transform'
-    if getattr(step, 'keep', None):
-        return f'{_name(step)} keeps a copy of an image (keep=)'
-    for argument in _PER_IMAGE_ARGUMENTS:
-        if isinstance(getattr(step, argument, None), dict):
-            return f'{_name(step)} has per-image {argument}'
-    return None
+    return op.volume_reason()
 
 
-def _suffix_problem(steps: list[tio.Transform]) -> str | None:
-    """Why ``steps`` cannot all run per patch (None when they can)."""
-    kinds = [kind(step) for step in steps]
+def _suffix_problem(ops: list[PatchOp]) -> str | None:
+    """Why the steps of ``ops`` cannot all run per patch (None when they can)."""
+    steps = [op.step for op in ops]
+    kinds = [op.kind for op in ops]
     spatial = [i for i, k in enumerate(kinds) if k == SPATIAL]
     end = spatial_run(kinds)[1]
     # After the first run of spatial steps only flips may come: they reverse the finished patch.
     later = [i for i in spatial if i >= end]
-    resampling = next((i for i in later if not is_flip(steps[i])), None)
+    resampling = next((i for i in later if not ops[i].reorders_only), None)
     if resampling is not None:
         # One resampling per patch: the spatial steps must be consecutive.
         between = next(steps[i] for i in range(end, resampling) if kinds[i] != SPATIAL)
         return f'{_name(between)} sits between spatial steps (they are resampled once per patch)'
-    field = next((i for i in range(later[0] + 1, len(steps)) if kinds[i] == FIELD), None) if later else None
-    if field is not None:
+    field_ = next((i for i in range(later[0] + 1, len(steps)) if kinds[i] == FIELD), None) if later else None
+    if field_ is not None:
         # A field in volume coordinates would see the flip, which per patch comes last.
-        return (f'{_name(steps[field])} follows {_name(steps[later[0]])}: per patch, flips after'
+        return (f'{_name(steps[field_])} follows {_name(steps[later[0]])}: per patch, flips after'
                 ' intensity steps are applied last, so put the flip after it')
     for i, k in enumerate(kinds):
         earlier = next((steps[j] for j in range(i) if kinds[j] not in (SPATIAL, STATISTICS)), None)
