@@ -15,9 +15,9 @@ import torch
 import torchio as tio
 
 from . import synthetic
-from .backend import active_backend
-from .data import queue_from_manifest
+from .io.backend import active_backend
 from .patching.split import plan_transform
+from .queues import queue_from_manifest
 from .subjects import subjects_from_manifest
 
 

@@ -30,7 +30,7 @@ import torchio as tio
 from torchio.constants import INTENSITY, TYPE
 
 from ..constants import PATCH_ENGINE_DEFAULT, PATCH_ENGINES
-from ..geometry import ras_affine_to_grid
+from ..geometry.grid import ras_affine_to_grid
 from . import sitk_engine, stats
 from .ops.base import SPATIAL, Drawn, PatchOp
 from .ops.intensity import IntensityOp, StatisticsOp

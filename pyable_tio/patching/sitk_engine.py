@@ -18,7 +18,7 @@ import torch
 import torchio as tio
 from torchio.constants import INTENSITY, TYPE
 
-from ..geometry import ras_affine_to_grid
+from ..geometry.grid import ras_affine_to_grid
 
 
 def resample(channels: list[np.ndarray], volume: Any, box_start: np.ndarray, out_start: np.ndarray,

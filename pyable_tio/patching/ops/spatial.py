@@ -32,7 +32,7 @@ from torchio.transforms.augmentation.spatial.random_elastic_deformation import S
 
 from .. import stats
 from ...constants import INTERPOLATION_SUPPORT, INTERPOLATION_SUPPORT_DEFAULT
-from ...geometry import LPS_TO_RAS
+from ...geometry.grid import LPS_TO_RAS
 from ...transforms.spatial import RandomFlip
 from .base import SPATIAL, Drawn, PatchOp, register, sextet
 
