@@ -25,8 +25,8 @@ import torch
 import torchio as tio
 from torchio.data.io import nib_to_sitk
 
-from ..constants import STATISTICS_MEMO_SIZE, STATISTICS_VERSION
 from ..cache.digest import digest_of
+from ..constants import STATISTICS_MEMO_SIZE, STATISTICS_VERSION
 
 _memo: OrderedDict[Hashable, Any] = OrderedDict()
 _lock = threading.Lock()
