@@ -17,6 +17,7 @@ from .errors import LoadError, ManifestError, PyableTioError
 from .inference.grid import inference_loader, predict_subject
 from .inference.native import save_prediction, to_native
 from .manifest import read_manifest
+from .patching.loader import patch_loader
 from .patching.queue import PatchQueue
 from .patching.split import plan_transform
 from .preprocess import N4, SkullStrip
@@ -41,6 +42,7 @@ __all__ = [
     'dataset_from_manifest',
     'inference_loader',
     'monai_dataset',
+    'patch_loader',
     'plan_transform',
     'predict_subject',
     'queue_from_manifest',

@@ -21,6 +21,7 @@ from .errors import ManifestError, describe
 from .plan import reference_grid
 from .manifest import ManifestSource, parse_manifest
 from .patching.split import log_fallback, plan_transform
+from .patching.boxes import BoxQueue
 from .patching.queue import PatchQueue
 from .subjects import subjects_from_manifest
 from .transforms.layout import with_layout_guard
@@ -83,6 +84,7 @@ def queue_from_manifest(
     fast_patches: bool | None = None,
     missing: str = MISSING_ERROR,
     engine: str = PATCH_ENGINE_DEFAULT,
+    batch_device: Any = None,
     **kwargs: Any,
 ) -> tio.Queue:
     """A ``tio.Queue`` of patches from the manifest's subjects.
@@ -122,6 +124,9 @@ def queue_from_manifest(
         engine: How a :class:`pyable_tio.PatchQueue` resamples augmented patches: ``"numba"``
             (default: all spatial steps of a patch in one compiled pass per image) or
             ``"sitk"`` (SimpleITK's ``Resample``, the oracle the kernels are tested against).
+        batch_device: Used by :func:`pyable_tio.patch_loader`: the queue's items are then
+            boxes with the drawn parameters of the steps that run on the batch on that device
+            (:class:`pyable_tio.patching.boxes.BoxQueue`), not patches.
         **kwargs: Passed to :func:`pyable_tio.subjects_from_manifest`.
 
     Raises:
@@ -159,14 +164,18 @@ def queue_from_manifest(
     patch_sampler = make_sampler(sampler, patch, label_name, subjects[0])
     if distributed:
         subject_sampler = _distributed_sampler(dataset, subject_sampler, shuffle_subjects, seed)
-    plan = plan_transform(guarded)  # planned once, here; the queue is handed the split
+    plan = plan_transform(guarded, batch_device)  # planned once, here; the queue is handed the split
     # Steps that all run per patch read only the patch boxes, in threads (PatchQueue). A whole-volume
     # prefix keeps tio.Queue unless fast_patches=True (then: prefix in worker processes, rest per patch).
     fast = (transform is None or plan.per_patch) if fast_patches is None else fast_patches
     if transform is not None:
         log_fallback(plan)
+    if batch_device is not None:
+        fast, queue_class = True, BoxQueue
+    else:
+        queue_class = PatchQueue if fast else tio.Queue
     extra = {'plan': plan, 'engine': engine} if fast else {}
-    return (PatchQueue if fast else tio.Queue)(
+    return queue_class(
         dataset,
         max_length=max_length,
         samples_per_volume=samples_per_volume,
