@@ -64,7 +64,6 @@ class BatchAugmenter:
         # Intensity steps before the spatial run act on the boxes, the others on the patches.
         self.pre = [i for i in range(lo) if self.ops[i].kind != SPATIAL]
         self.post = [i for i in range(hi, len(self.ops)) if self.ops[i].kind != SPATIAL]
-        self._grids: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, samples: Sequence[BoxSample]) -> dict[str, Any]:
         samples = [s if isinstance(s, BoxSample) else BoxSample.of_patch(s, len(self.ops)) for s in samples]
@@ -142,14 +141,15 @@ class BatchAugmenter:
         return op.apply_batch(params, tensor.float(), name)
 
     def _coordinates(self, matrices: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
-        key = (size, str(self.device))
-        if key not in self._grids:  # patch voxel indices, homogeneous: D x H x W x 4
-            axes = [torch.arange(n, dtype=torch.float64, device=self.device) for n in size]
-            grid = torch.stack([*torch.meshgrid(*axes, indexing='ij'), torch.ones(size, dtype=torch.float64,
-                                                                                  device=self.device)], dim=-1)
-            self._grids = {key: grid}
-        grid = self._grids[key]
-        return torch.einsum('bij,dhwj->bdhwi', matrices[:, :3, :], grid)
+        """Box index (d, h, w) of every patch voxel, B x D x H x W x 3, in float64.
+
+        Summed in the numba kernel's order, ``((m0 i + m1 j) + m3) + m2 k``, so that points
+        exactly half-way between voxels round as they do per patch.
+        """
+        i, j, k = (torch.arange(n, dtype=torch.float64, device=self.device) for n in size)
+        m = matrices[:, :3, :, None, None, None]  # B x 3 x 4 x 1 x 1 x 1
+        rows = (m[:, :, 0] * i[:, None, None] + m[:, :, 1] * j[None, :, None]) + m[:, :, 3]
+        return (rows + m[:, :, 2] * k[None, None, :]).permute(0, 2, 3, 4, 1)
 
 
 def _edge_pad(box: torch.Tensor, common: tuple[int, int, int]) -> torch.Tensor:

@@ -118,8 +118,8 @@ def box_sample(ops: Sequence[PatchOp], batch_ops: Sequence[PatchOp], subject: ti
         box_start = np.clip(box_start, 0, shape - 1)
         box_stop = np.maximum(np.clip(box_stop, 0, shape), box_start + 1)
         boxes = {name: volume.crop(tuple(box_start), tuple(box_stop)) for name, volume in volumes.items()}
-    else:
-        boxes = tensors  # spatial batch steps are only flips here (batch_split)
+    else:  # the finished patch: its spatial batch steps are only flips (batch_split)
+        boxes, box_start = tensors, start
     from_patch, to_box = _shift(start), _shift(-box_start)
     matrices, modes, pads = {}, {}, {}
     for name, volume in volumes.items():

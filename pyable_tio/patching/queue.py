@@ -172,11 +172,13 @@ class _Prefetch:
     """Iterator over the subjects' patch lists, cut ahead by a thread pool, in order."""
 
     def __init__(self, executor: ThreadPoolExecutor, patches: SubjectPatches, order: list[int], depth: int) -> None:
-        self._submit = lambda index: executor.submit(patches.patches, index, _generator())
-        self._order = iter(order)
+        # Every subject's generator drawn now, in subject order: the global stream then reads the
+        # same whatever the prefetch depth (num_workers), also when the queue shuffles patches.
+        self._submit = lambda job: executor.submit(patches.patches, *job)
+        self._order = iter([(index, _generator()) for index in order])
         self._pending: deque[Future] = deque()
-        for index in islice(self._order, depth):
-            self._pending.append(self._submit(index))
+        for job in islice(self._order, depth):
+            self._pending.append(self._submit(job))
 
     def __iter__(self) -> _Prefetch:
         return self
@@ -185,8 +187,8 @@ class _Prefetch:
         if not self._pending:
             raise StopIteration
         future = self._pending.popleft()
-        for index in islice(self._order, 1):
-            self._pending.append(self._submit(index))
+        for job in islice(self._order, 1):
+            self._pending.append(self._submit(job))
         return future.result()
 
 
