@@ -112,9 +112,12 @@ class BatchAugmenter:
         label = is_label(samples[0].patch[first])
         if self.pre and not label:
             stack = self._pre(samples, group, channels, stack)
-        coordinates = self._coordinates(matrices.to(self.device), size)  # B x D x H x W x 3 (d, h, w)
+        coordinates = self._coordinates(matrices.to(self.device), size)  # (d, h, w), each B x D x H x W
         real = real.to(self.device)
-        inside = ((coordinates >= -0.5) & (coordinates < real[:, None, None, None, :] - 0.5)).all(dim=-1)
+        inside = None
+        for axis, values in enumerate(coordinates):
+            within = (values >= -0.5) & (values < real[:, axis, None, None, None] - 0.5)
+            inside = within if inside is None else inside.logical_and_(within)
         if nearest:
             out = _gather_nearest(stack, coordinates, common)
         else:
@@ -140,8 +143,8 @@ class BatchAugmenter:
         op: IntensityOp = self.ops[index]
         return op.apply_batch(params, tensor.float(), name)
 
-    def _coordinates(self, matrices: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
-        """Box index (d, h, w) of every patch voxel, B x D x H x W x 3, in float64.
+    def _coordinates(self, matrices: torch.Tensor, size: tuple[int, int, int]) -> list[torch.Tensor]:
+        """Box index of every patch voxel, one B x D x H x W float64 tensor per axis (d, h, w).
 
         Summed in the numba kernel's order, ``((m0 i + m1 j) + m3) + m2 k``, so that points
         exactly half-way between voxels round as they do per patch.
@@ -149,18 +152,20 @@ class BatchAugmenter:
         i, j, k = (torch.arange(n, dtype=torch.float64, device=self.device) for n in size)
         m = matrices[:, :3, :, None, None, None]  # B x 3 x 4 x 1 x 1 x 1
         rows = (m[:, :, 0] * i[:, None, None] + m[:, :, 1] * j[None, :, None]) + m[:, :, 3]
-        return (rows + m[:, :, 2] * k[None, None, :]).permute(0, 2, 3, 4, 1)
+        return list((rows + m[:, :, 2] * k[None, None, :]).unbind(1))
 
 
 def _edge_pad(box: torch.Tensor, common: tuple[int, int, int]) -> torch.Tensor:
     """``box`` (C x d x h x w) extended to ``common`` by repeating its last voxel on each axis."""
     if tuple(box.shape[1:]) == common:
         return box
-    for axis, n in enumerate(common):
-        if box.shape[1 + axis] < n:
-            index = torch.arange(n).clamp_(max=box.shape[1 + axis] - 1)
-            box = box.index_select(1 + axis, index)
-    return box
+    d, h, w = box.shape[1:]
+    out = box.new_empty((box.shape[0], *common))
+    out[:, :d, :h, :w] = box
+    out[:, d:, :h, :w] = box[:, d - 1:d]
+    out[:, :, h:, :w] = out[:, :, h - 1:h, :w]
+    out[:, :, :, w:] = out[:, :, :, w - 1:w]
+    return out
 
 
 def _whole_voxels(matrix: np.ndarray) -> bool:
@@ -171,23 +176,23 @@ def _whole_voxels(matrix: np.ndarray) -> bool:
                 and np.allclose(offset, np.rint(offset), atol=1e-9))
 
 
-def _trilinear(stack: torch.Tensor, coordinates: torch.Tensor, common: tuple[int, int, int]) -> torch.Tensor:
-    """One batched ``grid_sample`` at box indices ``coordinates`` (B x D x H x W x 3, (d, h, w))."""
-    scale = torch.tensor([max(n - 1, 1) for n in common], dtype=torch.float64, device=coordinates.device)
-    normalised = coordinates * (2 / scale) - 1  # align_corners=True: -1 and 1 are the edge voxel centres
-    grid = normalised.flip(-1).to(stack.dtype)  # grid_sample's last axis is (x, y, z) = (W, H, D)
+def _trilinear(stack: torch.Tensor, coordinates: list[torch.Tensor], common: tuple[int, int, int]) -> torch.Tensor:
+    """One batched ``grid_sample`` at box indices ``coordinates`` ((d, h, w), each B x D x H x W)."""
+    # align_corners=True: -1 and 1 are the centres of the first and last voxel; grid_sample's
+    # last axis is (x, y, z) = (W, H, D), the reverse of the tensors' order.
+    grid = torch.stack([(values * (2 / max(n - 1, 1)) - 1).to(stack.dtype)
+                        for values, n in zip(reversed(coordinates), reversed(common))], dim=-1)
     return F.grid_sample(stack, grid, mode='bilinear', padding_mode='border', align_corners=True)
 
 
-def _gather_nearest(stack: torch.Tensor, coordinates: torch.Tensor, common: tuple[int, int, int]) -> torch.Tensor:
+def _gather_nearest(stack: torch.Tensor, coordinates: list[torch.Tensor], common: tuple[int, int, int]) -> torch.Tensor:
     """Nearest voxel (rounding half up, as ITK) at box indices ``coordinates``, one ``gather``, in the stack's dtype."""
-    index = torch.floor(coordinates + 0.5).long()
-    for axis, n in enumerate(common):
-        index[..., axis].clamp_(0, n - 1)  # outside points are replaced by the pad value afterwards
-    flat = (index[..., 0] * common[1] + index[..., 1]) * common[2] + index[..., 2]  # B x D x H x W
+    # Outside points are clamped here and replaced by the pad value afterwards.
+    d, h, w = ((values + 0.5).floor_().clamp_(0, n - 1).long() for values, n in zip(coordinates, common))
+    flat = (d * common[1] + h) * common[2] + w  # B x D x H x W
     b, c = stack.shape[:2]
     values = stack.reshape(b, c, -1).gather(2, flat.reshape(b, 1, -1).expand(b, c, -1))
-    return values.reshape(b, c, *coordinates.shape[1:4])
+    return values.reshape(b, c, *flat.shape[1:])
 
 
 class DeviceLoader:
