@@ -255,3 +255,17 @@ def test_device_none_is_the_per_patch_path_and_cuda_needs_a_gpu(manifest):
             pt.patch_loader(manifest, patch_size=PATCH, samples_per_volume=2, batch_size=2, device='cuda')
     with pytest.raises(ValueError, match='device must be'):
         pt.patch_loader(manifest, patch_size=PATCH, samples_per_volume=2, batch_size=2, device='gpu0')
+
+
+def test_per_patch_queue_gives_the_same_shuffled_patches_whatever_num_workers(manifest):
+    """Fixed with this loader: PatchQueue draws every subject's generator when the epoch starts, so
+    the queue's patch shuffling reads the same global stream whatever the prefetch depth."""
+    runs = []
+    for num_workers in (0, 2):
+        torch.manual_seed(11)
+        queue = pt.queue_from_manifest(manifest, patch_size=PATCH, samples_per_volume=3, max_length=4,
+                                       transform=RECIPE, num_workers=num_workers, shuffle_patches=True)
+        runs.append([batch['images'][tio.DATA] for batch in tio.SubjectsLoader(queue, batch_size=2)])
+    assert len(runs[0]) == len(runs[1]) == 3
+    for ours, reference in zip(runs[1], runs[0]):
+        assert torch.equal(ours, reference)

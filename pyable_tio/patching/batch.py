@@ -101,9 +101,15 @@ class BatchAugmenter:
         channels = [samples[0].boxes[name].shape[0] for name in group]
         real = torch.tensor([s.boxes[first].shape[1:] for s in samples], dtype=torch.float64)
         common = tuple(int(n) for n in real.max(dim=0).values)
-        stack = torch.stack([_edge_pad(torch.cat([s.boxes[name] for name in group]), common) for s in samples])
-        if self.device.type == 'cuda':
-            stack = stack.pin_memory()
+        # One copy of every box, straight into (pinned, on CUDA) memory, then one transfer.
+        stack = torch.empty((len(samples), sum(channels), *common), dtype=samples[0].boxes[first].dtype,
+                            pin_memory=self.device.type == 'cuda')
+        for out, sample in zip(stack, samples):
+            channel = 0
+            for name in group:
+                box = sample.boxes[name]
+                _edge_pad(box, out[channel:channel + box.shape[0]])
+                channel += box.shape[0]
         stack = stack.to(self.device, non_blocking=True)
         matrices = torch.as_tensor(np.stack([s.maps[first] for s in samples]), dtype=torch.float64)
         pads = torch.tensor([[v for name in group for v in s.pads[name]] for s in samples], dtype=torch.float64)
@@ -155,12 +161,10 @@ class BatchAugmenter:
         return list((rows + m[:, :, 2] * k[None, None, :]).unbind(1))
 
 
-def _edge_pad(box: torch.Tensor, common: tuple[int, int, int]) -> torch.Tensor:
-    """``box`` (C x d x h x w) extended to ``common`` by repeating its last voxel on each axis."""
-    if tuple(box.shape[1:]) == common:
-        return box
+def _edge_pad(box: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``box`` (C x d x h x w) copied into ``out`` (C x D x H x W, larger or equal), its last voxel
+    repeated on each axis."""
     d, h, w = box.shape[1:]
-    out = box.new_empty((box.shape[0], *common))
     out[:, :d, :h, :w] = box
     out[:, d:, :h, :w] = box[:, d - 1:d]
     out[:, :, h:, :w] = out[:, :, h - 1:h, :w]
