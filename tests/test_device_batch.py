@@ -102,6 +102,8 @@ DETERMINISTIC = {
     'affine-origin-minimum-pad': tio.Affine(scales=1.1, degrees=(0, 0, 30), translation=0, center='origin',
                                             default_pad_value='minimum'),
     'flip-gamma': tio.Compose([tio.Flip(axes=(0, 2)), tio.Gamma(0.7)]),
+    'gamma-then-affine': tio.Compose([tio.Gamma(0.8), tio.Affine(scales=1.05, degrees=(3, 8, -6), translation=0,
+                                                                 default_pad_value='otsu')]),  # gamma on the box
     'chain': tio.Compose([tio.ZNormalization(), tio.Affine(scales=0.9, degrees=(5, 0, 20), translation=(1, 0, 0),
                                                            default_pad_value='mean'),
                           tio.RescaleIntensity((0, 1)), tio.Clamp(0.1, 0.9), tio.Gamma(1.3), tio.Flip(axes=(1,))]),

@@ -81,12 +81,13 @@ class BatchAugmenter:
     # ------------------------------------------------------------------------------------------
 
     def _groups(self, samples: Sequence[BoxSample], names: list[str]) -> list[list[str]]:
-        """Image names sampled together: same dtype class and mode, and the same map in every sample."""
+        """Image names sampled together: same kind (image or label), dtype and mode, and the same map in every sample."""
         groups: list[list[str]] = []
         for name in names:
             for group in groups:
                 first = group[0]
                 if all(s.modes[name] == s.modes[first] and s.boxes[name].dtype == s.boxes[first].dtype
+                       and is_label(s.patch[name]) == is_label(s.patch[first])
                        and s.boxes[name].shape[1:] == s.boxes[first].shape[1:]
                        and np.array_equal(s.maps[name], s.maps[first]) for s in samples):
                     group.append(name)
@@ -118,6 +119,8 @@ class BatchAugmenter:
         label = is_label(samples[0].patch[first])
         if self.pre and not label:
             stack = self._pre(samples, group, channels, stack)
+            for out, sample in zip(stack, samples):  # the padding repeats the edge as changed (e.g. noise)
+                _edge_pad(out[(slice(None), *(slice(0, n) for n in sample.boxes[first].shape[1:]))], out)
         coordinates = self._coordinates(matrices.to(self.device), size)  # (d, h, w), each B x D x H x W
         real = real.to(self.device)
         inside = None
