@@ -52,6 +52,7 @@ def cache_folder() -> str | None:
 cache_folder()
 
 import numba  # noqa: E402  (after NUMBA_CACHE_DIR is settled)
+from numba import literal_unroll  # noqa: E402
 
 _jit = numba.njit(cache=True, nogil=True, error_model='numpy')
 
@@ -107,8 +108,8 @@ def _nearest_at(src, lo, hi, out, n, z, y, x, pads):
 
 
 @_jit
-def _affine_linear(src, lo, hi, m, out, shape, pads):
-    """Trilinear ``src`` at ``m @ (i, j, k, 1)`` for every output voxel.
+def _affine_linear(sources, lo, hi, m, out, shape, pads):
+    """Trilinear ``sources`` (a tuple of C_f x voxels arrays) at ``m @ (i, j, k, 1)`` for every output voxel.
 
     The body of :func:`_linear_at`, written out with the matrix in scalars and unsigned flat
     indices (no negative-index checks): numba does not inline the call, which costs 2-5x.
@@ -146,18 +147,21 @@ def _affine_linear(src, lo, hi, m, out, shape, pads):
                 sy = row if y0 < y_last else zero
                 sx = one if x0 < x_last else zero
                 base = numba.uint64(z0) * plane + numba.uint64(y0) * row + numba.uint64(x0)
-                for c in range(channels):
-                    s = src[c]
-                    v000, v001 = float(s[base]), float(s[base + sx])
-                    v010, v011 = float(s[base + sy]), float(s[base + sy + sx])
-                    v100, v101 = float(s[base + sz]), float(s[base + sz + sx])
-                    v110, v111 = float(s[base + sz + sy]), float(s[base + sz + sy + sx])
-                    a = v000 + (v001 - v000) * fx
-                    b = v010 + (v011 - v010) * fx
-                    e = v100 + (v101 - v100) * fx
-                    f = v110 + (v111 - v110) * fx
-                    near = a + (b - a) * fy
-                    out[c, n] = near + (e + (f - e) * fy - near) * fz
+                c = zero  # unsigned: no negative-index check on out
+                for source in literal_unroll(sources):  # the files of an image share the coordinates
+                    for channel in range(source.shape[0]):
+                        s = source[channel]
+                        v000, v001 = float(s[base]), float(s[base + sx])
+                        v010, v011 = float(s[base + sy]), float(s[base + sy + sx])
+                        v100, v101 = float(s[base + sz]), float(s[base + sz + sx])
+                        v110, v111 = float(s[base + sz + sy]), float(s[base + sz + sy + sx])
+                        a = v000 + (v001 - v000) * fx
+                        b = v010 + (v011 - v010) * fx
+                        e = v100 + (v101 - v100) * fx
+                        f = v110 + (v111 - v110) * fx
+                        near = a + (b - a) * fy
+                        out[c, n] = near + (e + (f - e) * fy - near) * fz
+                        c += one
                 n += one
 
 
@@ -225,19 +229,35 @@ def sample(sources: list[np.ndarray], box: tuple[np.ndarray, np.ndarray], mappin
     flat_out = out.reshape(out.shape[0], -1)  # a view: out is C-contiguous
     field = mapping.ndim == 4
     mapping = np.ascontiguousarray(mapping.reshape(3, -1) if field else mapping[:3], dtype=np.float64)
-    channel = 0
-    for source in sources:
-        source = np.ascontiguousarray(source)  # no copy for memory maps and stacked boxes
-        count, depth, height, width = source.shape
-        lo = np.array([*box[0], height * width, width], dtype=np.int64)
-        hi = np.asarray(box[1], dtype=np.int64)
-        flat = source.reshape(count, -1)
-        part, part_pads = flat_out[channel:channel + count], pad_values[channel:channel + count]
-        if field:
-            _field(flat, lo, hi, mapping, part, part_pads, nearest)
+    height, width = sources[0].shape[2:]
+    lo = np.array([*box[0], height * width, width], dtype=np.int64)
+    hi = np.asarray(box[1], dtype=np.int64)
+    # C_f x voxels views (no copy for memory maps and stacked boxes), in runs of one dtype:
+    # one pass per run, its files sharing the coordinates of each output voxel.
+    flats = [np.ascontiguousarray(source).reshape(source.shape[0], -1) for source in sources]
+    runs = [[flats[0]]]
+    for flat in flats[1:]:
+        if flat.dtype == runs[-1][0].dtype:
+            runs[-1].append(flat)
         else:
-            (_affine_nearest if nearest else _affine_linear)(flat, lo, hi, mapping, part, shape, part_pads)
+            runs.append([flat])
+    channel = 0
+    for run in runs:
+        count = sum(flat.shape[0] for flat in run)
+        part, part_pads = flat_out[channel:channel + count], pad_values[channel:channel + count]
         channel += count
+        if not field and not nearest:
+            _affine_linear(tuple(run), lo, hi, mapping, part, shape, part_pads)  # one pass for the run
+            continue
+        offset = 0
+        for flat in run:  # labels are one file each, as a rule; elastic fields are dominated by SimpleITK's field
+            size = flat.shape[0]
+            section, section_pads = part[offset:offset + size], part_pads[offset:offset + size]
+            if field:
+                _field(flat, lo, hi, mapping, section, section_pads, nearest)
+            else:
+                _affine_nearest(flat, lo, hi, mapping, section, shape, section_pads)
+            offset += size
     return out
 
 
