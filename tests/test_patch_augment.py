@@ -248,7 +248,7 @@ def test_noise_and_gamma_are_drawn_from_the_subject_generator(subject):
 
 def test_only_the_patch_box_is_read(subject, monkeypatch):
     boxes = []
-    for method in ('crop', 'box_views'):  # every way a region is read
+    for method in ('crop', 'box'):  # every way a region is read
         def spy(self, start, stop, original=getattr(Volume, method)):
             boxes.append(np.subtract(stop, start))
             return original(self, start, stop)

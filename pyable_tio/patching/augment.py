@@ -37,7 +37,7 @@ from .ops.intensity import IntensityOp, StatisticsOp
 from .ops.registry import op_for
 from .ops.spatial import SpatialOp, lps_affine, matrix_of
 from .split import spatial_run
-from .volume import Volume
+from .volume import Box, Volume
 
 _kernel: ModuleType | None = None
 
@@ -102,9 +102,10 @@ def augment_patch(steps: Sequence[tio.Transform | PatchOp], subject: tio.Subject
         for d in pre:
             _apply(d, boxes, box_start, context)
         region = (slice(None), *(slice(a - b, c - b) for a, b, c in zip(out_start, box_start, out_stop)))
-        sources_of, unmoved = (lambda name: [boxes[name].numpy()]), (lambda name: boxes[name][region])
+        box_of = lambda name: Box([boxes[name].numpy()], box_start, box_start, box_stop)  # noqa: E731
+        unmoved = lambda name: boxes[name][region]  # noqa: E731
     else:  # the box is resampled straight from the arrays (memory maps): one copy fewer
-        sources_of = lambda name: volumes[name].box_views(box_start, box_stop)  # noqa: E731
+        box_of = lambda name: volumes[name].box(box_start, box_stop)  # noqa: E731
         unmoved = lambda name: volumes[name].crop(tuple(out_start), tuple(out_stop))  # noqa: E731
     tensors = {}
     for name, volume in volumes.items():
@@ -112,8 +113,7 @@ def augment_patch(steps: Sequence[tio.Transform | PatchOp], subject: tio.Subject
             tensors[name] = unmoved(name)
             continue
         interpolation, pads = _pads(spatial, name, volume, context)
-        tensors[name] = maps[name].resample(sources_of(name), volume, box_start, out_start, out_stop,
-                                            interpolation, pads)
+        tensors[name] = maps[name].resample(box_of(name), volume, out_start, out_stop, interpolation, pads)
     for d in post:
         _apply(d, tensors, out_start, context)
     offset = start - out_start
@@ -250,35 +250,35 @@ class _SpatialMap:
         margin = self.displacement * np.linalg.norm(inverse, axis=1)
         return indices.min(axis=0) - margin, indices.max(axis=0) + margin
 
-    def resample(self, sources: list[np.ndarray], volume: Volume, box_start: np.ndarray, out_start: np.ndarray,
-                 out_stop: np.ndarray, interpolation: str, pads: list[float]) -> torch.Tensor:
-        """The output region of every channel (images float32, labels in their dtype)."""
+    def resample(self, box: Box, volume: Volume, out_start: np.ndarray, out_stop: np.ndarray, interpolation: str,
+                 pads: list[float]) -> torch.Tensor:
+        """The output region of every channel (images float32, labels in their dtype), read from ``box``."""
         if self.engine == 'sitk' or interpolation not in ('linear', 'nearest'):
             if self.transform is None:  # an interpolator the kernels lack: the oracle resamples
                 lps = lps_affine(volume.affine)
                 self.transform = _affine_transform(lps @ self.matrix @ np.linalg.inv(lps))
-            channels = [source[c] for source in sources for c in range(source.shape[0])]
-            return sitk_engine.resample(channels, volume, box_start, out_start, out_stop, self.transform,
+            channels = [view[c] for view in box.views() for c in range(view.shape[0])]
+            return sitk_engine.resample(channels, volume, box.start, out_start, out_stop, self.transform,
                                         interpolation, pads)
         kernel = _kernels()
         label = volume.image[TYPE] != INTENSITY
         out = np.empty((volume.channels, *(out_stop - out_start)), dtype=volume.patch_dtype() if label else np.float32)
+        bounds = (box.start - box.origin, box.stop - box.origin)  # in the arrays' index
         if self.matrix is not None:
-            to_box = np.eye(4)
-            to_box[:3, 3] = -box_start
-            from_out = np.eye(4)
+            to_arrays, from_out = np.eye(4), np.eye(4)
+            to_arrays[:3, 3] = -box.origin
             from_out[:3, 3] = out_start
-            mapping = to_box @ self.matrix @ from_out
+            mapping = to_arrays @ self.matrix @ from_out
             crop = kernel.as_crop(mapping)
-            if crop is not None and kernel.crop(sources, *crop, out) is not None:
+            if crop is not None and kernel.crop(box.arrays, bounds, *crop, out) is not None:
                 return torch.from_numpy(out)  # flips and whole-voxel shifts: no interpolation
         else:
-            mapping = self._coordinates(volume, box_start, out_start, out_stop)
-        return torch.from_numpy(kernel.sample(sources, mapping, out, pads, nearest=interpolation == 'nearest'))
+            mapping = self._coordinates(volume, box.origin, out_start, out_stop)
+        return torch.from_numpy(kernel.sample(box.arrays, bounds, mapping, out, pads, nearest=interpolation == 'nearest'))
 
-    def _coordinates(self, volume: Volume, box_start: np.ndarray, out_start: np.ndarray,
+    def _coordinates(self, volume: Volume, origin: np.ndarray, out_start: np.ndarray,
                      out_stop: np.ndarray) -> np.ndarray:
-        """Box index of every output voxel (3 x d x h x w), from SimpleITK's displacement field."""
+        """Source index (from ``origin``) of every output voxel (3 x d x h x w), from SimpleITK's displacement field."""
         lps = lps_affine(volume.affine)
         grid = ras_affine_to_grid(sitk_engine.shifted(volume.affine, out_start), out_stop - out_start)
         field = sitk.TransformToDisplacementField(self.transform, sitk.sitkVectorFloat64, grid.size, grid.origin,
@@ -289,7 +289,7 @@ class _SpatialMap:
         # Output point + displacement, back to source indices: index + A^-1 displacement.
         inverse = np.linalg.inv(lps[:3, :3])
         coordinates = index + np.einsum('ij,dhwj->idhw', inverse, displacement)
-        return coordinates - np.asarray(box_start, np.float64)[:, None, None, None]
+        return coordinates - np.asarray(origin, np.float64)[:, None, None, None]
 
 
 def _kernels() -> ModuleType:

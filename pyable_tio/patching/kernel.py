@@ -20,6 +20,7 @@ This module imports numba: import it only when the numba engine runs.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -51,118 +52,212 @@ def cache_folder() -> str | None:
 cache_folder()
 
 import numba  # noqa: E402  (after NUMBA_CACHE_DIR is settled)
+from numba import literal_unroll  # noqa: E402
 
-_jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model='numpy')
+_jit = numba.njit(cache=True, nogil=True, error_model='numpy')
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, inline='always')
-def _linear_at(src, out, i, j, k, z, y, x, pads):
-    """Trilinear sample of every channel of ``src`` at continuous index (z, y, x), as ITK does."""
-    depth, height, width = src.shape[1], src.shape[2], src.shape[3]
-    if not (-0.5 <= z < depth - 0.5 and -0.5 <= y < height - 0.5 and -0.5 <= x < width - 0.5):
-        for c in range(src.shape[0]):
-            out[c, i, j, k] = pads[c]
+@_jit
+def _linear_at(src, lo, hi, out, n, z, y, x, pads):
+    """Trilinear sample of every channel of ``src`` (C x voxels, flat) at (z, y, x), as ITK does.
+
+    The box is ``lo <= index < hi`` (inside: within half a voxel of it; the neighbours clamp
+    to its edge). ``out`` is C x voxels (flat), ``n`` the output voxel.
+    """
+    if not (lo[0] - 0.5 <= z < hi[0] - 0.5 and lo[1] - 0.5 <= y < hi[1] - 0.5 and lo[2] - 0.5 <= x < hi[2] - 0.5):
+        for c in range(out.shape[0]):
+            out[c, n] = pads[c]
         return
-    z0, y0, x0 = max(int(np.floor(z)), 0), max(int(np.floor(y)), 0), max(int(np.floor(x)), 0)
-    fz, fy, fx = max(z - z0, 0.0), max(y - y0, 0.0), max(x - x0, 0.0)
-    z1, y1, x1 = min(z0 + 1, depth - 1), min(y0 + 1, height - 1), min(x0 + 1, width - 1)
-    for c in range(src.shape[0]):
-        a = float(src[c, z0, y0, x0]) + (float(src[c, z0, y0, x1]) - float(src[c, z0, y0, x0])) * fx
-        b = float(src[c, z0, y1, x0]) + (float(src[c, z0, y1, x1]) - float(src[c, z0, y1, x0])) * fx
-        e = float(src[c, z1, y0, x0]) + (float(src[c, z1, y0, x1]) - float(src[c, z1, y0, x0])) * fx
-        f = float(src[c, z1, y1, x0]) + (float(src[c, z1, y1, x1]) - float(src[c, z1, y1, x0])) * fx
-        near, far = a + (b - a) * fy, e + (f - e) * fy
-        out[c, i, j, k] = near + (far - near) * fz
+    zf, yf, xf = math.floor(z), math.floor(y), math.floor(x)
+    z0, y0, x0 = int(zf), int(yf), int(xf)
+    fz, fy, fx = z - zf, y - yf, x - xf
+    if z0 < lo[0]:
+        z0, fz = lo[0], 0.0
+    if y0 < lo[1]:
+        y0, fy = lo[1], 0.0
+    if x0 < lo[2]:
+        x0, fx = lo[2], 0.0
+    plane, row = lo[3], lo[4]  # strides of the flat source (H * W, W)
+    sz = plane if z0 < hi[0] - 1 else 0
+    sy = row if y0 < hi[1] - 1 else 0
+    sx = 1 if x0 < hi[2] - 1 else 0
+    base = z0 * plane + y0 * row + x0
+    for c in range(out.shape[0]):
+        v000, v001 = float(src[c, base]), float(src[c, base + sx])
+        v010, v011 = float(src[c, base + sy]), float(src[c, base + sy + sx])
+        v100, v101 = float(src[c, base + sz]), float(src[c, base + sz + sx])
+        v110, v111 = float(src[c, base + sz + sy]), float(src[c, base + sz + sy + sx])
+        a = v000 + (v001 - v000) * fx
+        b = v010 + (v011 - v010) * fx
+        e = v100 + (v101 - v100) * fx
+        f = v110 + (v111 - v110) * fx
+        near = a + (b - a) * fy
+        out[c, n] = near + (e + (f - e) * fy - near) * fz
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, inline='always')
-def _nearest_at(src, out, i, j, k, z, y, x, pads):
+@_jit
+def _nearest_at(src, lo, hi, out, n, z, y, x, pads):
     """Nearest sample (rounding half up, as ITK) of every channel of ``src`` at (z, y, x)."""
-    depth, height, width = src.shape[1], src.shape[2], src.shape[3]
-    if not (-0.5 <= z < depth - 0.5 and -0.5 <= y < height - 0.5 and -0.5 <= x < width - 0.5):
-        for c in range(src.shape[0]):
-            out[c, i, j, k] = pads[c]
+    if not (lo[0] - 0.5 <= z < hi[0] - 0.5 and lo[1] - 0.5 <= y < hi[1] - 0.5 and lo[2] - 0.5 <= x < hi[2] - 0.5):
+        for c in range(out.shape[0]):
+            out[c, n] = pads[c]
         return
-    zi, yi, xi = int(np.floor(z + 0.5)), int(np.floor(y + 0.5)), int(np.floor(x + 0.5))
-    for c in range(src.shape[0]):
-        out[c, i, j, k] = src[c, zi, yi, xi]
+    base = int(math.floor(z + 0.5)) * lo[3] + int(math.floor(y + 0.5)) * lo[4] + int(math.floor(x + 0.5))
+    for c in range(out.shape[0]):
+        out[c, n] = src[c, base]
 
 
 @_jit
-def affine_linear(src, matrix, out, pads):
-    """``out[c, i, j, k]`` = trilinear ``src[c]`` at ``matrix @ (i, j, k, 1)`` (3 x 4, box indices)."""
-    m = matrix
-    for i in range(out.shape[1]):
-        for j in range(out.shape[2]):
-            z = m[0, 0] * i + m[0, 1] * j + m[0, 3]
-            y = m[1, 0] * i + m[1, 1] * j + m[1, 3]
-            x = m[2, 0] * i + m[2, 1] * j + m[2, 3]
-            for k in range(out.shape[3]):
-                _linear_at(src, out, i, j, k, z + m[0, 2] * k, y + m[1, 2] * k, x + m[2, 2] * k, pads)
+def _affine_linear(sources, lo, hi, m, out, shape, pads):
+    """Trilinear ``sources`` (a tuple of C_f x voxels arrays) at ``m @ (i, j, k, 1)`` for every output voxel.
+
+    The body of :func:`_linear_at`, written out with the matrix in scalars and unsigned flat
+    indices (no negative-index checks): numba does not inline the call, which costs 2-5x.
+    """
+    one, zero = numba.uint64(1), numba.uint64(0)
+    plane, row = numba.uint64(lo[3]), numba.uint64(lo[4])
+    z_lo, y_lo, x_lo = lo[0] - 0.5, lo[1] - 0.5, lo[2] - 0.5
+    z_hi, y_hi, x_hi = hi[0] - 0.5, hi[1] - 0.5, hi[2] - 0.5
+    z_last, y_last, x_last = hi[0] - 1, hi[1] - 1, hi[2] - 1
+    m00, m01, m02, m03 = m[0, 0], m[0, 1], m[0, 2], m[0, 3]
+    m10, m11, m12, m13 = m[1, 0], m[1, 1], m[1, 2], m[1, 3]
+    m20, m21, m22, m23 = m[2, 0], m[2, 1], m[2, 2], m[2, 3]
+    channels = out.shape[0]
+    n = zero
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            z_row, y_row, x_row = m00 * i + m01 * j + m03, m10 * i + m11 * j + m13, m20 * i + m21 * j + m23
+            for k in range(shape[2]):
+                z, y, x = z_row + m02 * k, y_row + m12 * k, x_row + m22 * k
+                if not (z_lo <= z < z_hi and y_lo <= y < y_hi and x_lo <= x < x_hi):
+                    for c in range(channels):
+                        out[c, n] = pads[c]
+                    n += one
+                    continue
+                zf, yf, xf = math.floor(z), math.floor(y), math.floor(x)
+                z0, y0, x0 = int(zf), int(yf), int(xf)
+                fz, fy, fx = z - zf, y - yf, x - xf
+                if z0 < lo[0]:
+                    z0, fz = lo[0], 0.0
+                if y0 < lo[1]:
+                    y0, fy = lo[1], 0.0
+                if x0 < lo[2]:
+                    x0, fx = lo[2], 0.0
+                sz = plane if z0 < z_last else zero
+                sy = row if y0 < y_last else zero
+                sx = one if x0 < x_last else zero
+                base = numba.uint64(z0) * plane + numba.uint64(y0) * row + numba.uint64(x0)
+                c = zero  # unsigned: no negative-index check on out
+                for source in literal_unroll(sources):  # the files of an image share the coordinates
+                    for channel in range(source.shape[0]):
+                        s = source[channel]
+                        v000, v001 = float(s[base]), float(s[base + sx])
+                        v010, v011 = float(s[base + sy]), float(s[base + sy + sx])
+                        v100, v101 = float(s[base + sz]), float(s[base + sz + sx])
+                        v110, v111 = float(s[base + sz + sy]), float(s[base + sz + sy + sx])
+                        a = v000 + (v001 - v000) * fx
+                        b = v010 + (v011 - v010) * fx
+                        e = v100 + (v101 - v100) * fx
+                        f = v110 + (v111 - v110) * fx
+                        near = a + (b - a) * fy
+                        out[c, n] = near + (e + (f - e) * fy - near) * fz
+                        c += one
+                n += one
 
 
 @_jit
-def affine_nearest(src, matrix, out, pads):
-    """``out[c, i, j, k]`` = nearest ``src[c]`` at ``matrix @ (i, j, k, 1)`` (3 x 4, box indices)."""
-    m = matrix
-    for i in range(out.shape[1]):
-        for j in range(out.shape[2]):
-            z = m[0, 0] * i + m[0, 1] * j + m[0, 3]
-            y = m[1, 0] * i + m[1, 1] * j + m[1, 3]
-            x = m[2, 0] * i + m[2, 1] * j + m[2, 3]
-            for k in range(out.shape[3]):
-                _nearest_at(src, out, i, j, k, z + m[0, 2] * k, y + m[1, 2] * k, x + m[2, 2] * k, pads)
+def _affine_nearest(src, lo, hi, m, out, shape, pads):
+    """Nearest ``src`` at ``m @ (i, j, k, 1)`` for every output voxel (:func:`_nearest_at`, written out)."""
+    one = numba.uint64(1)
+    plane, row = numba.uint64(lo[3]), numba.uint64(lo[4])
+    z_lo, y_lo, x_lo = lo[0] - 0.5, lo[1] - 0.5, lo[2] - 0.5
+    z_hi, y_hi, x_hi = hi[0] - 0.5, hi[1] - 0.5, hi[2] - 0.5
+    m00, m01, m02, m03 = m[0, 0], m[0, 1], m[0, 2], m[0, 3]
+    m10, m11, m12, m13 = m[1, 0], m[1, 1], m[1, 2], m[1, 3]
+    m20, m21, m22, m23 = m[2, 0], m[2, 1], m[2, 2], m[2, 3]
+    channels = out.shape[0]
+    n = numba.uint64(0)
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            z_row, y_row, x_row = m00 * i + m01 * j + m03, m10 * i + m11 * j + m13, m20 * i + m21 * j + m23
+            for k in range(shape[2]):
+                z, y, x = z_row + m02 * k, y_row + m12 * k, x_row + m22 * k
+                if z_lo <= z < z_hi and y_lo <= y < y_hi and x_lo <= x < x_hi:
+                    base = (numba.uint64(math.floor(z + 0.5)) * plane + numba.uint64(math.floor(y + 0.5)) * row
+                            + numba.uint64(math.floor(x + 0.5)))
+                    for c in range(channels):
+                        out[c, n] = src[c][base]
+                else:
+                    for c in range(channels):
+                        out[c, n] = pads[c]
+                n += one
 
 
 @_jit
-def field_linear(src, coordinates, out, pads):
-    """``out[c, i, j, k]`` = trilinear ``src[c]`` at ``coordinates[:, i, j, k]`` (box indices)."""
-    for i in range(out.shape[1]):
-        for j in range(out.shape[2]):
-            for k in range(out.shape[3]):
-                _linear_at(src, out, i, j, k, coordinates[0, i, j, k], coordinates[1, i, j, k],
-                           coordinates[2, i, j, k], pads)
+def _field(src, lo, hi, coordinates, out, pads, nearest):
+    for n in range(out.shape[1]):
+        if nearest:
+            _nearest_at(src, lo, hi, out, n, coordinates[0, n], coordinates[1, n], coordinates[2, n], pads)
+        else:
+            _linear_at(src, lo, hi, out, n, coordinates[0, n], coordinates[1, n], coordinates[2, n], pads)
 
 
-@_jit
-def field_nearest(src, coordinates, out, pads):
-    """``out[c, i, j, k]`` = nearest ``src[c]`` at ``coordinates[:, i, j, k]`` (box indices)."""
-    for i in range(out.shape[1]):
-        for j in range(out.shape[2]):
-            for k in range(out.shape[3]):
-                _nearest_at(src, out, i, j, k, coordinates[0, i, j, k], coordinates[1, i, j, k],
-                            coordinates[2, i, j, k], pads)
-
-
-def sample(sources: list[np.ndarray], mapping: np.ndarray, out: np.ndarray, pads: list[float],
-           nearest: bool) -> np.ndarray:
-    """Sample the channels of ``sources`` (C_f x D x H x W boxes, stacked) into ``out``.
+def sample(sources: list[np.ndarray], box: tuple[np.ndarray, np.ndarray], mapping: np.ndarray, out: np.ndarray,
+           pads: list[float], nearest: bool) -> np.ndarray:
+    """Sample every channel of ``sources`` inside ``box`` into ``out``.
 
     Args:
-        sources: The box of each file (views of memory maps welcome), any numeric dtype.
-        mapping: Output index (of ``out``) to box index: a 3 x 4 / 4 x 4 matrix, or a
+        sources: Each file's whole C_f x D x H x W array (memory maps welcome: only the voxels
+            sampled are read), any numeric dtype; their channels are stacked in ``out``.
+        box: (start, stop) voxel indices (D, H, W) of the region the sampling may read;
+            coordinates beyond it by half a voxel or more get the pad value.
+        mapping: Output index (of ``out``) to source index: a 3 x 4 (or 4 x 4) matrix, or a
             3 x d x h x w coordinate field.
-        out: C x d x h x w output (float32 for images, the label dtype for labels).
+        out: C x d x h x w output, C-contiguous (float32 for images, the label dtype for labels).
         pads: Per-channel value outside the box.
         nearest: Nearest neighbour (labels, or as asked) instead of trilinear.
 
     Example:
-        >>> box = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
+        >>> source = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
         >>> out = np.empty((1, 1, 1, 1), np.float32)
-        >>> sample([box], np.array([[1, 0, 0, .5], [0, 1, 0, .5], [0, 0, 1, .5]]), out, [0.0], False)[0, 0, 0, 0]
+        >>> shift = np.array([[1, 0, 0, .5], [0, 1, 0, .5], [0, 0, 1, .5]])
+        >>> float(sample([source], ((0, 0, 0), (2, 2, 2)), shift, out, [0.0], False)[0, 0, 0, 0])
         3.5
     """
     pad_values = np.asarray(pads, dtype=np.float64)
+    shape = np.asarray(out.shape[1:], dtype=np.int64)
+    flat_out = out.reshape(out.shape[0], -1)  # a view: out is C-contiguous
     field = mapping.ndim == 4
-    if field:
-        kernel, mapping = (field_nearest if nearest else field_linear), np.ascontiguousarray(mapping, np.float64)
-    else:
-        kernel, mapping = (affine_nearest if nearest else affine_linear), np.ascontiguousarray(mapping[:3], np.float64)
+    mapping = np.ascontiguousarray(mapping.reshape(3, -1) if field else mapping[:3], dtype=np.float64)
+    height, width = sources[0].shape[2:]
+    lo = np.array([*box[0], height * width, width], dtype=np.int64)
+    hi = np.asarray(box[1], dtype=np.int64)
+    # C_f x voxels views (no copy for memory maps and stacked boxes), in runs of one dtype:
+    # one pass per run, its files sharing the coordinates of each output voxel.
+    flats = [np.ascontiguousarray(source).reshape(source.shape[0], -1) for source in sources]
+    runs = [[flats[0]]]
+    for flat in flats[1:]:
+        if flat.dtype == runs[-1][0].dtype:
+            runs[-1].append(flat)
+        else:
+            runs.append([flat])
     channel = 0
-    for source in sources:
-        count = source.shape[0]
-        kernel(np.asarray(source), mapping, out[channel:channel + count], pad_values[channel:channel + count])
+    for run in runs:
+        count = sum(flat.shape[0] for flat in run)
+        part, part_pads = flat_out[channel:channel + count], pad_values[channel:channel + count]
         channel += count
+        if not field and not nearest:
+            _affine_linear(tuple(run), lo, hi, mapping, part, shape, part_pads)  # one pass for the run
+            continue
+        offset = 0
+        for flat in run:  # labels are one file each, as a rule; elastic fields are dominated by SimpleITK's field
+            size = flat.shape[0]
+            section, section_pads = part[offset:offset + size], part_pads[offset:offset + size]
+            if field:
+                _field(flat, lo, hi, mapping, section, section_pads, nearest)
+            else:
+                _affine_nearest(flat, lo, hi, mapping, section, shape, section_pads)
+            offset += size
     return out
 
 
@@ -184,12 +279,12 @@ def as_crop(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return signs.astype(int), np.rint(offset).astype(int)
 
 
-def crop(sources: list[np.ndarray], signs: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> np.ndarray | None:
-    """``out`` filled by slicing ``sources`` (no interpolation); None when the crop leaves them."""
-    shape = np.array(sources[0].shape[1:])
+def crop(sources: list[np.ndarray], box: tuple[np.ndarray, np.ndarray], signs: np.ndarray, offsets: np.ndarray,
+         out: np.ndarray) -> np.ndarray | None:
+    """``out`` filled by slicing ``sources`` (no interpolation); None when the crop leaves ``box``."""
     size = np.array(out.shape[1:])
     first = offsets + np.where(signs > 0, 0, -(size - 1))  # smallest source index read, per axis
-    if np.any(first < 0) or np.any(first + size > shape):
+    if np.any(first < np.asarray(box[0])) or np.any(first + size > np.asarray(box[1])):
         return None
     region = tuple(slice(int(a), int(a + n)) for a, n in zip(first, size))
     flips = tuple(1 + a for a in range(3) if signs[a] < 0)

@@ -8,6 +8,7 @@ loaded image. Patches read only their box from it, in the stored dtype.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,28 @@ import torch
 import torchio as tio
 from torch.utils.data import get_worker_info
 from torchio.data.io import check_uint_to_int
+
+
+@dataclass
+class Box:
+    """A region of arrays, not read yet: what a resampling engine may read for one patch.
+
+    Attributes:
+        arrays: One C_f x D x H x W array per file (memory maps, or one augmented box).
+        origin: Volume voxel index (D, H, W) of the arrays' first voxel.
+        start: First voxel of the region (volume index).
+        stop: One past its last voxel (volume index).
+    """
+
+    arrays: list[np.ndarray]
+    origin: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+
+    def views(self) -> list[np.ndarray]:
+        """Each file's region as a view of its array (of a memory map: nothing read yet)."""
+        region = (slice(None), *(slice(int(a), int(b)) for a, b in zip(self.start - self.origin, self.stop - self.origin)))
+        return [array[region] for array in self.arrays]
 
 
 class Volume:
@@ -57,10 +80,10 @@ class Volume:
             channel += part.shape[0]
         return out
 
-    def box_views(self, start: Sequence[int], stop: Sequence[int]) -> list[np.ndarray]:
-        """Each file's region (C_f x D x H x W) as a view of its array: of a memory map, nothing read yet."""
-        region = (slice(None), *(slice(int(a), int(b)) for a, b in zip(start, stop)))
-        return [(a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a))[region] for a in self.arrays]
+    def box(self, start: Sequence[int], stop: Sequence[int]) -> Box:
+        """The region from ``start`` to ``stop`` (D, H, W), not read yet."""
+        arrays = [a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in self.arrays]
+        return Box(arrays, np.zeros(3, dtype=int), np.asarray(start, dtype=int), np.asarray(stop, dtype=int))
 
     def patch_dtype(self) -> np.dtype:
         """The dtype of :meth:`crop`'s tensors (unsigned types torch lacks widened, as TorchIO reads them)."""
