@@ -121,16 +121,20 @@ class BatchAugmenter:
             stack = self._pre(samples, group, channels, stack)
             for out, sample in zip(stack, samples):  # the padding repeats the edge as changed (e.g. noise)
                 _edge_pad(out[(slice(None), *(slice(0, n) for n in sample.boxes[first].shape[1:]))], out)
-        coordinates = self._coordinates(matrices.to(self.device), size)  # (d, h, w), each B x D x H x W
+        # Volume indices (d, h, w), each B x D x H x W, then in the box: first voxel `start`, `real` voxels.
+        coordinates = self._coordinates(matrices.to(self.device), size)
+        start = torch.as_tensor(np.stack([s.box_start for s in samples]), dtype=torch.float64).to(self.device)
         real = real.to(self.device)
         inside = None
         for axis, values in enumerate(coordinates):
-            within = (values >= -0.5) & (values < real[:, axis, None, None, None] - 0.5)
+            low = start[:, axis, None, None, None]
+            within = (values >= low - 0.5) & (values < low + real[:, axis, None, None, None] - 0.5)
             inside = within if inside is None else inside.logical_and_(within)
         if nearest:
-            out = _gather_nearest(stack, coordinates, common)
+            out = _gather_nearest(stack, coordinates, start, common)
         else:
-            out = _trilinear(stack.float(), coordinates, common)
+            out = _trilinear(stack.float(), [v - start[:, a, None, None, None] for a, v in enumerate(coordinates)],
+                             common)
         pad = pads.to(device=self.device, dtype=out.dtype)[:, :, None, None, None]
         out = torch.where(inside[:, None], out, pad)
         if not label:
@@ -153,7 +157,7 @@ class BatchAugmenter:
         return op.apply_batch(params, tensor.float(), name)
 
     def _coordinates(self, matrices: torch.Tensor, size: tuple[int, int, int]) -> list[torch.Tensor]:
-        """Box index of every patch voxel, one B x D x H x W float64 tensor per axis (d, h, w).
+        """Volume index of every patch voxel, one B x D x H x W float64 tensor per axis (d, h, w).
 
         Summed in the numba kernel's order, ``((m0 i + m1 j) + m3) + m2 k``, so that points
         exactly half-way between voxels round as they do per patch.
@@ -192,10 +196,14 @@ def _trilinear(stack: torch.Tensor, coordinates: list[torch.Tensor], common: tup
     return F.grid_sample(stack, grid, mode='bilinear', padding_mode='border', align_corners=True)
 
 
-def _gather_nearest(stack: torch.Tensor, coordinates: list[torch.Tensor], common: tuple[int, int, int]) -> torch.Tensor:
-    """Nearest voxel (rounding half up, as ITK) at box indices ``coordinates``, one ``gather``, in the stack's dtype."""
-    # Outside points are clamped here and replaced by the pad value afterwards.
-    d, h, w = ((values + 0.5).floor_().clamp_(0, n - 1).long() for values, n in zip(coordinates, common))
+def _gather_nearest(stack: torch.Tensor, coordinates: list[torch.Tensor], start: torch.Tensor,
+                    common: tuple[int, int, int]) -> torch.Tensor:
+    """Nearest voxel (rounding half up, as ITK) at volume indices ``coordinates`` of boxes starting at
+    ``start`` (B x 3), one ``gather``, in the stack's dtype."""
+    # Rounded in the volume's frame (as the numba kernel); outside points are clamped here and
+    # replaced by the pad value afterwards.
+    d, h, w = ((values + 0.5).floor_().sub_(start[:, a, None, None, None]).clamp_(0, n - 1).long()
+               for a, (values, n) in enumerate(zip(coordinates, common)))
     flat = (d * common[1] + h) * common[2] + w  # B x D x H x W
     b, c = stack.shape[:2]
     values = stack.reshape(b, c, -1).gather(2, flat.reshape(b, 1, -1).expand(b, c, -1))

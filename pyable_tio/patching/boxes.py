@@ -44,7 +44,9 @@ class BoxSample:
         patch: The patch as :func:`pyable_tio.patching.cutting.cut_patch` builds it (affines,
             ``tio.LOCATION``, history, subject fields), each image's data a 1-voxel placeholder.
         boxes: Per image, the C x d x h x w box (the stored dtype; float32 after per-patch steps).
-        maps: Per image, patch voxel index (D, H, W) to box voxel index, 4 x 4 (float64).
+        box_start: The box's first voxel in the volume (D, H, W).
+        maps: Per image, patch voxel index (D, H, W) to volume voxel index, 4 x 4 (float64):
+            the frame the numba kernel evaluates it in, so half-voxel points round alike.
         modes: Per image, ``"linear"`` or ``"nearest"``.
         pads: Per image, the value of each channel where the map leaves the box.
         params: Per batch step, per image name, the step's parameters
@@ -54,6 +56,7 @@ class BoxSample:
 
     patch: tio.Subject
     boxes: dict[str, torch.Tensor]
+    box_start: np.ndarray
     maps: dict[str, np.ndarray]
     modes: dict[str, str]
     pads: dict[str, list[float]]
@@ -68,7 +71,7 @@ class BoxSample:
             boxes[name] = image.data
             maps[name], modes[name], pads[name] = np.eye(4), 'nearest', [0.0] * image.data.shape[0]
             image.set_data(torch.zeros((image.data.shape[0], 1, 1, 1), dtype=image.data.dtype))
-        return cls(patch, boxes, maps, modes, pads, [None] * steps)
+        return cls(patch, boxes, np.zeros(3, dtype=int), maps, modes, pads, [None] * steps)
 
 
 def box_sample(ops: Sequence[PatchOp], batch_ops: Sequence[PatchOp], subject: tio.Subject,
@@ -120,7 +123,7 @@ def box_sample(ops: Sequence[PatchOp], batch_ops: Sequence[PatchOp], subject: ti
         boxes = {name: volume.crop(tuple(box_start), tuple(box_stop)) for name, volume in volumes.items()}
     else:  # the finished patch: its spatial batch steps are only flips (batch_split)
         boxes, box_start = tensors, start
-    from_patch, to_box = _shift(start), _shift(-box_start)
+    from_patch = _shift(start)
     matrices, modes, pads = {}, {}, {}
     for name, volume in volumes.items():
         matrix = maps[name].matrix if maps[name] is not None else np.eye(4)
@@ -128,7 +131,7 @@ def box_sample(ops: Sequence[PatchOp], batch_ops: Sequence[PatchOp], subject: ti
             if name in d.names:
                 flip = d.op.index_map(d, volume, start, size, shape)
                 matrix = matrix if flip is None else matrix @ flip
-        matrices[name] = to_box @ matrix @ from_patch
+        matrices[name] = matrix @ from_patch
         modes[name], pads[name] = _pads(spatial, name, volume, context)
     params = []
     for op, d in zip(batch_ops, drawn):
@@ -141,7 +144,7 @@ def box_sample(ops: Sequence[PatchOp], batch_ops: Sequence[PatchOp], subject: ti
                     for name, volume in volumes.items()}
     patch = cut_patch(subject, volumes, tuple(int(v) for v in start), tuple(int(v) for v in size), shape,
                       placeholders, applied)
-    return BoxSample(patch, boxes, matrices, modes, pads, params)
+    return BoxSample(patch, boxes, np.asarray(box_start, dtype=int), matrices, modes, pads, params)
 
 
 def _shift(offset: np.ndarray) -> np.ndarray:
