@@ -104,6 +104,10 @@ DETERMINISTIC = {
     'flip-gamma': tio.Compose([tio.Flip(axes=(0, 2)), tio.Gamma(0.7)]),
     'gamma-then-affine': tio.Compose([tio.Gamma(0.8), tio.Affine(scales=1.05, degrees=(3, 8, -6), translation=0,
                                                                  default_pad_value='otsu')]),  # gamma on the box
+    'bias-field-then-affine-then-bias-field': tio.Compose([
+        tio.BiasField(coefficients=[0.3, -0.2, 0.1, 0.25, 0.05, -0.15, 0.2, 0.1, -0.1, 0.05], order=2),
+        tio.Affine(scales=1.0, degrees=(0, 0, 12), translation=0),
+        tio.BiasField(coefficients=[0.1, 0.2, -0.3, 0.1], order=1)]),
     'chain': tio.Compose([tio.ZNormalization(), tio.Affine(scales=0.9, degrees=(5, 0, 20), translation=(1, 0, 0),
                                                            default_pad_value='mean'),
                           tio.RescaleIntensity((0, 1)), tio.Clamp(0.1, 0.9), tio.Gamma(1.3), tio.Flip(axes=(1,))]),

@@ -148,15 +148,23 @@ class BatchAugmenter:
     def _pre(self, samples: Sequence[BoxSample], group: list[str], channels: list[int],
              stack: torch.Tensor) -> torch.Tensor:
         parts = list(torch.split(stack.float(), channels, dim=1))
+        starts = [s.box_start for s in samples]
         for j, name in enumerate(group):
             for i in self.pre:
-                parts[j] = self._apply(i, samples, parts[j], name)
+                parts[j] = self._apply(i, samples, parts[j], name, starts)
         return torch.cat(parts, dim=1)
 
-    def _apply(self, index: int, samples: Sequence[BoxSample], tensor: torch.Tensor, name: str) -> torch.Tensor:
+    def _apply(self, index: int, samples: Sequence[BoxSample], tensor: torch.Tensor, name: str,
+               starts: Sequence[Any] | None = None) -> torch.Tensor:
+        """Batch step ``index`` on image ``name``; ``starts``: each region's first voxel in the
+        volume (the boxes'; default the patches')."""
         params = [None if s.params[index] is None else s.params[index].get(name) for s in samples]
         if all(p is None for p in params):
             return tensor
+        if starts is None:
+            starts = [s.patch[tio.LOCATION][:3].tolist() for s in samples]
+        params = [None if p is None else {**p, 'region_start': [int(v) for v in start]}
+                  for p, start in zip(params, starts)]
         op: IntensityOp = self.ops[index]
         return op.apply_batch(params, tensor.float(), name)
 

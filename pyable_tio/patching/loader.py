@@ -34,12 +34,14 @@ def patch_loader(
     box (the patch plus the margin its drawn spatial steps need) from the cache's memory maps
     in the stored dtype, and draw the steps' parameters; the collated boxes go to the device
     (pinned, without blocking, on CUDA) and the steps that run on a batch (affine, flips,
-    gamma, noise, clamp, ``ZNormalization``, ``RescaleIntensity``; ``plan_transform(T,
-    device)`` lists them) run there: all spatial steps of a sample as one sampling grid, one
-    ``grid_sample`` per batch for images (trilinear) and one gather for labels (nearest, dtype
-    kept), then the intensity steps, batched. Other steps run per patch in the workers first.
-    Deterministic steps give the same patches either way; the same seed gives the same
-    batches whatever ``num_workers`` is.
+    gamma, noise, clamp, bias field, ``ZNormalization``, ``RescaleIntensity``;
+    ``plan_transform(T, device)`` lists them) run there: all spatial steps of a sample as one
+    sampling grid, one ``grid_sample`` per batch for images (trilinear) and one gather for
+    labels (nearest, dtype kept), then the intensity steps, batched. Other steps (elastic,
+    blur) run per patch in the workers first. Deterministic steps give the same patches either
+    way; the same seed gives the same batches whatever ``num_workers`` is. On a CPU-only
+    machine ``device=None`` is the faster path (the compiled per-patch kernel);
+    ``device="cpu"`` runs the batch path there, e.g. to test it.
 
     Args:
         source: Anything :func:`pyable_tio.read_manifest` accepts.

@@ -98,9 +98,9 @@ def plan_transform(transform: Callable | None, device: Any = None) -> TransformP
     before them (their statistics are the volume's); everything before it runs per volume.
 
     With a ``device`` (as :func:`pyable_tio.patch_loader` takes it), the longest suffix of
-    the patch steps whose ops run on a batch (affine, flips, gamma, noise, clamp and the
-    statistics-based normalisations) is moved to the collated batch on that device; when some
-    patch steps must stay per patch (elastic, blur, bias field), the batch takes only the
+    the patch steps whose ops run on a batch (affine, flips, gamma, noise, clamp, bias field and
+    the statistics-based normalisations) is moved to the collated batch on that device; when
+    some patch steps must stay per patch (elastic, blur), the batch takes only the
     steps after the last resampling.
 
     Args:

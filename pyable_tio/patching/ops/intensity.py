@@ -52,8 +52,9 @@ class IntensityOp(PatchOp):
         """The step on one image of a collated batch, on the batch's device.
 
         Args:
-            params: Per sample, ``drawn.params`` with :meth:`batch_params` for this image;
-                None where the step did not fire or does not apply to the image.
+            params: Per sample, ``drawn.params`` with :meth:`batch_params` for this image and
+                ``region_start`` (the region's first voxel in the volume, D, H, W); None where
+                the step did not fire or does not apply to the image.
             tensor: The image's B x C x D x H x W float32 batch (may be changed in place).
             name: The image's subject key.
 
@@ -229,6 +230,34 @@ class BiasFieldOp(IntensityOp):
         field = bias_field(context.shape, region_start, tensor.shape[1:], drawn.params['order'],
                            drawn.params['per_image'][name])
         return tensor * torch.as_tensor(1 / field if drawn.params['invert'] else field)
+
+    def batchable(self) -> bool:
+        return True
+
+    def batch_params(self, drawn: Drawn, name: str, context: Any) -> dict[str, Any]:
+        return {'shape': [int(n) for n in context.shape]}
+
+    def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
+        # ``region_start`` (the region's first voxel in the volume) is set per sample by the batch.
+        for b in _fired(params):
+            p = params[b]
+            axes = []
+            for n, start, size in zip(p['shape'], p['region_start'], tensor.shape[2:]):
+                full = torch.arange(int(start), int(start) + size, dtype=torch.float64, device=tensor.device)
+                full = full - n / 2 + 0.5  # bias_field's np.arange(-n / 2, n / 2) + 0.5, at these voxels
+                top = (n - 1) - n / 2 + 0.5
+                axes.append(full / top if top > 0 else full)
+            x, y, z = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+            field = torch.zeros(tensor.shape[2:], dtype=torch.float64, device=tensor.device)
+            coefficients, i = p['per_image'][name], 0
+            for x_order in range(p['order'] + 1):
+                for y_order in range(p['order'] + 1 - x_order):
+                    for z_order in range(p['order'] + 1 - (x_order + y_order)):
+                        field += coefficients[i] * x**x_order * y**y_order * z**z_order
+                        i += 1
+            field = field.exp_().float()
+            tensor[b] *= 1 / field if p['invert'] else field
+        return tensor
 
 
 def bias_field(shape: np.ndarray, start: np.ndarray, size: Sequence[int], order: int,
