@@ -21,6 +21,7 @@ TorchIO and 2.2x MONAI's crop-then-augment recipe (median of 3 runs).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -102,7 +103,7 @@ class PatchQueue(tio.Queue):
         if self.threads and engine == 'numba' and self._patches.reads_lazily() and self._patches.plan.resamples:
             # numba's first call (~0.3 s) overlaps the first reads instead of delaying the first
             # batch. Threads only: a fork while numba holds its lock could hang a worker process.
-            threading.Thread(target=warm_kernels, name='pyable-tio-kernels', daemon=True).start()
+            _warm_in_background()
         super().__init__(
             subjects_dataset, max_length, samples_per_volume, sampler, subject_sampler=subject_sampler,
             num_workers=num_workers, shuffle_subjects=shuffle_subjects, shuffle_patches=shuffle_patches,
@@ -206,6 +207,25 @@ class _InThread:
 
     def shutdown(self, wait: bool = True) -> None:
         """Nothing to stop."""
+
+
+_warming: list[threading.Thread] = []
+
+
+def _warm_in_background() -> None:
+    thread = threading.Thread(target=warm_kernels, name='pyable-tio-kernels', daemon=True)
+    thread.start()
+    _warming.append(thread)
+
+
+def _finish_warming() -> None:
+    """Before a fork: a child must not inherit numba's lock held by a warming thread it lacks."""
+    while _warming:
+        _warming.pop().join()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(before=_finish_warming)
 
 
 def _generator() -> torch.Generator:
