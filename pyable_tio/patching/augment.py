@@ -303,6 +303,11 @@ def _kernels() -> ModuleType:
     return _kernel
 
 
+def warm_kernels() -> None:
+    """Import numba and load (or compile) the kernels for the usual dtypes, ahead of the first patch."""
+    _kernels().warm()
+
+
 def _affine_transform(matrix: np.ndarray) -> sitk.AffineTransform:
     return sitk.AffineTransform(matrix[:3, :3].ravel().tolist(), matrix[:3, 3].tolist())
 

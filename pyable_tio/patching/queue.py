@@ -21,6 +21,8 @@ TorchIO and 2.2x MONAI's crop-then-augment recipe (median of 3 runs).
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
@@ -30,6 +32,7 @@ import torchio as tio
 from torch.utils.data import DataLoader, Sampler
 
 from ..constants import PATCH_ENGINE_DEFAULT
+from .augment import warm_kernels
 from .cutting import SubjectPatches, cut_patch
 from .split import TransformPlan
 from .volume import Volume
@@ -97,6 +100,10 @@ class PatchQueue(tio.Queue):
         self._patches = SubjectPatches(subjects_dataset, sampler, samples_per_volume, plan, engine)
         self.threads = self._patches.reads_lazily() if threads is None else threads
         self._loader = self._executor = None
+        if self.threads and engine == 'numba' and self._patches.reads_lazily() and self._patches.plan.resamples:
+            # numba's first call (~0.3 s) overlaps the first reads instead of delaying the first
+            # batch. Threads only: a fork while numba holds its lock could hang a worker process.
+            _warm_in_background()
         super().__init__(
             subjects_dataset, max_length, samples_per_volume, sampler, subject_sampler=subject_sampler,
             num_workers=num_workers, shuffle_subjects=shuffle_subjects, shuffle_patches=shuffle_patches,
@@ -202,6 +209,25 @@ class _InThread:
 
     def shutdown(self, wait: bool = True) -> None:
         """Nothing to stop."""
+
+
+_warming: list[threading.Thread] = []
+
+
+def _warm_in_background() -> None:
+    thread = threading.Thread(target=warm_kernels, name='pyable-tio-kernels', daemon=True)
+    thread.start()
+    _warming.append(thread)
+
+
+def _finish_warming() -> None:
+    """Before a fork: a child must not inherit numba's lock held by a warming thread it lacks."""
+    while _warming:
+        _warming.pop().join()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(before=_finish_warming)
 
 
 def _generator() -> torch.Generator:

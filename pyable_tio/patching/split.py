@@ -68,6 +68,11 @@ class TransformPlan:
         return self.patch_ops[len(self.patch_ops) - len(self.batch_steps):]
 
     @property
+    def resamples(self) -> bool:
+        """True when a per-patch step moves voxels (the engines resample)."""
+        return any(op.kind == SPATIAL for op in self.patch_ops)
+
+    @property
     def per_patch(self) -> bool:
         """True when there are steps and every one runs per patch."""
         return not self.volume_steps and bool(self.patch_steps)

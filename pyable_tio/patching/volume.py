@@ -50,6 +50,7 @@ class Volume:
         self.shape = tuple(int(n) for n in arrays[0].shape[1:])
         self.channels = sum(int(array.shape[0]) for array in arrays)
         self.statistics: dict[str, Any] = {}  # whole-volume statistics of a loaded volume (patching.augment)
+        self._contiguous: list[np.ndarray] | None = None
 
     @classmethod
     def of(cls, image: tio.Image) -> Volume:
@@ -82,7 +83,12 @@ class Volume:
 
     def box(self, start: Sequence[int], stop: Sequence[int]) -> Box:
         """The region from ``start`` to ``stop`` (D, H, W), not read yet."""
-        arrays = [a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in self.arrays]
+        if self._contiguous is None:
+            # The engines index the arrays flat: memory maps are contiguous already; a loaded,
+            # transformed tensor may not be, and is then copied once per volume, not per patch.
+            self._contiguous = [np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else a)
+                                for a in self.arrays]
+        arrays = self._contiguous
         return Box(arrays, np.zeros(3, dtype=int), np.asarray(start, dtype=int), np.asarray(stop, dtype=int))
 
     def patch_dtype(self) -> np.dtype:
