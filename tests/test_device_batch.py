@@ -275,3 +275,21 @@ def test_per_patch_queue_gives_the_same_shuffled_patches_whatever_num_workers(ma
     assert len(runs[0]) == len(runs[1]) == 3
     for ours, reference in zip(runs[1], runs[0]):
         assert torch.equal(ours, reference)
+
+
+def test_random_steps_drawn_alike_give_the_same_batches_with_or_without_a_device(manifest):
+    """Without noise (drawn per voxel), the same seed draws the same locations and parameters on
+    both paths: device=None and device='cpu' give the same batches, end to end."""
+    transform = tio.Compose([tio.RandomAffine(degrees=15, scales=0.15, translation=2), tio.RandomFlip(axes=(0, 1, 2)),
+                             tio.RandomGamma(), tio.RandomBiasField(coefficients=0.3)])
+    runs = {}
+    for device in (None, 'cpu'):
+        torch.manual_seed(5)
+        runs[device] = list(pt.patch_loader(manifest, patch_size=PATCH, samples_per_volume=3, batch_size=3,
+                                            transform=transform, num_workers=1, device=device))
+    assert len(runs[None]) == len(runs['cpu']) == 2
+    for ours, reference in zip(runs['cpu'], runs[None]):
+        assert torch.equal(ours[tio.LOCATION], reference[tio.LOCATION])
+        image, expected = ours['images'][tio.DATA], reference['images'][tio.DATA]
+        np.testing.assert_allclose(image.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+        assert torch.equal(ours['labelmap_0'][tio.DATA], reference['labelmap_0'][tio.DATA])
