@@ -134,8 +134,8 @@ class BatchAugmenter:
             low = start[:, axis, None, None, None]
             within = (values >= low - 0.5) & (values < low + real[:, axis, None, None, None] - 0.5)
             inside = within if inside is None else inside.logical_and_(within)
-        if nearest:
-            out = _gather_nearest(stack, coordinates, start, common)
+        if nearest:  # images come out float32 (their pad values too), labels in their dtype
+            out = _gather_nearest(stack if label else stack.float(), coordinates, start, common)
         else:
             out = _trilinear(stack.float(), [v - start[:, a, None, None, None] for a, v in enumerate(coordinates)],
                              common)
