@@ -22,7 +22,8 @@ import torch
 import torchio as tio
 
 import pyable_tio as pt
-from pyable_tio import synthetic, volume_stats
+from pyable_tio import synthetic
+from pyable_tio.patching import stats as volume_stats
 from pyable_tio.cache import digest as hashing
 from pyable_tio.cli import main as cli
 from pyable_tio.io import backend
