@@ -83,12 +83,15 @@ def _still_unremovable(array_path: Path, sidecar_path: Path) -> bool:
 
 
 class VolumeCache(CacheUpkeep, BlobStore):
-    """Disk cache of resampled volumes for :class:`pyable_tio.GridReader`.
+    """Content-addressed disk store of arrays (resampled volumes, preprocessed volumes,
+    statistics) and small files, the bottom layer under :class:`~pyable_tio.reader.GridReader`.
 
-    The key of an entry covers the source file's content (SHA-256, remembered per
-    size+mtime+ctime+inode and re-validated on every call), the reference grid, the
-    transforms' contents, role, interpolator, dtype, default value, the backend and
-    :data:`~pyable_tio.constants.CACHE_FORMAT_VERSION`; changing any of them misses. Hits
+    It knows keys, bytes, files, locks, checksums and eviction, never plans or readers: the
+    owner of an entry builds its key's inputs (a volume's cover the source file's content, the
+    grid, the transforms' contents, role, interpolator, dtype, default value, the backend and
+    :data:`~pyable_tio.constants.CACHE_FORMAT_VERSION`, see
+    :meth:`~pyable_tio.plan.PlanEntry.cache_inputs`), and :meth:`compute_once` stores a result
+    only when the files it was read from kept their identity meanwhile. Hits
     are returned memory-mapped copy-on-write (``np.load(mmap_mode='c')``): writable for
     ``torch.from_numpy``, nothing read before it is used, and edits never reach the file.
 
