@@ -88,7 +88,9 @@ def queue_from_manifest(
             (``label_name`` is the probability map), or any ``tio.data.PatchSampler``.
         label_name: Subject key of the label map or ROI for the label/weighted samplers;
             defaults to the first label map, else the first ROI.
-        num_workers: Worker processes loading subjects.
+        num_workers: Workers loading subjects and cutting patches. They are the queue's:
+            read the queue with ``tio.SubjectsLoader(queue, batch_size=..., num_workers=0)``
+            (a loader with workers over the queue raises ``RuntimeError``).
         transform: TorchIO transform applied to each subject before sampling, followed by
             :class:`pyable_tio.transforms.ToZYX` so patches are always Z,Y,X (D, H, W).
         shuffle_subjects: Shuffle the subjects each epoch (ignored with ``subject_sampler``,
