@@ -63,7 +63,8 @@ GRID_TOLERANCE = 1e-5
 CACHE_FORMAT_VERSION = 1
 #: Version of what a cache key means; bump when the same inputs give another volume.
 #: 2: transform lists compose as ``CompositeTransform(list)`` (the seed's order), not reversed.
-CACHE_KEY_VERSION = 2
+#: 3: float ROIs/label maps holding whole numbers come out as the smallest integer type.
+CACHE_KEY_VERSION = 3
 #: File names inside a cache folder: ``<key[:2]>/<key>.npy`` + ``<key>.json``; temporaries
 #: end in ``.tmp``; source-file digests live in ``sources/``.
 CACHE_ARRAY_SUFFIX = '.npy'
@@ -133,3 +134,22 @@ PREPROCESS_LOCKS_FOLDER = 'preprocess-locks'
 #: Exit codes of the ``pyable-tio`` command: success, problems found, bad command line,
 #: interrupted (Ctrl-C), terminated (SIGTERM).
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+#: Label maps and ROIs off their image (wrong header, another subject's file, outside the field
+#: of view). Fields of view: the share of the smaller of the two (the file's, the reference
+#: grid's) inside the other; below this the file is refused when subjects are planned (headers
+#: only). Relative to the smaller one, so that a slab reference inside a whole-head label map,
+#: or a small ROI file inside the image, passes.
+LABEL_EXTENT_MIN_OVERLAP = 0.5
+#: Share of a label map's foreground (non-zero voxels) falling outside the reference grid,
+#: measured when its voxels are read (``validate``, the reader): above the first a warning
+#: (a validate note; a slab reference may crop a whole-brain label map on purpose), above the
+#: second an error (the map would come out (almost) empty and teach "background").
+LABEL_FOREGROUND_LOST_WARN = 0.5
+LABEL_FOREGROUND_LOST_ERROR = 0.95
+#: Foreground voxels looked at for that share (an evenly strided sample beyond this).
+LABEL_FOREGROUND_SAMPLES = 200_000
+#: More distinct values than this in a label map is implausible (a uint8 probability map has
+#: up to 256; FreeSurfer's aparc.a2009s+aseg, among the largest common atlases, about 190):
+#: a warning (:class:`pyable_tio.errors.LabelValuesWarning`) and a validate note.
+LABEL_MAX_DISTINCT_VALUES = 200

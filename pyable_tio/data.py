@@ -14,6 +14,7 @@ from .plan import reference_grid
 from .manifest import ManifestSource, parse_manifest
 from .patch_plan import log_fallback, plan_transform
 from .patches import PatchQueue
+from .samplers import LabelSampler, WeightedSampler
 from .subjects import subjects_from_manifest
 from .transforms.layout import with_layout_guard
 from .transforms.adapter import CallableTransform
@@ -272,9 +273,10 @@ def make_sampler(
         label_name = preferred[0]
     if label_name not in subject:
         raise ValueError(f'label_name "{label_name}" is not a subject key; keys are {sorted(label_maps)}')
+    # Subclasses whose "empty probability map" error names the subject and the file.
     if sampler == 'label':
-        return tio.LabelSampler(patch_size, label_name=label_name)
-    return tio.WeightedSampler(patch_size, probability_map=label_name)
+        return LabelSampler(patch_size, label_name=label_name)
+    return WeightedSampler(patch_size, probability_map=label_name)
 
 
 def _patch_size(patch_size: int | Sequence[int]) -> tuple[int, int, int]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import registration
+from . import label_checks, registration
 from .alignment import Alignment, align_subject
 from .constants import (
     ALIGN_MODES,
@@ -273,11 +273,22 @@ def plan_subject(
                 f' {chosen.grid.dimension}-D reference ({chosen.used})'
             )
             problems.append(describe(record.id, f'field "{name}": file {path}', problem))
+        elif name != 'images' and not (record.transforms or _entry_transforms(record, name, path)):
+            # Headers only: a label map off its image (identity affine, another field of view),
+            # against the subject's images (a reference_space may crop them all on purpose).
+            # With transforms the file is moved before resampling: its own space may differ.
+            problem = label_checks.extent_problem(header.grid, [h.grid for h in image_headers])
+            if problem is not None:
+                problems.append(describe(record.id, f'field "{name}": file {path}', problem))
     if problems:
         raise ManifestError.from_problems(problems)
     channels = sum(h.components for h in image_headers)
     in_order = tuple(headers[(name, entry.path)] for name, entry in record.entries())
     return CheckedSubject(record, chosen, channels, headers=in_order)
+
+
+def _entry_transforms(record: SubjectRecord, name: str, path: Path) -> tuple:
+    return next((e.transforms for e in getattr(record, name) if e.path == path), ())
 
 
 def batch_problems(plans: Sequence[CheckedSubject], options: PlanOptions) -> list[str]:
