@@ -28,7 +28,7 @@ from torchio.data.sampler.uniform import UniformSampler
 from torchio.data.sampler.weighted import WeightedSampler
 
 from .constants import ID
-from .label_checks import EMPTY_MAP_ERROR, empty_map_message
+from .checking.labels import EMPTY_MAP_ERROR, empty_map_message
 from .patch_augment import augment_patch
 from .patch_plan import TransformPlan, plan_transform
 from .plan import plan_of

@@ -12,9 +12,10 @@ import torch
 import torchio as tio
 
 import pyable_tio as pt
-from pyable_tio import cli, synthetic
-from pyable_tio.errors import LabelValuesWarning, ManifestError
-from pyable_tio.validation import validate
+from pyable_tio import synthetic
+from pyable_tio.cli import main as cli
+from pyable_tio.errors import LabelValuesWarning, LoadError, ManifestError
+from pyable_tio.checking.validate import validate
 
 SIZE = (24, 20, 16)  # x, y, z
 ORIGIN = (-12.0, -10.0, -8.0)  # the image's centre at the origin, as in MNI space
@@ -70,7 +71,7 @@ def test_label_map_whose_foreground_falls_outside_is_reported_with_how_much(tmp_
     assert cli.main(['validate', str(manifest)]) == 1
     assert '100% of its foreground' in capsys.readouterr().err
     subject = pt.subjects_from_manifest(manifest)[0]
-    with pytest.raises(pt.errors.LoadError, match='sub-01.*labelmaps.*100% of its foreground'):
+    with pytest.raises(LoadError, match='sub-01.*labelmaps.*100% of its foreground'):
         subject.load()
 
 

@@ -14,7 +14,7 @@ from .plan import reference_grid
 from .manifest import ManifestSource, parse_manifest
 from .patch_plan import log_fallback, plan_transform
 from .patches import PatchQueue
-from .samplers import LabelSampler, WeightedSampler
+from .datasets.samplers import LabelSampler, WeightedSampler
 from .subjects import subjects_from_manifest
 from .transforms.layout import with_layout_guard
 from .transforms.adapter import CallableTransform

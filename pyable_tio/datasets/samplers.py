@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torchio as tio
 
-from .label_checks import EMPTY_MAP_ERROR, empty_map_message
+from ..checking.labels import EMPTY_MAP_ERROR, empty_map_message
 
 
 def _named(sampler: tio.WeightedSampler, probability_map: torch.Tensor, subject: tio.Subject, process) -> np.ndarray:

@@ -13,7 +13,7 @@ probability map listed as a label map), and :func:`as_integer_labels` gives floa
 holding whole numbers an integer pixel type. Thresholds are in :mod:`pyable_tio.constants`.
 
 Example:
-    >>> from pyable_tio.geometry import Grid
+    >>> from pyable_tio.geometry.grid import Grid
     >>> grid = Grid((10, 10, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     >>> extent_overlap(grid, Grid((10, 10, 10), (1.0, 1.0, 1.0), (5.0, 0.0, 0.0), grid.direction))
     0.5
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .constants import (
+from ..constants import (
     ID,
     LABEL_EXTENT_MIN_OVERLAP,
     LABEL_FOREGROUND_LOST_ERROR,
@@ -35,8 +35,8 @@ from .constants import (
     LABEL_FOREGROUND_SAMPLES,
     LABEL_MAX_DISTINCT_VALUES,
 )
-from .errors import describe
-from .geometry import Grid
+from ..errors import describe
+from ..geometry.grid import Grid
 
 #: Lattice points per axis sampling a field of view (16^3 = 4096 points: overlap to ~1/16).
 _EXTENT_SAMPLES = 16
