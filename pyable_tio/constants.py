@@ -153,3 +153,7 @@ LABEL_FOREGROUND_SAMPLES = 200_000
 #: up to 256; FreeSurfer's aparc.a2009s+aseg, among the largest common atlases, about 190):
 #: a warning (:class:`pyable_tio.errors.LabelValuesWarning`) and a validate note.
 LABEL_MAX_DISTINCT_VALUES = 200
+#: DICOM series: slice positions (along the slice normal) more than this share of the usual
+#: distance away from evenly spaced are refused (a missing or extra slice): ITK would stack the
+#: slices evenly at the average distance, misplacing them.
+DICOM_SLICE_GAP_TOLERANCE = 0.1
