@@ -165,12 +165,13 @@ class SubjectPlan:
             'source_paths': self.source_paths(),
             'reference_used': self.reference_used,
             'transforms_applied': list(self.transforms_applied),
-            # '' for an unnamed file: None would break PyTorch's default_collate.
-            'names': {name: names for name, names in self._by_field(lambda e: e.name).items() if any(names)},
+            # '' for an unnamed file: None would break PyTorch's default_collate. Every field
+            # always (so does 'preprocessing'): a batch's collate needs the same keys in every subject.
+            'names': self._by_field(lambda e: e.name),
         }
-        steps = dict(zip(self.source_paths()[FIELD_IMAGES], self._by_field(_step_names)[FIELD_IMAGES]))
-        if any(steps.values()):
-            meta['preprocessing'] = steps
+        # Per image, in meta['source_paths']['images'] order ([] without steps): keyed by
+        # position, not path, and in every subject, so that subjects with and without collate.
+        meta['preprocessing'] = self._by_field(_step_names)[FIELD_IMAGES]
         return meta
 
     def _by_field(self, value: Callable[[PlanEntry], Any]) -> dict[str, list[Any]]:

@@ -33,7 +33,9 @@ from ..manifest import Manifest, SubjectRecord
 from .headers import SPELLING_PYTHON, CheckedSubject, PlanOptions, batch_problems, plan_source
 from ..geometry.reference import ReferenceSelector, ReferenceSpace
 from ..subjects import _FIELD_ROLE
+from ..plan import make_plan
 from . import labels as label_checks
+from .batch import collate_problems
 
 
 @dataclass
@@ -127,9 +129,13 @@ def validate(
         report.problems.extend(problems)
         if not problems:
             _summarise(report, plan)
+    # What TorchIO's collate compares (meta, extra fields), from the plans subjects are built from.
+    collated = collate_problems([make_plan(plan, steps=options.preprocess) for plan in plans])
+    if missing != MISSING_KEEP:
+        report.problems.extend(collated)
     if missing == MISSING_KEEP and len(plans) > 1:
         batch = replace(options, missing='error')
-        if batch_problems(plans, batch):
+        if batch_problems(plans, batch) or collated:
             report.notes.append(
                 'subjects differ in images, ROIs, label maps or brain masks: fine for subjects and'
                 ' datasets (batch size 1), refused by a patch queue or a batched loader (check with'
