@@ -157,3 +157,7 @@ LABEL_MAX_DISTINCT_VALUES = 200
 #: distance away from evenly spaced are refused (a missing or extra slice): ITK would stack the
 #: slices evenly at the average distance, misplacing them.
 DICOM_SLICE_GAP_TOLERANCE = 0.1
+#: Attribute by which a seed-style callable declares that it changes label values on purpose
+#: (relabelling, merging classes): its new values pass the "labels must not be interpolated"
+#: check (``pyable_tio.transforms.changes_labels`` sets it).
+CHANGES_LABELS_ATTRIBUTE = 'changes_labels'

@@ -33,6 +33,7 @@ class LabelSampler(tio.LabelSampler):
     """
 
     def process_probability_map(self, probability_map: torch.Tensor, subject: tio.Subject) -> np.ndarray:
+        """TorchIO's, with an empty map's error naming the subject, the map and its file."""
         return _named(self, probability_map, subject, super().process_probability_map)
 
 
@@ -45,4 +46,5 @@ class WeightedSampler(tio.WeightedSampler):
     """
 
     def process_probability_map(self, probability_map: torch.Tensor, subject: tio.Subject) -> np.ndarray:
+        """TorchIO's, with an empty map's error naming the subject, the map and its file."""
         return _named(self, probability_map, subject, super().process_probability_map)
