@@ -147,12 +147,15 @@ LABEL_EXTENT_MIN_OVERLAP = 0.5
 #: second an error (the map would come out (almost) empty and teach "background").
 LABEL_FOREGROUND_LOST_WARN = 0.5
 LABEL_FOREGROUND_LOST_ERROR = 0.95
-#: Foreground voxels looked at for that share (an evenly strided sample beyond this).
-LABEL_FOREGROUND_SAMPLES = 200_000
+#: Foreground voxels looked at for that share (an evenly strided sample beyond this: the share
+#: is then known to about 1 %, plenty for thresholds of 50 % and 95 %).
+LABEL_FOREGROUND_SAMPLES = 20_000
 #: More distinct values than this in a label map is implausible (a uint8 probability map has
 #: up to 256; FreeSurfer's aparc.a2009s+aseg, among the largest common atlases, about 190):
 #: a warning (:class:`pyable_tio.errors.LabelValuesWarning`) and a validate note.
 LABEL_MAX_DISTINCT_VALUES = 200
+#: Voxels looked at (evenly strided) to count a label map's distinct values when it is read.
+LABEL_VALUES_SAMPLES = 2_000_000
 #: DICOM series: slice positions (along the slice normal) more than this share of the usual
 #: distance away from evenly spaced are refused (a missing or extra slice): ITK would stack the
 #: slices evenly at the average distance, misplacing them.

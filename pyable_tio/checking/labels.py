@@ -34,6 +34,7 @@ from ..constants import (
     LABEL_FOREGROUND_LOST_WARN,
     LABEL_FOREGROUND_SAMPLES,
     LABEL_MAX_DISTINCT_VALUES,
+    LABEL_VALUES_SAMPLES,
 )
 from ..errors import describe
 from ..geometry.grid import Grid
@@ -45,11 +46,17 @@ _INTEGER_TYPES = ((np.uint8, sitk.sitkUInt8), (np.int16, sitk.sitkInt16), (np.in
 _FLOAT_TYPES = frozenset({sitk.sitkFloat32, sitk.sitkFloat64})
 
 
-def _inside(points: np.ndarray, grid: Grid) -> np.ndarray:
-    """Which LPS points (N x dim) fall in ``grid``'s field of view (voxel edges included)."""
-    matrix = grid.direction_matrix * np.asarray(grid.spacing)
-    index = np.linalg.solve(matrix, (points - np.asarray(grid.origin)).T).T
-    return np.all((index >= -0.5) & (index <= np.asarray(grid.size) - 0.5), axis=1)
+def _inside(index: np.ndarray, source: Grid, grid: Grid) -> np.ndarray:
+    """Which continuous x,y,z indices of ``source`` (N x dim) fall in ``grid``'s field of view."""
+    to_world = source.direction_matrix * np.asarray(source.spacing)
+    to_grid = np.linalg.inv(grid.direction_matrix * np.asarray(grid.spacing))
+    matrix = to_grid @ to_world  # source index -> grid index, one small affine
+    offset = to_grid @ (np.asarray(source.origin) - np.asarray(grid.origin))
+    inside = np.ones(len(index), bool)
+    for axis in range(grid.dimension):  # column by column: no BLAS call on a tall, thin matrix
+        coordinate = offset[axis] + sum(matrix[axis, k] * index[:, k] for k in range(source.dimension))
+        inside &= (coordinate >= -0.5) & (coordinate <= grid.size[axis] - 0.5)
+    return inside
 
 
 def _volume(grid: Grid) -> float:
@@ -71,8 +78,7 @@ def extent_overlap(source: Grid, reference: Grid) -> float:
         return 1.0  # a dimension mismatch has its own message
     axes = [(np.arange(_EXTENT_SAMPLES) + 0.5) / _EXTENT_SAMPLES * n - 0.5 for n in source.size]
     index = np.stack(np.meshgrid(*axes, indexing='ij'), axis=-1).reshape(-1, source.dimension)
-    points = index * np.asarray(source.spacing) @ source.direction_matrix.T + np.asarray(source.origin)
-    shared = float(_inside(points, reference).mean()) * _volume(source)
+    shared = float(_inside(index, source, reference).mean()) * _volume(source)
     return round(min(1.0, shared / min(_volume(source), _volume(reference))), 4)
 
 
@@ -109,14 +115,25 @@ def foreground_lost(image: sitk.Image, reference: Grid) -> tuple[float, int]:
     view = sitk.GetArrayViewFromImage(image)
     if image.GetNumberOfComponentsPerPixel() > 1:
         view = view.any(axis=-1)
-    flat = np.flatnonzero(view)
-    if flat.size == 0:
-        return 0.0, 0
-    sample = flat[:: max(1, flat.size // LABEL_FOREGROUND_SAMPLES)]
-    index_xyz = np.stack(np.unravel_index(sample, view.shape)[::-1], axis=1).astype(float)
+    count = int(np.count_nonzero(view))
     source = Grid.from_image(image)
-    points = index_xyz * np.asarray(source.spacing) @ source.direction_matrix.T + np.asarray(source.origin)
-    return 1.0 - float(_inside(points, reference).mean()), int(flat.size)
+    if count == 0 or source.matches(reference):
+        return 0.0, count
+    # Every step-th voxel, step a prime (no aliasing with the row and slice lengths): about
+    # LABEL_FOREGROUND_SAMPLES foreground voxels without listing them all.
+    step = _prime_at_least(count // LABEL_FOREGROUND_SAMPLES) if count > LABEL_FOREGROUND_SAMPLES else 1
+    sample = np.flatnonzero(view.reshape(-1)[::step]) * step
+    if sample.size == 0:
+        sample = np.flatnonzero(view)
+    index_xyz = np.stack(np.unravel_index(sample, view.shape)[::-1], axis=1).astype(float)
+    return 1.0 - float(_inside(index_xyz, source, reference).mean()), count
+
+
+def _prime_at_least(n: int) -> int:
+    n = max(n, 2)
+    while any(n % k == 0 for k in range(2, int(n ** 0.5) + 1)):
+        n += 1
+    return n
 
 
 def foreground_problem(image: sitk.Image, reference: Grid) -> tuple[str | None, str]:
@@ -143,17 +160,20 @@ def foreground_problem(image: sitk.Image, reference: Grid) -> tuple[str | None, 
 
 
 def distinct_values(image: sitk.Image) -> int:
-    """Number of distinct voxel values (a strided sample for pixel types wider than 16 bits).
+    """Number of distinct voxel values, among at most ``LABEL_VALUES_SAMPLES`` evenly strided voxels.
 
     Example:
         >>> distinct_values(sitk.GetImageFromArray(np.arange(6, dtype=np.uint8).reshape(2, 3)))
         6
     """
-    view = sitk.GetArrayViewFromImage(image).ravel()
+    view = sitk.GetArrayViewFromImage(image).reshape(-1)
+    view = view[:: max(1, view.size // LABEL_VALUES_SAMPLES)]
     if view.dtype.kind in 'ui' and view.dtype.itemsize <= 2:
-        offset = -int(np.iinfo(view.dtype).min)
-        return int(np.count_nonzero(np.bincount(view.astype(np.int64) + offset)))
-    return int(np.unique(view[:: max(1, view.size // 4_000_000)]).size)
+        # A table of every possible value: no sort (the bits as unsigned: as many distinct values).
+        seen = np.zeros(256 ** view.dtype.itemsize, bool)
+        seen[view.view(f'u{view.dtype.itemsize}')] = True
+        return int(np.count_nonzero(seen))
+    return int(np.unique(view).size)
 
 
 def values_problem(image: sitk.Image) -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from ..constants import DICOM_SLICE_GAP_TOLERANCE
 #: Separates the folder from the SeriesInstanceUID in a series locator (``folder#UID``).
 SERIES_SEPARATOR = '#'
 _DESCRIPTION_TAG = '0008|103e'
+_POSITION_TAG = '0020|0032'  # ImagePositionPatient
 
 
 class SeriesError(ValueError, RuntimeError):
@@ -214,19 +216,22 @@ def read_series(path: str | os.PathLike) -> sitk.Image:
         RuntimeError: If SimpleITK cannot read the files.
     """
     files = series_files(path)
-    check_spacing(path, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
-    return reader.Execute()
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's position, read with its voxels
+    image = reader.Execute()
+    check_spacing(path, files, _positions_of(reader, image, len(files)))
+    return image
 
 
-def check_spacing(path: str | os.PathLike, files: tuple[str, ...]) -> None:
+def check_spacing(path: str | os.PathLike, files: tuple[str, ...], positions: Sequence[float] | None = None) -> None:
     """Refuse a series whose slices are not evenly spaced along their normal (a missing slice).
 
     ITK's series reader stacks the slices at the average distance between the first and the
     last (it only logs "missing slices"): with one slice missing of 189 at 1.5 mm, it gives
-    1.508 mm and puts slices up to 0.75 mm off. Each file's header is read once (remembered
-    while the folder's files do not change).
+    1.508 mm and puts slices up to 0.75 mm off. ``positions`` (mm along the slice normal, in
+    ``files`` order) are read from each file's header when not given (remembered while the
+    folder's files do not change: about 0.2 s for 189 slices).
 
     Raises:
         SeriesError: naming the series, the gap, the slices around it and the fix.
@@ -236,8 +241,9 @@ def check_spacing(path: str | os.PathLike, files: tuple[str, ...]) -> None:
     """
     if len(files) < 3:
         return
-    folder = os.path.dirname(files[0])
-    positions = np.asarray(_slice_positions(tuple(files), _listing(folder)))
+    if positions is None:
+        positions = _slice_positions(tuple(files), _listing(os.path.dirname(files[0])))
+    positions = np.asarray(positions, dtype=float)
     steps = np.diff(positions)
     usual = float(np.median(np.abs(steps)))
     if usual == 0:
@@ -312,6 +318,25 @@ def _listing(folder: str) -> tuple[tuple[str, int, int], ...]:
         return tuple(sorted(
             (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in entries if entry.is_file()
         ))
+
+
+def _positions_of(reader: sitk.ImageSeriesReader, image: sitk.Image, count: int) -> list[float] | None:
+    """Each slice's ImagePositionPatient along the volume's slice normal, or None when a slice lacks it."""
+    if image.GetDimension() != 3:
+        return None
+    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    positions = []
+    for i in range(count):
+        if not reader.HasMetaDataKey(i, _POSITION_TAG):
+            return None
+        try:
+            point = [float(v) for v in reader.GetMetaData(i, _POSITION_TAG).split('\\')]
+        except ValueError:
+            return None
+        if len(point) != 3:
+            return None
+        positions.append(float(normal @ np.asarray(point)))
+    return positions
 
 
 @functools.lru_cache(maxsize=256)
