@@ -165,9 +165,14 @@ class SubjectPlan:
             'source_paths': self.source_paths(),
             'reference_used': self.reference_used,
             'transforms_applied': list(self.transforms_applied),
-            # '' for an unnamed file: None would break PyTorch's default_collate. Every field
-            # always (so does 'preprocessing'): a batch's collate needs the same keys in every subject.
-            'names': self._by_field(lambda e: e.name),
+            # An unnamed file among named ones is named by its place (image_0, roi_1...), as the
+            # subject keys are; '' when none is named (None would break PyTorch's default_collate).
+            # Every field always (so is 'preprocessing'): a batch's collate needs the same keys in
+            # every subject.
+            'names': {
+                name: [n or (f'{FIELD_ROLES[name]}_{i}' if any(names) else '') for i, n in enumerate(names)]
+                for name, names in self._by_field(lambda e: e.name).items()
+            },
         }
         # Per image, in meta['source_paths']['images'] order ([] without steps): keyed by
         # position, not path, and in every subject, so that subjects with and without collate.
