@@ -2,7 +2,10 @@
 
 Every file is then read completely (``check_data=True``): truncated or damaged files,
 non-finite voxels and ROIs/label maps holding non-integer values are reported, naming subject
-and file (:func:`pyable_tio.io.integrity.check_file`).
+and file (:func:`pyable_tio.io.integrity.check_file`), and so are ROIs/label maps whose
+foreground falls outside the reference grid or that hold implausibly many values
+(:mod:`pyable_tio.checking.labels`). With ``missing="error"``/``"empty"`` subjects must also
+collate into one batch (:mod:`pyable_tio.checking.batch`).
 
 ``pyable-tio validate`` prints what :func:`validate` returns; use it from Python to gate a
 training job on a manifest.
@@ -19,9 +22,8 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from ..constants import DEFAULT_NONFINITE, MISSING_KEEP, REFERENCE_FIRST
 from ..errors import ManifestError, describe
@@ -29,7 +31,7 @@ from ..geometry.grid import Grid
 from ..io import backend
 from ..io.backend import ROLE_IMAGE, ROLE_LABELMAP
 from ..io.integrity import FileCheck, check_file, check_nonfinite_mode
-from ..manifest import Manifest, SubjectRecord
+from ..manifest import Manifest
 from .headers import SPELLING_PYTHON, CheckedSubject, PlanOptions, batch_problems, plan_source
 from ..geometry.reference import ReferenceSelector, ReferenceSpace
 from ..subjects import _FIELD_ROLE
