@@ -58,3 +58,11 @@ def test_missing_slice_is_refused_naming_folder_and_gap(series, capsys):
         pt.subjects_from_manifest(manifest)
     assert cli.main(['validate', str(manifest)]) == 1
     assert 'a gap of 3 mm' in capsys.readouterr().err
+
+
+def test_data_check_reports_the_gap_whole(series):
+    from pyable_tio.io.integrity import check_file
+
+    problems = check_file(series / 'gap').problems
+    assert len(problems) == 1 and problems[0].startswith(f'DICOM series {series / "gap"}: slices are not evenly')
+    assert check_file(series / 'complete').problems == []
