@@ -127,3 +127,24 @@ def test_float_label_maps_come_out_as_integers_like_integer_ones(tmp_path):
     assert torch.equal(a, b)
     cached = pt.subjects_from_manifest(floating, cache_dir=tmp_path / 'cache')[0]['labelmap_0'].data
     assert cached.dtype == torch.uint8
+
+
+def test_identity_affine_label_map_of_an_mni_image_is_refused(tmp_path):
+    """The issue's case: a T1 in MNI space (RAS, centred) and its label map saved with np.eye(4)."""
+    import nibabel as nib
+
+    shape = (48, 56, 48)  # 4 mm MNI152-like field of view
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = (-96.0, -132.0, -78.0)
+    t1 = np.random.RandomState(0).rand(*shape).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    labels[12:36, 14:42, 12:36] = 1
+    nib.save(nib.Nifti1Image(t1, affine), str(tmp_path / 't1.nii.gz'))
+    nib.save(nib.Nifti1Image(labels, affine), str(tmp_path / 'good.nii.gz'))
+    nib.save(nib.Nifti1Image(labels, np.diag([4.0, 4.0, 4.0, 1.0])), str(tmp_path / 'identity.nii.gz'))
+    manifest = {name: {'images': [str(tmp_path / 't1.nii.gz')], 'labelmaps': [str(tmp_path / f'{name}.nii.gz')]}
+                for name in ('good', 'identity')}
+    problems = validate(manifest).problems
+    assert len(problems) == 1
+    assert problems[0].startswith(f'subject "identity": field "labelmaps": file {tmp_path / "identity.nii.gz"}:'
+                                  " its field of view barely overlaps its images'")
