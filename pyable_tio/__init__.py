@@ -25,6 +25,20 @@ from .subjects import subjects_from_manifest
 
 __version__ = '0.1.0'
 
+
+def __getattr__(name: str):
+    # The QA sheet on first use: ``import pyable_tio`` stays free of Pillow and the sheet.
+    if name == 'qa_sheet':
+        from .qa.report import qa_sheet
+
+        return qa_sheet
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {'qa_sheet'})
+
+
 # User-level names only; everything else is importable from its module (docs/API.md).
 __all__ = [
     'LoadError',
@@ -43,6 +57,7 @@ __all__ = [
     'monai_dataset',
     'plan_transform',
     'predict_subject',
+    'qa_sheet',
     'queue_from_manifest',
     'read_manifest',
     'save_prediction',
