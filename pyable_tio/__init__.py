@@ -17,8 +17,9 @@ from .errors import LoadError, ManifestError, PyableTioError
 from .inference.grid import inference_loader, predict_subject
 from .inference.native import save_prediction, to_native
 from .manifest import read_manifest
-from .patch_plan import plan_transform
-from .patches import PatchQueue
+from .patching.loader import patch_loader  # noqa: F401  (pt.patch_loader; __all__ is full: lead's call)
+from .patching.queue import PatchQueue
+from .patching.split import plan_transform
 from .preprocess import N4, SkullStrip
 from .queues import QueueSampler, dataset_from_manifest, queue_from_manifest, set_epoch
 from .subjects import subjects_from_manifest
