@@ -194,8 +194,6 @@ QA_MAX_SPACING_RATIO = 3.0
 #: spread (IQR) against the other subjects above which it is an outlier; needs QA_MIN_SUBJECTS_Z.
 QA_MAX_ROBUST_Z = 3.5
 QA_MIN_SUBJECTS_Z = 4
-#: More distinct values than this in a label map or ROI is implausible (an image listed as labels?).
-QA_MAX_LABEL_VALUES = 255
 #: Thumbnail panel size in pixels (each channel: three panels side by side) and PNG colours.
 QA_PANEL_PIXELS = 144
 QA_PNG_COLOURS = 32
