@@ -23,6 +23,7 @@ from .manifest import ManifestSource, parse_manifest
 from .patching.split import log_fallback, plan_transform
 from .patching.boxes import BoxQueue
 from .patching.queue import PatchQueue
+from .datasets.samplers import LabelSampler, WeightedSampler
 from .subjects import subjects_from_manifest
 from .transforms.layout import with_layout_guard
 from .transforms.adapter import CallableTransform
@@ -99,7 +100,9 @@ def queue_from_manifest(
             (``label_name`` is the probability map), or any ``tio.data.PatchSampler``.
         label_name: Subject key of the label map or ROI for the label/weighted samplers;
             defaults to the first label map, else the first ROI.
-        num_workers: Worker processes loading subjects.
+        num_workers: Workers loading subjects and cutting patches. They are the queue's:
+            read the queue with ``tio.SubjectsLoader(queue, batch_size=..., num_workers=0)``
+            (a loader with workers over the queue raises ``RuntimeError``).
         transform: TorchIO transform applied to each subject before sampling, followed by
             :class:`pyable_tio.transforms.ToZYX` so patches are always Z,Y,X (D, H, W).
         shuffle_subjects: Shuffle the subjects each epoch (ignored with ``subject_sampler``,
@@ -297,9 +300,10 @@ def make_sampler(
         label_name = preferred[0]
     if label_name not in subject:
         raise ValueError(f'label_name "{label_name}" is not a subject key; keys are {sorted(label_maps)}')
+    # Subclasses whose "empty probability map" error names the subject and the file.
     if sampler == 'label':
-        return tio.LabelSampler(patch_size, label_name=label_name)
-    return tio.WeightedSampler(patch_size, probability_map=label_name)
+        return LabelSampler(patch_size, label_name=label_name)
+    return WeightedSampler(patch_size, probability_map=label_name)
 
 
 def _patch_size(patch_size: int | Sequence[int]) -> tuple[int, int, int]:

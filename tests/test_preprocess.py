@@ -134,9 +134,8 @@ def test_steps_run_in_native_space_before_transforms_and_only_on_images(data):
     assert np.array_equal(subject['images'].data[0, :, :, :5].numpy(), np.zeros_like(subject['images'].data[0, :, :, :5]))
     for key in ('roi_0', 'labelmap_0'):
         assert np.array_equal(subject[key].data.numpy(), plain[key].data.numpy())
-    assert subject['meta']['preprocessing'] == {
-        str(data.parent / f'sub-00_{n}.nii.gz'): ['ZeroFirstColumns'] for n in ('t1', 't2')
-    }
+    assert subject['meta']['source_paths']['images'] == [str(data.parent / f'sub-00_{n}.nii.gz') for n in ('t1', 't2')]
+    assert subject['meta']['preprocessing'] == [['ZeroFirstColumns'], ['ZeroFirstColumns']]
 
 
 def test_manifest_fields_file_over_subject_over_argument(data, tmp_path):

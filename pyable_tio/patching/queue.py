@@ -29,7 +29,7 @@ from itertools import islice
 
 import torch
 import torchio as tio
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, get_worker_info
 
 from ..constants import PATCH_ENGINE_DEFAULT
 from .augment import warm_kernels
@@ -109,6 +109,24 @@ class PatchQueue(tio.Queue):
             num_workers=num_workers, shuffle_subjects=shuffle_subjects, shuffle_patches=shuffle_patches,
             start_background=start_background, verbose=verbose,
         )
+
+    def __getitem__(self, index: int) -> tio.Subject:
+        if get_worker_info() is not None:
+            # A copy in a loader worker would wait forever on the futures of the parent's threads
+            # (threads do not survive fork) and would cut its own copy of the epoch.
+            raise RuntimeError(
+                'a PatchQueue is read by the main process: pass num_workers=0 to the loader'
+                ' (tio.SubjectsLoader(queue, batch_size=..., num_workers=0)); the queue\'s own'
+                f' num_workers (here {self.num_workers}) does the parallel work'
+            )
+        return super().__getitem__(index)
+
+    def __getstate__(self) -> dict:
+        # Threads, futures and loaders cannot be pickled (spawned loader workers); a copy starts
+        # without them, so it reaches the clear error of __getitem__ instead of a pickling error.
+        state = self.__dict__.copy()
+        state.update(_executor=None, _loader=None, _subjects_iterable=None)
+        return state
 
     @property
     def plan(self) -> TransformPlan:
