@@ -277,6 +277,7 @@ def damaged_cache(tmp_path: Path, damage: str) -> tuple[Path, Path]:
 def test_damaged_sidecars_and_memos_are_recomputed_with_a_warning(tmp_path, damage):
     manifest, folder = damaged_cache(tmp_path, damage)
     expected = {s['id']: s for s in pt.subjects_from_manifest(manifest)}
+    fresh_process_memos()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         for subject in pt.subjects_from_manifest(manifest, cache_dir=folder):
@@ -284,7 +285,9 @@ def test_damaged_sidecars_and_memos_are_recomputed_with_a_warning(tmp_path, dama
             for name, image in subject.get_images_dict(intensity_only=False).items():
                 torch.testing.assert_close(image.data, expected[subject['id']][name].data, rtol=0, atol=0)
     assert any('unreadable sidecar' in str(w.message) for w in caught)
+    assert any('damaged digest memo' in str(w.message) for w in caught)
     assert all(VolumeCache(folder).check(key) is None for key, _, _ in VolumeCache(folder).entries())
+    assert not VolumeCache(folder).check_sources()  # every memo rewritten whole
 
 
 @pytest.mark.parametrize(('damage', 'workers'), [('crc32-1e999', '0'), ('nested-100k', '0'), ('nested-100k', '2')])

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..io import dicom, sources
 from ..io.atomic import atomic_write
+from .stats import warn_line
 
 _CHUNK = 1 << 20
 #: At most this many paths' digests are remembered per process (least recently used forgotten).
@@ -197,6 +198,9 @@ def file_digest(path: str | os.PathLike, memo_folder: Path | None = None) -> str
     hashed, digest = hash_version(path)
     remember_digest(hashed, digest)
     if memo is not None:
+        if memo.is_file() and _memo_record(memo) is None:
+            # Damaged (whatever JSON it holds): said once, then replaced by the fresh digest.
+            warn_line(f'pyable-tio cache: damaged digest memo {memo.name} of {path}; hashing the file again')
         text = json.dumps({**dict(zip(MEMO_FIELDS, hashed)), 'sha256': digest}, sort_keys=True)
         try:
             atomic_write(memo, lambda stream: stream.write(text.encode()))
