@@ -154,3 +154,21 @@ def test_make_sampler_prefers_label_maps(full_subjects):
     custom = tio.UniformSampler(PATCH)
     assert pt.queues.make_sampler(custom, PATCH, None, subject) is custom
     np.testing.assert_array_equal(sampler.patch_size, PATCH)
+
+
+def test_queue_options_are_one_frozen_reusable_object(manifest):
+    from pyable_tio.queues import QueueOptions
+    from pyable_tio.subjects import SubjectOptions
+
+    options = QueueOptions(sampler='label', label_name='labelmap_0', shuffle_subjects=False, shuffle_patches=False)
+    sizes = dict(patch_size=4, samples_per_volume=2, max_length=6)
+    by_object = pt.queue_from_manifest(manifest, **sizes, queue=options, options=SubjectOptions(missing='error'))
+    by_name = pt.queue_from_manifest(manifest, **sizes, sampler='label', label_name='labelmap_0',
+                                     shuffle_subjects=False, shuffle_patches=False)
+    assert isinstance(by_object.sampler, type(by_name.sampler)) and by_object.sampler.probability_map_name == 'labelmap_0'
+    assert [s['id'] for s in by_object.subjects_dataset.dry_iter()] == [s['id'] for s in by_name.subjects_dataset.dry_iter()]
+    # Checked when made, before any header is read; an unknown name lists both kinds of options.
+    with pytest.raises(ValueError, match='sampler must be one of'):
+        QueueOptions(sampler='grid')
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['samplr'\]; the queue options are: .*sampler"):
+        pt.queue_from_manifest(manifest, **sizes, samplr='label')

@@ -8,9 +8,23 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..constants import CACHE_ARRAY_SUFFIX, CACHE_BLOB_FOLDERS, CACHE_SIDECAR_SUFFIX, CACHE_SOURCES_FOLDER, CACHE_TEMP_SUFFIX
+from ..constants import (
+    CACHE_ARRAY_SUFFIX,
+    CACHE_BLOB_FOLDERS,
+    CACHE_SIDECAR_SUFFIX,
+    CACHE_SOURCES_FOLDER,
+    CACHE_TEMP_SUFFIX,
+)
 from .digest import check_memo
-from .entry import CacheCorruption, content_problem, folder_lock, parse_sidecar, read_entry, stale_temporary, sweep_temporaries
+from .entry import (
+    CacheCorruption,
+    content_problem,
+    folder_lock,
+    parse_sidecar,
+    read_entry,
+    stale_temporary,
+    sweep_temporaries,
+)
 from .stats import KEY_FOLDERS, CacheStats, disk_bytes, owned_files
 
 
