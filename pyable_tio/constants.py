@@ -130,6 +130,13 @@ PREPROCESS_IMAGE = 'image'
 #: Cache sub-folder of the lock files that make one process compute a file's steps at a time.
 PREPROCESS_LOCKS_FOLDER = 'preprocess-locks'
 
+#: Most bytes one compressed byte of a deflate stream can expand to (zlib's documented limit,
+#: 1032:1), plus slack for the gzip header and trailer: a ``.nii.gz`` whose header declares more
+#: voxel bytes than its compressed size allows is truncated or crafted (a gzip bomb), refused
+#: before anything is allocated.
+DEFLATE_MAX_RATIO = 1032
+DEFLATE_SLACK_BYTES = 1 << 16
+
 #: Exit codes of the ``pyable-tio`` command: success, problems found, bad command line,
 #: interrupted (Ctrl-C), terminated (SIGTERM).
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143

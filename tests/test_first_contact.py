@@ -1,0 +1,77 @@
+"""First contact, round three (issue 20): bad input as one clear line, skipping broken subjects,
+one set of field names, small wording fixes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import pyable_tio as pt
+from pyable_tio import cli, nifti
+from pyable_tio.errors import LoadError
+
+AFFINE = np.diag([1.0, 1.2, 2.0, 1.0])
+
+
+def write_nifti(path: Path, shape=(12, 10, 8), dtype=np.float32) -> Path:
+    nib.save(nib.Nifti1Image(np.arange(np.prod(shape), dtype=dtype).reshape(shape), AFFINE), str(path))
+    return path
+
+
+def write_manifest(tmp_path: Path, subjects: dict) -> Path:
+    path = tmp_path / 'manifest.json'
+    path.write_text(json.dumps(subjects))
+    return path
+
+
+def validate(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(['validate', *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------- item 6: gzip bomb
+
+
+def write_gzip_bomb(path: Path) -> Path:
+    """A ~60-byte .nii.gz whose header declares 2^32 voxel bytes (uint8, 1024 x 1024 x 4096).
+
+    Its gzip trailer (ISIZE, the length modulo 2^32) equals the header's expected length
+    modulo 2^32, so the cheap trailer check alone lets it through.
+    """
+    header = bytearray(348)
+    struct.pack_into('<i', header, 0, 348)
+    struct.pack_into('<8h', header, 40, 3, 1024, 1024, 4096, 1, 1, 1, 1)
+    struct.pack_into('<2h', header, 70, 2, 8)  # uint8, 8 bits
+    struct.pack_into('<8f', header, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into('<3f', header, 108, 352.0, 1.0, 0.0)
+    struct.pack_into('<2h', header, 252, 1, 1)  # qform/sform codes
+    struct.pack_into('<12f', header, 280, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0)  # sform rows
+    header[344:348] = b'n+1\x00'
+    path.write_bytes(gzip.compress(bytes(header) + b'\x00' * 4))
+    return path
+
+
+def test_gzip_bomb_is_refused_before_allocating(tmp_path, capsys):
+    bomb = write_gzip_bomb(tmp_path / 'bomb.nii.gz')
+    assert bomb.stat().st_size < 120
+    header = nifti.read_nifti_header(bomb)
+    assert header.expected_bytes == 2**32 + 352
+    # The premise: the trailer agrees modulo 2^32.
+    assert struct.unpack('<I', bomb.read_bytes()[-4:])[0] == header.expected_bytes % 2**32
+    with pytest.raises(nifti.TruncatedFileError, match='impossible size.*4294967648'):
+        nifti.check_length(bomb)
+    image = write_nifti(tmp_path / 't1.nii.gz')
+    manifest = write_manifest(tmp_path, {'sub-bomb': {'images': [str(image)], 'labelmaps': [str(bomb)]}})
+    subject = pt.subjects_from_manifest(manifest)[0]  # headers alone are plausible
+    with pytest.raises(LoadError, match=r'subject "sub-bomb": file .*bomb\.nii\.gz: impossible size'):
+        subject.load()
+    code, _, err = validate(capsys, str(manifest))
+    assert code == cli.EXIT_PROBLEMS
+    assert 'subject "sub-bomb"' in err and str(bomb) in err and 'gzip bomb' in err
