@@ -75,3 +75,40 @@ def test_gzip_bomb_is_refused_before_allocating(tmp_path, capsys):
     code, _, err = validate(capsys, str(manifest))
     assert code == cli.EXIT_PROBLEMS
     assert 'subject "sub-bomb"' in err and str(bomb) in err and 'gzip bomb' in err
+
+
+# ------------------------------------------------------------- item 7: over-long path
+
+
+@pytest.fixture
+def long_path_manifest(tmp_path):
+    good = write_nifti(tmp_path / 't1.nii.gz')
+    long_name = tmp_path / ('x' * 300 + '.nii.gz')  # a name over NAME_MAX (255)
+    long_folder = tmp_path / ('y' * 5000) / 'seg.nii.gz'  # a path over PATH_MAX (4096)
+    return write_manifest(tmp_path, {
+        'sub-ok': {'images': [str(good)]},
+        'sub-name': {'images': [str(long_name)]},
+        'sub-folder': {'images': [str(good)], 'labelmaps': [str(long_folder)]},
+    })
+
+
+def test_over_long_path_is_a_problem_of_its_subject_and_field(long_path_manifest, tmp_path, capsys):
+    with pytest.raises(pt.ManifestError) as caught:
+        pt.subjects_from_manifest(long_path_manifest)
+    problems = caught.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith('subject "sub-name": field "images": file ')
+    assert 'file name of 307 characters, longer than this file system allows' in problems[0]
+    assert problems[1].startswith('subject "sub-folder": field "labelmaps": file ')
+    assert 'longer than this file system allows' in problems[1]
+    assert [s['id'] for s in caught.value.subjects] == ['sub-ok']
+    # validate checks the rest and reports both, with subject and field.
+    code, out, err = validate(capsys, str(long_path_manifest))
+    assert code == cli.EXIT_PROBLEMS and 'Errno' not in err
+    assert '1 valid of 3 listed' in out
+    assert 'subject "sub-name": field "images"' in err and 'subject "sub-folder": field "labelmaps"' in err
+    # cache fills the good subject and lists the others.
+    code = cli.main(['cache', str(long_path_manifest), '--cache-dir', str(tmp_path / 'cache'), '--workers', '0'])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_PROBLEMS and 'Errno' not in err
+    assert '1 volume(s)' in out and 'subject "sub-name": field "images"' in err

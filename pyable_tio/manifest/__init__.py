@@ -243,6 +243,12 @@ def _entries(value: Any, root: Path) -> tuple[FileEntry, ...]:
     return tuple(cells.parse_file_entry(item, root) for item in cells.parse_list(value))
 
 
+def _shown(path: Path) -> str:
+    """A path as printed in a message: an absurdly long one is shortened in the middle."""
+    text = str(path)
+    return text if len(text) <= 200 else f'{text[:90]}...{text[-90:]}'
+
+
 def file_problems(manifest: Manifest) -> list[str]:
     """One line per listed file that does not exist (subject, field and file named).
 
@@ -260,6 +266,7 @@ def file_problems(manifest: Manifest) -> list[str]:
             if isinstance(value, Path):
                 paths.append((f'field "{key}"', value))
         for where, path in paths:
-            if not dicom.exists(path):  # a file, a DICOM folder or "folder#UID"
-                problems.append(describe(record.id, f'{where}: file {path}', 'file not found'))
+            problem = dicom.path_problem(path)  # a file, a DICOM folder or "folder#UID"
+            if problem is not None:
+                problems.append(describe(record.id, f'{where}: file {_shown(path)}', problem))
     return problems
