@@ -166,7 +166,7 @@ def path_problem(path: str | os.PathLike) -> str | None:
     problem of that path, said in words, not an ``OSError`` that stops every other check.
 
     Example:
-        >>> path_problem('/data/' + 'x' * 300 + '.nii.gz')
+        >>> path_problem('/tmp/' + 'x' * 300 + '.nii.gz')
         'file name of 307 characters, longer than this file system allows (255)'
     """
     try:
