@@ -13,7 +13,7 @@ from .backend import active_backend, pyable_available
 from .cache import CacheStats, VolumeCache
 from .collate import PadCollate, collate
 from .data import QueueSampler, dataset_from_manifest, make_sampler, queue_from_manifest, set_epoch
-from .errors import LoadError, ManifestError, PyableTioError
+from .errors import LoadError, ManifestError, PyableTioError, SkippedSubjectsWarning
 from .geometry import Grid, axis_aligned_grid, reorient_grid
 from .inference import GridInference, SubjectGridAggregator, inference_loader, predict_subject
 from .manifest import FileEntry, Manifest, SubjectRecord, TransformEntry, read_manifest
@@ -53,6 +53,7 @@ __all__ = [
     'PyableDataset',
     'PyableTioError',
     'QueueSampler',
+    'SkippedSubjectsWarning',
     'SkullStrip',
     'SubjectGridAggregator',
     'SubjectPlan',

@@ -33,8 +33,8 @@ from .cache_fill import fill
 from .cli_args import format_bytes, shard_of
 from .constants import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, EXIT_TERMINATED, EXIT_USAGE
 from .constants import ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, MISSING_KEEP, MISSING_MODES
-from .constants import NONFINITE_MODES, REFERENCE_FIRST
-from .errors import ManifestError, PyableTioError
+from .constants import NONFINITE_MODES, ON_ERROR_MODES, ON_ERROR_RAISE, ON_ERROR_SKIP, REFERENCE_FIRST
+from .errors import ManifestError, PyableTioError, subject_of
 from .manifest import Manifest, read_manifest
 from .planning import SPELLING_CLI
 from .preprocess import STEPS
@@ -173,7 +173,7 @@ def _run_cache(args: argparse.Namespace) -> int:
         nonfinite=args.nonfinite,
         preprocess=args.preprocess,
     )
-    jobs, problems = [], []
+    jobs, problems, skipped = [], [], []
     for source in _sources(args):
         source = _shard(source, args)
         if isinstance(source, Manifest) and not source.subjects:
@@ -183,7 +183,11 @@ def _run_cache(args: argparse.Namespace) -> int:
         except ManifestError as error:
             # One bad file should not keep the other subjects out of the cache.
             subjects = error.subjects
-            problems += [f'{_label(source)}: {p}' for p in error.problems]
+            lines = [f'{_label(source)}: {p}' for p in error.problems]
+            if args.on_error == ON_ERROR_SKIP and subjects and None not in map(subject_of, error.problems):
+                skipped += lines
+            else:
+                problems += lines
         for subject in subjects:
             for image in subject.get_images(intensity_only=False):
                 if isinstance(image.reader, GridReader):
@@ -204,6 +208,9 @@ def _run_cache(args: argparse.Namespace) -> int:
         f' {totals["recovered"]} recovered, {format_bytes(totals["written_bytes"])} written{failed};'
         f' cache {cache.folder}: {stats.entries} entries, {format_bytes(stats.bytes)}'
     )
+    if skipped:
+        _print_problems(skipped, prefix='skipped (--on-error skip): ')
+        print(f'{PROG}: warning: {len(skipped)} problem(s) left their subjects out of the cache', file=sys.stderr)
     if problems:
         _print_problems(problems)
         return EXIT_PROBLEMS
@@ -338,6 +345,10 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument('--default-value', type=float, default=0.0, help='image value outside a file')
     cache.add_argument('--shard', type=cli_args.parse_shard, metavar='K/N',
                        help='cache only shard K (0-based) of N: the subjects whose id hashes to K (job arrays)')
+    cache.add_argument('--on-error', choices=ON_ERROR_MODES, default=ON_ERROR_RAISE,
+                       help='subjects with a problem: raise (default; they are listed and the exit code'
+                            ' is 1, the good ones are cached all the same) or skip (listed as skipped,'
+                            ' exit code 0 when nothing else failed)')
     cache.add_argument('--no-progress', action='store_true', help='no progress bar')
     cache.set_defaults(run=_run_cache)
 

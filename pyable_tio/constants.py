@@ -35,6 +35,12 @@ MISSING_ERROR = 'error'
 MISSING_EMPTY = 'empty'
 MISSING_MODES = (MISSING_KEEP, MISSING_ERROR, MISSING_EMPTY)
 
+#: ``on_error=`` of subjects_from_manifest: refuse the manifest when any subject has a problem
+#: (default), or build the good subjects and warn with the list of the skipped ones.
+ON_ERROR_RAISE = 'raise'
+ON_ERROR_SKIP = 'skip'
+ON_ERROR_MODES = (ON_ERROR_RAISE, ON_ERROR_SKIP)
+
 #: Reference selectors understood by name.
 REFERENCE_FIRST = 'first'
 REFERENCE_LARGEST = 'largest'

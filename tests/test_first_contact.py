@@ -112,3 +112,51 @@ def test_over_long_path_is_a_problem_of_its_subject_and_field(long_path_manifest
     out, err = capsys.readouterr()
     assert code == cli.EXIT_PROBLEMS and 'Errno' not in err
     assert '1 volume(s)' in out and 'subject "sub-name": field "images"' in err
+
+
+# ------------------------------------------------------- item 8: skipping broken subjects
+
+
+@pytest.fixture
+def one_broken_manifest(tmp_path):
+    subjects = {f'sub-{i:02d}': {'images': [str(write_nifti(tmp_path / f't1_{i}.nii.gz'))]} for i in range(4)}
+    subjects['sub-02']['labelmaps'] = [str(tmp_path / 'gone.nii.gz')]
+    return write_manifest(tmp_path, subjects)
+
+
+def test_on_error_skip_builds_the_good_subjects_and_lists_the_rest(one_broken_manifest, tmp_path, capsys):
+    with pytest.raises(pt.ManifestError, match='sub-02'):  # the default stays strict
+        pt.subjects_from_manifest(one_broken_manifest)
+    with pytest.warns(pt.SkippedSubjectsWarning, match=r'1 of 4 subjects skipped \(sub-02\)') as caught:
+        subjects = pt.subjects_from_manifest(one_broken_manifest, on_error='skip')
+    assert [s['id'] for s in subjects] == ['sub-00', 'sub-01', 'sub-03']
+    warning = caught[0].message
+    assert warning.skipped == ['sub-02']
+    assert 'field "labelmaps": file ' in warning.problems[0] and 'gone.nii.gz: file not found' in warning.problems[0]
+    subjects[0].load()  # the good ones are real subjects
+    with pytest.warns(pt.SkippedSubjectsWarning):
+        dataset = pt.dataset_from_manifest(one_broken_manifest, on_error='skip')
+    assert len(dataset) == 3
+    with pytest.warns(pt.SkippedSubjectsWarning):
+        queue = pt.queue_from_manifest(one_broken_manifest, patch_size=4, samples_per_volume=1,
+                                       max_length=3, on_error='skip')
+    assert len(queue) == 3
+    with pytest.raises(ValueError, match='on_error'):
+        pt.subjects_from_manifest(one_broken_manifest, on_error='ignore')
+    # The command line: cache the good ones, list the rest as skipped, exit 0.
+    code = cli.main(['cache', str(one_broken_manifest), '--cache-dir', str(tmp_path / 'c'), '--workers', '0',
+                     '--no-progress', '--on-error', 'skip'])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_OK and '3 volume(s)' in out
+    assert 'skipped (--on-error skip)' in err and 'subject "sub-02": field "labelmaps"' in err
+
+
+def test_on_error_skip_still_raises_what_skipping_cannot_fix(tmp_path):
+    image = str(write_nifti(tmp_path / 't1.nii.gz'))
+    only_bad = write_manifest(tmp_path, {'a': {'images': [str(tmp_path / 'gone.nii.gz')]}})
+    with pytest.raises(pt.ManifestError, match='file not found'):
+        pt.subjects_from_manifest(only_bad, on_error='skip')  # nothing left to build
+    # Subjects that disagree (missing="error") are a problem of the manifest, not of one subject.
+    disagree = {'a': {'images': [image], 'labelmaps': [image]}, 'b': {'images': [image]}}
+    with pytest.raises(pt.ManifestError, match='different numbers of labelmaps'):
+        pt.subjects_from_manifest(disagree, missing='error', on_error='skip')
