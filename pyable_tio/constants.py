@@ -21,6 +21,13 @@ FIELD_LABELMAPS = 'labelmaps'
 FIELD_REFERENCE = 'reference'
 FIELD_REFERENCE_SPACE = 'reference_space'
 FIELD_TRANSFORMS = 'transforms'
+#: Other names of the list fields, accepted in every format (JSON, dict, CSV): the single-CSV
+#: column names of earlier versions. A row giving both names of one field is refused.
+FIELD_ALIASES = {
+    'image_paths': FIELD_IMAGES,
+    'roi_paths': FIELD_ROIS,
+    'labelmap_paths': FIELD_LABELMAPS,
+}
 CSV_LIST_COLUMNS = {
     'image_paths': FIELD_IMAGES,
     'roi_paths': FIELD_ROIS,

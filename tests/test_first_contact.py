@@ -160,3 +160,37 @@ def test_on_error_skip_still_raises_what_skipping_cannot_fix(tmp_path):
     disagree = {'a': {'images': [image], 'labelmaps': [image]}, 'b': {'images': [image]}}
     with pytest.raises(pt.ManifestError, match='different numbers of labelmaps'):
         pt.subjects_from_manifest(disagree, missing='error', on_error='skip')
+
+
+# --------------------------------------------------- item 9: one set of field names
+
+
+def test_every_format_accepts_the_same_field_names(tmp_path):
+    t1, t2 = write_nifti(tmp_path / 't1.nii.gz'), write_nifti(tmp_path / 't2.nii.gz')
+    seg = write_nifti(tmp_path / 'seg.nii.gz', dtype=np.uint8)
+    expected = ([t1, t2], [seg], [seg])
+    for images, rois, labelmaps in (('images', 'rois', 'labelmaps'), ('image_paths', 'roi_paths', 'labelmap_paths')):
+        table = tmp_path / f'{images}.csv'
+        table.write_text(f'id,{images},{rois},{labelmaps}\ns,"[""{t1}"", ""{t2}""]",{seg},{seg}\n')
+        mapping = {'s': {images: [str(t1), str(t2)], rois: [str(seg)], labelmaps: [str(seg)]}}
+        for source in (table, mapping):
+            record = pt.read_manifest(source)['s']
+            found = tuple([e.path for e in entries] for entries in (record.images, record.rois, record.labelmaps))
+            assert found == expected, (images, source)
+            assert not record.extra
+    both = {'s': {'images': [str(t1)], 'image_paths': [str(t2)]}}
+    with pytest.raises(pt.ManifestError, match=r'subject "s": field "images": both "images" and "image_paths"'):
+        pt.read_manifest(both)
+
+
+def test_a_wrong_column_is_reported_once(tmp_path):
+    image = write_nifti(tmp_path / 't1.nii.gz')
+    table = tmp_path / 'typo.csv'
+    rows = ''.join(f'sub-{i},{image},{image}\n' for i in range(6))
+    table.write_text('id,images,labelmap_path\n' + rows)
+    with pytest.raises(pt.ManifestError) as caught:
+        pt.read_manifest(table)
+    problems = caught.value.problems
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f'file {table}: column "labelmap_path": unknown field, did you mean')
+    assert '6 rows: subjects "sub-0", "sub-1"' in problems[0]
