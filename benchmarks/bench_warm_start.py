@@ -24,9 +24,9 @@ _OPEN = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     import SimpleITK as sitk
-    from pyable_tio import GridReader
+    from pyable_tio.reader import GridReader
     from pyable_tio.cache import VolumeCache
-    from pyable_tio.geometry import Grid
+    from pyable_tio.geometry.grid import Grid
 
     folder = Path(sys.argv[1])
     paths = json.loads((folder / 'paths.json').read_text())
@@ -55,9 +55,10 @@ def main() -> None:
 
     import SimpleITK as sitk
 
-    from pyable_tio import GridReader, synthetic
+    from pyable_tio import synthetic
+    from pyable_tio.reader import GridReader
     from pyable_tio.cache import VolumeCache
-    from pyable_tio.geometry import Grid
+    from pyable_tio.geometry.grid import Grid
 
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)

@@ -8,76 +8,44 @@ Example:
 
 from __future__ import annotations
 
-from .alignment import Alignment, align_subject
-from .backend import active_backend, pyable_available
-from .cache import CacheStats, VolumeCache
-from .collate import PadCollate, collate
-from .data import QueueSampler, dataset_from_manifest, make_sampler, queue_from_manifest, set_epoch
-from .errors import LoadError, ManifestError, PyableTioError, SkippedSubjectsWarning
-from .geometry import Grid, axis_aligned_grid, reorient_grid
-from .inference import GridInference, SubjectGridAggregator, inference_loader, predict_subject
-from .manifest import FileEntry, Manifest, SubjectRecord, TransformEntry, read_manifest
-from .monai_data import monai_dataset
-from .native import NativeSpaceError, native_grid, save_prediction, to_native
-from .patch_plan import TransformPlan, plan_transform
-from .patches import PatchQueue
-from .plan import PlanEntry, SubjectPlan, plan_of
-from .preprocess import N4, PreprocessStep, SkullStrip
-from .pyable_dataset import PyableDataset
-from .reader import GridReader
-from .reference import ImageHeader
-from .subjects import EmptyLabelReader, subjects_from_manifest
 from . import transforms
-from .transforms import ToZYX
+from .cache import VolumeCache
+from .datasets.collate import PadCollate, collate
+from .datasets.monai import monai_dataset
+from .datasets.pyable import PyableDataset
+from .errors import LoadError, ManifestError, PyableTioError, SkippedSubjectsWarning
+from .inference.grid import inference_loader, predict_subject
+from .inference.native import save_prediction, to_native
+from .manifest import read_manifest
+from .patch_plan import plan_transform
+from .patches import PatchQueue
+from .preprocess import N4, SkullStrip
+from .queues import QueueSampler, dataset_from_manifest, queue_from_manifest, set_epoch
+from .subjects import subjects_from_manifest
 
 __version__ = '0.1.0'
 
+# User-level names only; everything else is importable from its module (docs/API.md).
 __all__ = [
-    'Alignment',
-    'CacheStats',
-    'EmptyLabelReader',
-    'FileEntry',
-    'Grid',
-    'GridInference',
-    'GridReader',
-    'ImageHeader',
     'LoadError',
-    'Manifest',
     'ManifestError',
     'N4',
-    'NativeSpaceError',
     'PadCollate',
     'PatchQueue',
-    'PlanEntry',
-    'PreprocessStep',
     'PyableDataset',
     'PyableTioError',
     'QueueSampler',
     'SkippedSubjectsWarning',
     'SkullStrip',
-    'SubjectGridAggregator',
-    'SubjectPlan',
-    'SubjectRecord',
-    'ToZYX',
-    'TransformEntry',
-    'TransformPlan',
     'VolumeCache',
-    'active_backend',
-    'align_subject',
-    'axis_aligned_grid',
     'collate',
     'dataset_from_manifest',
     'inference_loader',
-    'make_sampler',
     'monai_dataset',
-    'native_grid',
-    'predict_subject',
-    'plan_of',
     'plan_transform',
-    'pyable_available',
+    'predict_subject',
     'queue_from_manifest',
     'read_manifest',
-    'reorient_grid',
     'save_prediction',
     'set_epoch',
     'subjects_from_manifest',

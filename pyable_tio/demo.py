@@ -15,8 +15,8 @@ import torch
 import torchio as tio
 
 from . import synthetic
-from .backend import active_backend
-from .data import queue_from_manifest
+from .io.backend import active_backend
+from .queues import queue_from_manifest
 from .patch_plan import plan_transform
 from .subjects import subjects_from_manifest
 

@@ -38,7 +38,7 @@ from torchio.transforms.augmentation.spatial.random_elastic_deformation import S
 
 from . import volume_stats
 from .constants import INTERPOLATION_SUPPORT, INTERPOLATION_SUPPORT_DEFAULT
-from .geometry import LPS_TO_RAS, ras_affine_to_grid
+from .geometry.grid import LPS_TO_RAS, ras_affine_to_grid
 from .patch_draw import Drawn, draw
 from .patch_intensity import apply_intensity, kernel_margin
 from .patch_plan import SPATIAL, spatial_run

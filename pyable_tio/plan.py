@@ -1,7 +1,7 @@
 """The subject plan: what each file of a subject becomes, as data that travels with the subject.
 
 A :class:`SubjectPlan` is made once per subject by :func:`make_plan`, from the subject
-checked against its headers (:mod:`pyable_tio.planning`) and the validated read options.
+checked against its headers (:mod:`pyable_tio.checking.headers`) and the validated read options.
 It holds the reference grid (x,y,z order, SimpleITK's) and, per file, a :class:`PlanEntry`:
 its subject key, role, source, its own transform chain as data (file's, then subject's,
 then the ``align=`` result, nearest the grid), its interpolation and its preprocessing.
@@ -44,12 +44,12 @@ from .constants import (
     PREPROCESS_IMAGE,
     ROI_PREFIX,
 )
-from .geometry import Grid, grid_from_meta
+from .geometry.grid import Grid, grid_from_meta
 from .manifest.records import TransformEntry
 from .preprocess import Preprocessing
-from .preprocess.plan import brain_source, file_steps, preprocessing_for
+from .preprocess.selection import brain_source, file_steps, preprocessing_for
 
-#: Reader roles (the values of :mod:`pyable_tio.backend`'s ``ROLE_*``), by manifest field.
+#: Reader roles (the values of :mod:`pyable_tio.io.backend`'s ``ROLE_*``), by manifest field.
 FIELD_ROLES = {FIELD_IMAGES: 'image', FIELD_ROIS: 'roi', FIELD_LABELMAPS: 'labelmap'}
 
 
@@ -233,10 +233,10 @@ def make_plan(
     default_value: float = DEFAULT_BACKGROUND,
     nonfinite: str = DEFAULT_NONFINITE,
 ) -> SubjectPlan:
-    """The plan of one subject checked by :func:`pyable_tio.planning.plan_manifest`.
+    """The plan of one subject checked by :func:`pyable_tio.checking.headers.plan_manifest`.
 
     Args:
-        checked: A :class:`~pyable_tio.planning.CheckedSubject` (record, reference, alignments).
+        checked: A :class:`~pyable_tio.checking.headers.CheckedSubject` (record, reference, alignments).
         stack_channels: Images under one key ``"images"`` (True) or ``image_0``, ``image_1``...
         fill: ``{"rois"|"labelmaps"|"roi_brain": count}`` to reach with all-zero fillers.
         steps: The default preprocessing steps (a file's or subject's own win).

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import backend, integrity, registration
+from .io import backend
+from .io import integrity
+from .geometry import registration
 from .constants import DEFAULT_BACKGROUND, DEFAULT_NONFINITE, LINEAR, NONFINITE_KEEP
 from .errors import LoadError, describe, short_error
-from .geometry import Grid, reorient_grid
+from .geometry.grid import Grid, reorient_grid
 from .manifest.records import TransformEntry
 from .plan import PlanEntry
 from .preprocess import Preprocessing

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torchio as tio
 
-from . import backend, integrity
+from .io import backend
+from .io import integrity
 from .constants import (
     BRAIN_MASK_KEY,
     DEFAULT_BACKGROUND,
@@ -30,13 +31,13 @@ from .constants import (
     REFERENCE_FIRST,
 )
 from .errors import ManifestError, SkippedSubjectsWarning, describe, subject_of
-from .geometry import Grid
+from .geometry.grid import Grid
 from .manifest import ManifestSource
 from .plan import SubjectPlan, attach_plan, make_plan, plan_of
-from .planning import PlanOptions, plan_source, plan_subject
-from .preprocess.plan import any_steps, brain_source
+from .checking.headers import PlanOptions, plan_source, plan_subject
+from .preprocess.selection import any_steps, brain_source
 from .reader import GridReader
-from .reference import ReferenceSelector, ReferenceSpace
+from .geometry.reference import ReferenceSelector, ReferenceSpace
 
 __all__ = [
     'EmptyLabelReader', 'MISSING_EMPTY', 'MISSING_ERROR', 'MISSING_KEEP', 'SubjectPlan',

@@ -26,7 +26,7 @@ import torchio as tio
 from torchio.data.io import nib_to_sitk
 
 from .constants import STATISTICS_MEMO_SIZE, STATISTICS_VERSION
-from .hashing import digest_of
+from .cache.digest import digest_of
 from .transforms.intensity import IntensityNormalization
 
 _memo: OrderedDict[Hashable, Any] = OrderedDict()
@@ -153,6 +153,6 @@ def sitk_grid(affine: np.ndarray, shape: tuple[int, int, int]) -> sitk.Image:
     """A uint8 SimpleITK image of a whole grid (for B-spline domains); the voxels are not used.
 
     Built as TorchIO builds it (``nib_to_sitk``: SimpleITK's x is the tensor's first spatial axis),
-    so that the control points keep TorchIO's axis order; not :func:`pyable_tio.geometry.ras_affine_to_grid`.
+    so that the control points keep TorchIO's axis order; not :func:`pyable_tio.geometry.grid.ras_affine_to_grid`.
     """
     return nib_to_sitk(torch.zeros((1, *shape), dtype=torch.uint8), affine, force_3d=True)

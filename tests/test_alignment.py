@@ -12,7 +12,8 @@ import torch
 import torchio as tio
 
 import pyable_tio as pt
-from pyable_tio import alignment, synthetic
+from pyable_tio import synthetic
+from pyable_tio.geometry import alignment
 
 SIZE = (36, 32, 28)
 CENTRE = (17.5, 15.5, 13.5)

@@ -7,7 +7,7 @@ import os
 import pytest
 import SimpleITK as sitk
 
-from pyable_tio.atomic import HOST, atomic_path, atomic_write, temporary_path
+from pyable_tio.io.atomic import HOST, atomic_path, atomic_write, temporary_path
 
 
 def test_atomic_write_renames_a_complete_file_and_leaves_no_temporary(tmp_path):

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pyable_tio import backend, synthetic
+from pyable_tio import synthetic
+from pyable_tio.io import backend
 from pyable_tio.constants import BACKEND_ENV_VAR
-from pyable_tio.geometry import Grid
+from pyable_tio.geometry.grid import Grid
 from pyable_tio.reader import GridReader
 from pyable_tio.manifest.records import TransformEntry
 

@@ -12,10 +12,11 @@ import pytest
 import SimpleITK as sitk
 
 import pyable_tio as pt
-from pyable_tio import cli, nifti
+from pyable_tio.cli import main as cli
+from pyable_tio.io import nifti
 from pyable_tio.cache import VolumeCache
 from pyable_tio.errors import LoadError
-from pyable_tio.validation import validate
+from pyable_tio.checking.validate import validate
 
 SHAPE_XYZ = (12, 10, 8)
 AFFINE = np.diag([1.0, 1.2, 2.0, 1.0])
@@ -118,10 +119,10 @@ def zyx(index_xyz):
     return (0, *index_xyz[::-1])
 
 
-def shifted_grid(path: Path) -> pt.Grid:
+def shifted_grid(path: Path) -> pt.geometry.grid.Grid:
     """The file's grid moved by half a voxel along x: every voxel is interpolated."""
-    grid = pt.Grid.from_image(pt.geometry.read_header(path))
-    return pt.Grid(grid.size, grid.spacing, (grid.origin[0] + 0.5, *grid.origin[1:]), grid.direction)
+    grid = pt.geometry.grid.Grid.from_image(pt.geometry.grid.read_header(path))
+    return pt.geometry.grid.Grid(grid.size, grid.spacing, (grid.origin[0] + 0.5, *grid.origin[1:]), grid.direction)
 
 
 def test_simpleitk_zeroes_non_finite_nifti_voxels(nan_file):

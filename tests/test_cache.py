@@ -24,7 +24,7 @@ import pyable_tio as pt
 from pyable_tio import synthetic
 from pyable_tio.cache import VolumeCache
 from pyable_tio.cache.volume import disk_bytes
-from pyable_tio.geometry import Grid
+from pyable_tio.geometry.grid import Grid
 from pyable_tio.manifest.records import TransformEntry
 
 SIZE = (20, 18, 12)  # x, y, z
@@ -80,9 +80,9 @@ def assert_all_entries_valid(cache: VolumeCache):
     assert not [p for p in files_of(cache.folder) if p.name.endswith('.tmp')]
 
 
-def image_reader(path: Path, cache: VolumeCache, grid: Grid | None = None, **kwargs) -> pt.GridReader:
+def image_reader(path: Path, cache: VolumeCache, grid: Grid | None = None, **kwargs) -> pt.reader.GridReader:
     grid = grid or Grid.from_image(sitk.ReadImage(str(path)))
-    return pt.GridReader(grid, 'image', 's', cache=cache, **kwargs)
+    return pt.reader.GridReader(grid, 'image', 's', cache=cache, **kwargs)
 
 
 def write(image: sitk.Image, path: Path) -> Path:
@@ -158,7 +158,7 @@ def test_file_replaced_with_same_size_and_mtime_is_hashed_again(tmp_path):
     """``cp -p``/rsync-style replacement keeps size and mtime: the inode still tells it apart."""
     import hashlib
 
-    from pyable_tio.hashing import file_digest
+    from pyable_tio.cache.digest import file_digest
 
     path, other = tmp_path / 'a.bin', tmp_path / 'b.bin'
     path.write_bytes(b'first version')
@@ -218,7 +218,7 @@ def test_label_keys_ignore_image_only_options(tmp_path):
     path = write(labels, tmp_path / 'labels.nii.gz')
     grid = Grid((10, 9, 8), (1.1, 1.1, 1.0), (0.3, 0.2, 0.0), synthetic.oblique_direction(10.0))
     for interpolator, dtype in (('linear', 'float32'), ('bspline', 'float16')):
-        pt.GridReader(grid, 'labelmap', 's', interpolator=interpolator, dtype=dtype, cache=cache)(path)
+        pt.reader.GridReader(grid, 'labelmap', 's', interpolator=interpolator, dtype=dtype, cache=cache)(path)
     assert (cache.stats().misses, cache.stats().hits) == (1, 1)
 
 

@@ -18,9 +18,12 @@ import SimpleITK as sitk
 import torch
 
 import pyable_tio as pt
-from pyable_tio import cache_fill, cli, cli_args, synthetic
+from pyable_tio import synthetic
+from pyable_tio.cli import fill as cache_fill
+from pyable_tio.cli import main as cli
+from pyable_tio.cli import args as cli_args
 from pyable_tio.cache import VolumeCache
-from pyable_tio.validation import validate
+from pyable_tio.checking.validate import validate
 
 SIZE = (20, 18, 12)  # x, y, z
 
@@ -346,7 +349,7 @@ def test_info_lists_versions_backend_and_cache(manifest, tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ('torch', 'torchio', 'SimpleITK', 'numpy', 'pyable', 'active backend'):
         assert name in out
-    assert pt.active_backend() in out
+    assert pt.io.backend.active_backend() in out
     cache_dir = tmp_path / 'cache'
     cli.main(['cache', str(manifest), '--cache-dir', str(cache_dir), '--workers', '0', '--no-progress'])
     capsys.readouterr()
@@ -448,7 +451,7 @@ def test_validate_csv_column_typo_names_subject_and_file(manifest, tmp_path, cap
 
 def test_validate_plans_like_training(manifest, tmp_path, capsys):
     """orientation=, axis_aligned= and align= run in validate, from the planning code of subjects_from_manifest."""
-    from pyable_tio import planning
+    from pyable_tio.checking import headers as planning
 
     assert cli.main(['validate', str(manifest), '--orientation', 'RAS']) == 0
     assert 'reference sizes' in capsys.readouterr().out

@@ -123,10 +123,10 @@ def test_bad_sampler_and_label_name(manifest, tmp_path):
 
 def test_make_sampler_prefers_label_maps(full_subjects):
     subject = next(iter(full_subjects.values()))
-    sampler = pt.make_sampler('label', PATCH, None, subject)
+    sampler = pt.queues.make_sampler('label', PATCH, None, subject)
     assert isinstance(sampler, tio.LabelSampler) and sampler.probability_map_name == 'labelmap_0'
-    weighted = pt.make_sampler('weighted', PATCH, 'roi_0', subject)
+    weighted = pt.queues.make_sampler('weighted', PATCH, 'roi_0', subject)
     assert isinstance(weighted, tio.WeightedSampler) and weighted.probability_map_name == 'roi_0'
     custom = tio.UniformSampler(PATCH)
-    assert pt.make_sampler(custom, PATCH, None, subject) is custom
+    assert pt.queues.make_sampler(custom, PATCH, None, subject) is custom
     np.testing.assert_array_equal(sampler.patch_size, PATCH)

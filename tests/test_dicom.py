@@ -12,7 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 import pyable_tio as pt
-from pyable_tio import cli, dicom
+from pyable_tio.cli import main as cli
+from pyable_tio.io import dicom
 from pyable_tio.cache import VolumeCache
 from pyable_tio.errors import LoadError, ManifestError
 
@@ -92,17 +93,17 @@ def world_values(image: sitk.Image, points: np.ndarray) -> np.ndarray:
 def test_series_header_matches_the_full_read_and_the_volume(data):
     root, volume = data
     before = locale.setlocale(locale.LC_ALL)
-    header = pt.ImageHeader.read(root / 'one')
+    header = pt.geometry.reference.ImageHeader.read(root / 'one')
     full = dicom.read_series(root / 'one')
     assert locale.setlocale(locale.LC_ALL) == before  # reading leaves the process locale alone
-    for got in (header.grid, pt.Grid.from_image(full)):
+    for got in (header.grid, pt.geometry.grid.Grid.from_image(full)):
         assert got.size == volume.GetSize() == (7, 6, 5)  # the slice count is the third size
         np.testing.assert_allclose(got.spacing, volume.GetSpacing(), atol=1e-5)
         np.testing.assert_allclose(got.origin, volume.GetOrigin(), atol=1e-5)
         np.testing.assert_allclose(got.direction, volume.GetDirection(), atol=1e-6)
     assert header.pixel_type == '16-bit signed integer' and header.components == 1
-    flipped = pt.ImageHeader.read(Path(f'{root / "both"}#{T2_UID}'))
-    assert flipped.grid.matches(pt.Grid.from_image(dicom.read_series(Path(f'{root / "both"}#{T2_UID}'))))
+    flipped = pt.geometry.reference.ImageHeader.read(Path(f'{root / "both"}#{T2_UID}'))
+    assert flipped.grid.matches(pt.geometry.grid.Grid.from_image(dicom.read_series(Path(f'{root / "both"}#{T2_UID}'))))
 
 
 def test_a_single_series_folder_loads_in_physical_agreement_with_the_volume(data):
@@ -156,10 +157,10 @@ def test_series_are_cached_apart_and_hit(data, tmp_path):
     cache = VolumeCache(tmp_path / 'cache')
     manifest = {'s': {'images': [{'path': str(both), 'series': T1_UID}],
                       'labelmaps': [{'path': str(both), 'series': T2_UID}]}}
-    first = pt.subjects_from_manifest(manifest, cache_dir=cache, reference_space=pt.Grid.from_image(oblique_volume()))
+    first = pt.subjects_from_manifest(manifest, cache_dir=cache, reference_space=pt.geometry.grid.Grid.from_image(oblique_volume()))
     first[0].load()
     assert cache.stats().entries == 2  # one per series, though both come from one folder
-    again = pt.subjects_from_manifest(manifest, cache_dir=cache, reference_space=pt.Grid.from_image(oblique_volume()))
+    again = pt.subjects_from_manifest(manifest, cache_dir=cache, reference_space=pt.geometry.grid.Grid.from_image(oblique_volume()))
     again[0].load()
     assert cache.counts['hits'] == 2
     np.testing.assert_array_equal(again[0]['labelmap_0'].data, first[0]['labelmap_0'].data)
@@ -186,7 +187,7 @@ def test_validate_and_load_errors_name_the_folder(data, tmp_path, capsys):
     assert cli.main(['validate', str(manifest)]) == cli.EXIT_PROBLEMS
     err = capsys.readouterr().err
     assert f'subject "s": field "images": file {root / "both"}' in err and T2_UID in err
-    grid = pt.Grid.from_image(oblique_volume())
-    reader = pt.GridReader(grid, 'image', 'late')
+    grid = pt.geometry.grid.Grid.from_image(oblique_volume())
+    reader = pt.reader.GridReader(grid, 'image', 'late')
     with pytest.raises(LoadError, match=r'subject "late": file .*both: folder .* holds 2 DICOM series'):
         reader(root / 'both')

@@ -36,7 +36,7 @@ def test_queue_from_manifest_chooses_the_fast_queue_without_whole_volume_steps(m
 def test_lazy_patches_are_torchio_patches(manifest, full_subjects, sampler):
     """Same seed, same locations, data, affines, keys and history as TorchIO's sampler on the loaded subject."""
     subjects = pt.subjects_from_manifest(manifest)
-    patch_sampler = pt.make_sampler(sampler, PATCH, 'labelmap_0', subjects[0])
+    patch_sampler = pt.queues.make_sampler(sampler, PATCH, 'labelmap_0', subjects[0])
     patches = SubjectPatches(tio.SubjectsDataset(subjects), patch_sampler, samples_per_volume=5)
     assert patches.reads_lazily()
     for index, subject in enumerate(subjects):

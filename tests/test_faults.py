@@ -24,12 +24,13 @@ import pytest
 import SimpleITK as sitk
 
 import pyable_tio as pt
-from pyable_tio import hashing, synthetic
+from pyable_tio import synthetic
+from pyable_tio.cache import digest as hashing
 from pyable_tio.cache import VolumeCache, entry
 from pyable_tio.cache.keys import memo_path
 from pyable_tio.cache.volume import disk_bytes
-from pyable_tio.cli import main
-from pyable_tio.geometry import Grid
+from pyable_tio.cli.main import main
+from pyable_tio.geometry.grid import Grid
 
 pytestmark = pytest.mark.faults
 
@@ -40,7 +41,7 @@ ENV = {**os.environ, 'PYTHONWARNINGS': 'ignore::DeprecationWarning', 'PYTHONPATH
 class Served:
     """Loads through a reader and counts the arrays that differ from the uncached ones."""
 
-    def __init__(self, reader: pt.GridReader, paths: list[Path]) -> None:
+    def __init__(self, reader: pt.reader.GridReader, paths: list[Path]) -> None:
         self.reader, self.paths = reader, paths
         self.expected = {path: reader.read(path) for path in paths}
         self.loads = self.wrong = 0
@@ -71,7 +72,7 @@ def filled(tmp_path: Path, count: int = 3) -> tuple[VolumeCache, Served]:
     paths = sources(tmp_path / 'data', count)
     cache = VolumeCache(tmp_path / 'cache')
     grid = Grid((10, 9, 8), (1.1, 1.1, 1.0), (0.3, 0.2, 0.0), synthetic.oblique_direction(10.0))
-    served = Served(pt.GridReader(grid, 'image', 's', cache=cache), paths)
+    served = Served(pt.reader.GridReader(grid, 'image', 's', cache=cache), paths)
     served.load_all()
     assert cache.counts['writes'] == count
     return cache, served
@@ -368,7 +369,7 @@ def test_training_on_a_read_only_cache_warns_once_and_serves_right_arrays(tmp_pa
     paths = sources(tmp_path / 'data', 3)
     cache = VolumeCache(tmp_path / 'cache')
     grid = Grid.from_image(sitk.ReadImage(str(paths[0])))
-    served = Served(pt.GridReader(grid, 'image', 's', cache=cache), paths)
+    served = Served(pt.reader.GridReader(grid, 'image', 's', cache=cache), paths)
 
     def read_only(*args, **kwargs):
         raise OSError(30, 'Read-only file system')

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import pyable_tio as pt
-from pyable_tio import cli, nifti
+from pyable_tio.cli import main as cli
+from pyable_tio.io import nifti
 from pyable_tio.errors import LoadError
 
 AFFINE = np.diag([1.0, 1.2, 2.0, 1.0])

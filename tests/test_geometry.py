@@ -9,7 +9,7 @@ import torchio as tio
 
 import pyable_tio as pt
 from pyable_tio import synthetic
-from pyable_tio.geometry import Grid, affine_orientation, grid_from_meta, planar_grid, ras_affine_to_grid, read_header
+from pyable_tio.geometry.grid import Grid, affine_orientation, grid_from_meta, planar_grid, ras_affine_to_grid, read_header
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 

@@ -10,7 +10,7 @@ import pyable_tio as pt
 
 L = pytest.importorskip('lightning')  # in the dev extra: CI always runs these
 
-from pyable_tio.lightning import PatchDataModule  # noqa: E402
+from pyable_tio.datasets.lightning import PatchDataModule  # noqa: E402
 
 PATCH = (8, 8, 8)
 CLASSES = 8  # the synthetic label maps hold 0, 1, 2 and 7

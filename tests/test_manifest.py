@@ -178,7 +178,7 @@ def test_file_entries_with_names_and_per_file_transforms(files):
     )
     entry = manifest['a'].images[0]
     assert entry.name == 'T1'
-    assert entry.transforms == (pt.TransformEntry(tfm, True),)
+    assert entry.transforms == (pt.manifest.TransformEntry(tfm, True),)
 
 
 # --- errors ---------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_label_round_trip_is_exact_inside_fov_on_a_finer_grid(tmp_path, with_tra
     assert loaded.shape == (1, 26, 34, 30)
     native = pt.to_native(loaded, subject, target='labelmap_0', default_value=99)
     assert native.GetPixelID() == sitk.sitkInt16  # the label file's pixel type
-    assert pt.Grid.from_image(native).matches(pt.Grid.from_image(labels), tolerance=0)
+    assert pt.geometry.grid.Grid.from_image(native).matches(pt.geometry.grid.Grid.from_image(labels), tolerance=0)
     back, original = sitk.GetArrayFromImage(native), sitk.GetArrayFromImage(labels)
     inside, outside = inside_reference_fov(labels, reference, transform)
     assert inside.sum() > 0.3 * inside.size and outside.sum() > 0  # a partial field of view
@@ -114,7 +114,7 @@ def test_default_target_is_the_reference_and_argmax_is_nearest(tmp_path):
     argmax = scores.argmax(0, keepdim=True)  # int64, 1 x D x H x W
     native = pt.to_native(argmax, subject)
     # Reference file without transform: the prediction is already on its grid.
-    assert pt.Grid.from_image(native).matches(pt.Grid.from_image(reference), tolerance=0)
+    assert pt.geometry.grid.Grid.from_image(native).matches(pt.geometry.grid.Grid.from_image(reference), tolerance=0)
     assert native.GetPixelID() == sitk.sitkInt32
     np.testing.assert_array_equal(sitk.GetArrayFromImage(native), subject['labelmap_0'].data[0].numpy())
 
@@ -178,7 +178,7 @@ def test_roi_target_takes_the_roi_pixel_type(tmp_path):
     saved = sitk.ReadImage(str(out))
     assert saved.GetPixelID() == sitk.sitkUInt8
     np.testing.assert_array_equal(sitk.GetArrayFromImage(saved), sitk.GetArrayFromImage(roi))
-    with pytest.raises(pt.NativeSpaceError, match='do not fit the target pixel type'):
+    with pytest.raises(pt.inference.native.NativeSpaceError, match='do not fit the target pixel type'):
         pt.to_native(mask.int() * 300, subject, target='roi_0')
 
 
@@ -218,7 +218,7 @@ def test_subject_without_manifest_transforms_needs_no_original(tmp_path):
 def test_non_invertible_torchio_transform_is_refused(tmp_path):
     subject, _, _, _ = write_case(tmp_path, True, False)
     transformed = tio.Lambda(lambda x: x.flip(-1))(subject)
-    with pytest.raises(pt.NativeSpaceError, match=r'subject "s".*Lambda has no inverse'):
+    with pytest.raises(pt.inference.native.NativeSpaceError, match=r'subject "s".*Lambda has no inverse'):
         pt.to_native(transformed['labelmap_0'].data, transformed, target='labelmap_0')
 
 
@@ -232,10 +232,10 @@ def test_transform_without_inverse_is_a_clear_error(tmp_path):
     sitk.WriteTransform(bspline, str(tmp_path / 'warp.tfm'))
     entry = {'path': str(tmp_path / 'ref.nii.gz'), 'transforms': [str(tmp_path / 'warp.tfm')]}
     subject = pt.subjects_from_manifest({'sub-7': {'images': [entry]}})[0]
-    with pytest.raises(pt.NativeSpaceError, match=r'sub-7.*ref\.nii\.gz.*BSplineTransform.*no inverse'):
+    with pytest.raises(pt.inference.native.NativeSpaceError, match=r'sub-7.*ref\.nii\.gz.*BSplineTransform.*no inverse'):
         pt.to_native(subject['images'].data, subject)
     assert not (tmp_path / 'never.nii.gz').exists()
-    with pytest.raises(pt.NativeSpaceError):
+    with pytest.raises(pt.inference.native.NativeSpaceError):
         pt.save_prediction(subject['images'].data, subject, tmp_path / 'never.nii.gz')
     assert not list(tmp_path.glob('*never*'))
 
@@ -264,11 +264,11 @@ def test_2d_label_round_trip(tmp_path):
 
 def test_bad_target_and_shape_are_reported(tmp_path):
     subject, _, _, _ = write_case(tmp_path, True, False)
-    with pytest.raises(pt.NativeSpaceError, match=r'subject "s".*target .nope.'):
+    with pytest.raises(pt.inference.native.NativeSpaceError, match=r'subject "s".*target .nope.'):
         pt.to_native(subject['labelmap_0'].data, subject, target='nope')
-    with pytest.raises(pt.NativeSpaceError, match='C x D x H x W'):
+    with pytest.raises(pt.inference.native.NativeSpaceError, match='C x D x H x W'):
         pt.to_native(subject['labelmap_0'].data[0], subject)
-    with pytest.raises(pt.NativeSpaceError, match=r'spatial shape \(13, 17, 15\)'):
+    with pytest.raises(pt.inference.native.NativeSpaceError, match=r'spatial shape \(13, 17, 15\)'):
         pt.to_native(subject['labelmap_0'].data[:, ::2, ::2, ::2], subject)
 
 
@@ -277,7 +277,7 @@ def test_prediction_on_a_coarser_grid_is_located_by_its_affine(tmp_path):
     resampled = tio.Resample(2.0)(subject)  # no inverse, but the affine holds the new grid
     native = pt.to_native(resampled['images'].data, resampled, target='images')
     on_grid = sitk.GetImageFromArray(resampled['images'].data[0].numpy())
-    grid = pt.geometry.ras_affine_to_grid(resampled['images'].affine, resampled['images'].spatial_shape)
+    grid = pt.geometry.grid.ras_affine_to_grid(resampled['images'].affine, resampled['images'].spatial_shape)
     on_grid.SetSpacing(grid.spacing)
     on_grid.SetOrigin(grid.origin)
     on_grid.SetDirection(grid.direction)

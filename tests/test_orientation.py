@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 import pyable_tio as pt
 from pyable_tio import synthetic
-from pyable_tio.geometry import Grid, axis_aligned_grid, check_orientation, reorient_grid
+from pyable_tio.geometry.grid import Grid, axis_aligned_grid, check_orientation, reorient_grid
 
 CODES = ['LPS', 'RAS', 'RAI', 'ASL', 'IPR', 'SLA']
 

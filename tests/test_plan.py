@@ -59,7 +59,7 @@ def test_to_native_after_a_transform_lands_on_the_source_grid(tmp_path, transfor
     prediction = transformed['labelmap_0']
     native = pt.to_native(prediction.data, transformed, target='labelmap_0', default_value=OUTSIDE)
     # On the label file's own grid, whatever happened to the subject's images.
-    assert pt.Grid.from_image(native).matches(pt.Grid.from_image(labels), tolerance=0)
+    assert pt.geometry.grid.Grid.from_image(native).matches(pt.geometry.grid.Grid.from_image(labels), tolerance=0)
     back, original = sitk.GetArrayFromImage(native), sitk.GetArrayFromImage(labels)
     # World coordinates, through SimpleITK: native voxels whose point, through the file's
     # rigid transform, falls inside both the subject grid and what the transform kept.
@@ -105,7 +105,7 @@ def test_plan_entries_follow_the_subject_keys(tmp_path):
     first, second = pt.subjects_from_manifest(manifest, missing='empty', stack_channels=False)
     assert plan_of(first).keys() == ['image_0', 'image_1', 'labelmap_0']
     filler = plan_of(second).entry_of_key('labelmap_0')
-    assert filler.filler and isinstance(second['labelmap_0'].reader, pt.EmptyLabelReader)
+    assert filler.filler and isinstance(second['labelmap_0'].reader, pt.subjects.EmptyLabelReader)
     assert plan_of(second).source_paths()['labelmaps'] == []
     assert plan_of(first).entry_of_field('labelmaps', 0).key == 'labelmap_0'
 
@@ -134,7 +134,7 @@ def test_cache_is_given_data_and_a_function(tmp_path):
 
 def test_nothing_reads_the_grid_back_from_meta(tmp_path):
     """meta is display data made from the plan: tampering with it changes no geometry."""
-    from pyable_tio.pyable_dataset import subject_to_item
+    from pyable_tio.datasets.pyable import subject_to_item
 
     subject, _, _, _ = write_case(tmp_path, True, True, oblique=False)
     direct = sitk.GetArrayFromImage(pt.to_native(subject['labelmap_0'].data, subject, target='labelmap_0'))
@@ -142,7 +142,7 @@ def test_nothing_reads_the_grid_back_from_meta(tmp_path):
     subject['meta'].update(size=(1, 2, 3), spacing=(9.0, 9.0, 9.0), direction=(0, 1, 0, 1, 0, 0, 0, 0, 1))
     subject.load()
     assert subject_to_item(subject)['meta']['size'] == plan.grid.size
-    guarded = pt.ToZYX()(tio.ToCanonical()(subject))  # the Z,Y,X order comes from the plan's grid
+    guarded = pt.transforms.ToZYX()(tio.ToCanonical()(subject))  # the Z,Y,X order comes from the plan's grid
     np.testing.assert_array_equal(guarded['labelmap_0'].affine, subject['labelmap_0'].affine)
     native = pt.to_native(guarded['labelmap_0'].data, guarded, target='labelmap_0')
     np.testing.assert_array_equal(sitk.GetArrayFromImage(native), direct)

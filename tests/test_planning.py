@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 
 import pyable_tio as pt
 from pyable_tio import synthetic
-from pyable_tio.data import may_resize
-from pyable_tio.planning import PlanOptions
-from pyable_tio.validation import validate
+from pyable_tio.queues import may_resize
+from pyable_tio.checking.headers import PlanOptions
+from pyable_tio.checking.validate import validate
 
 
 def write(image: sitk.Image, path) -> str:
@@ -40,7 +40,7 @@ def no_headers(monkeypatch):
     def refuse(path):
         raise AssertionError(f'header of {path} read before the options were checked')
 
-    monkeypatch.setattr('pyable_tio.planning.ImageHeader.read', refuse)
+    monkeypatch.setattr('pyable_tio.checking.headers.ImageHeader.read', refuse)
 
 
 @pytest.mark.parametrize('options, message', [

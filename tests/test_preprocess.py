@@ -20,10 +20,14 @@ import pytest
 import SimpleITK as sitk
 
 import pyable_tio as pt
-from pyable_tio import backend, cli, cli_args, registration, synthetic
+from pyable_tio import synthetic
+from pyable_tio.io import backend
+from pyable_tio.cli import main as cli
+from pyable_tio.cli import args as cli_args
+from pyable_tio.geometry import registration
 from pyable_tio.errors import MissingDependencyError
 from pyable_tio.preprocess import N4, PreprocessStep, SkullStrip, clear_recent, resolve_steps
-from pyable_tio.validation import validate
+from pyable_tio.checking.validate import validate
 
 
 class ZeroFirstColumns:

@@ -9,9 +9,10 @@ import torch
 import torchio as tio
 
 import pyable_tio as pt
-from pyable_tio import backend, synthetic
-from pyable_tio.geometry import Grid
-from pyable_tio.pyable_dataset import seed_transforms
+from pyable_tio import synthetic
+from pyable_tio.io import backend
+from pyable_tio.geometry.grid import Grid
+from pyable_tio.datasets.pyable import seed_transforms
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 

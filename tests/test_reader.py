@@ -12,7 +12,7 @@ import torchio as tio
 
 import pyable_tio as pt
 from pyable_tio import synthetic
-from pyable_tio.geometry import Grid
+from pyable_tio.geometry.grid import Grid
 
 LABELS = set(synthetic.LABEL_VALUES)
 
@@ -85,7 +85,7 @@ def test_same_size_on_another_grid_is_resampled(tmp_path):
 def test_reader_returns_grid_affine_and_float_image_channel(tmp_path):
     mov_path = write(moving_image(), tmp_path / 'mov.nii.gz')
     grid = oblique_fine_grid()
-    array, affine = pt.GridReader(grid, 'image', 's')(mov_path)
+    array, affine = pt.reader.GridReader(grid, 'image', 's')(mov_path)
     assert array.shape == (1, *grid.shape_zyx)
     assert array.dtype == np.float32
     np.testing.assert_array_equal(affine, grid.affine_zyx())
@@ -99,12 +99,12 @@ def test_label_map_keeps_only_original_values_whatever_pixel_type(tmp_path, pixe
     labels = sitk.Cast(synthetic.label_map(moving_image()), pixel_id)
     path = write(labels, tmp_path / 'labels.nii.gz')
     grid = oblique_fine_grid()
-    array, _ = pt.GridReader(grid, 'labelmap', 's')(path)
+    array, _ = pt.reader.GridReader(grid, 'labelmap', 's')(path)
     assert set(np.unique(array).tolist()) == LABELS  # all kept, none invented
     expected = sitk.Resample(sitk.ReadImage(path), grid.empty_image(), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     np.testing.assert_array_equal(array[0], sitk.GetArrayFromImage(expected))
     # A linear interpolator requested for images never reaches label maps.
-    linear, _ = pt.GridReader(grid, 'labelmap', 's', interpolator='linear')(path)
+    linear, _ = pt.reader.GridReader(grid, 'labelmap', 's', interpolator='linear')(path)
     np.testing.assert_array_equal(linear, array)
 
 
@@ -130,7 +130,7 @@ def test_two_dimensional_file_gives_one_slice(tmp_path):
     image = synthetic.phantom(size=(32, 24), spacing=(0.5, 0.9), origin=(2.0, 3.0))
     path = write(image, tmp_path / 'flat.nii.gz')
     grid = Grid.from_image(image)
-    array, affine = pt.GridReader(grid, 'image', 's')(path)
+    array, affine = pt.reader.GridReader(grid, 'image', 's')(path)
     assert array.shape == (1, 1, 24, 32)
     assert np.array_equal(array[0, 0], sitk.GetArrayFromImage(sitk.ReadImage(path)))
     np.testing.assert_array_equal(affine, grid.affine_zyx())
@@ -141,7 +141,7 @@ def test_reader_and_unloaded_subject_pickle_and_deepcopy(tmp_path):
     mov_path = write(moving_image(), tmp_path / 'mov.nii.gz')
     subject = pt.subjects_from_manifest({'s': {'images': [ref_path, mov_path]}})[0]
     reader = subject['images'].reader
-    assert isinstance(reader, pt.GridReader)
+    assert isinstance(reader, pt.reader.GridReader)
     for clone in (pickle.loads(pickle.dumps(reader)), copy.deepcopy(reader)):
         assert clone.grid == reader.grid and clone.role == reader.role
         np.testing.assert_array_equal(clone(mov_path)[0], reader(mov_path)[0])
@@ -157,8 +157,8 @@ def test_reader_with_in_memory_transform_pickles(tmp_path):
     path = write(reference_image(), tmp_path / 'ref.nii.gz')
     grid = Grid.from_image(sitk.ReadImage(path))
     shift = sitk.TranslationTransform(3, (2.0, 0.0, 0.0))
-    entries = (pt.TransformEntry(shift),)
-    reader = pt.GridReader(grid, 'image', 's', transforms={path: entries})
+    entries = (pt.manifest.TransformEntry(shift),)
+    reader = pt.reader.GridReader(grid, 'image', 's', transforms={path: entries})
     clone = pickle.loads(pickle.dumps(reader))
     np.testing.assert_array_equal(clone(path)[0], reader(path)[0])
     expected = sitk.Resample(sitk.ReadImage(path), grid.empty_image(), shift, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
@@ -180,15 +180,15 @@ def test_mismatched_dimension_at_load_is_load_error(tmp_path):
     path = write(synthetic.phantom(size=(8, 6)), tmp_path / 'flat.nii.gz')
     grid = Grid((4, 4, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
     with pytest.raises(pt.LoadError, match='mismatched dimensions'):
-        pt.GridReader(grid, 'image', 's')(path)
+        pt.reader.GridReader(grid, 'image', 's')(path)
 
 
 def test_bad_role_and_interpolator_are_rejected():
     grid = oblique_fine_grid()
     with pytest.raises(ValueError, match='role'):
-        pt.GridReader(grid, 'mask', 's')
+        pt.reader.GridReader(grid, 'mask', 's')
     with pytest.raises(ValueError, match='interpolator'):
-        pt.GridReader(grid, 'image', 's', interpolator='cubic')
+        pt.reader.GridReader(grid, 'image', 's', interpolator='cubic')
 
 
 def test_default_value_fills_images_but_labels_stay_background(tmp_path):

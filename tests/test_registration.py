@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 import pyable_tio as pt
-from pyable_tio import registration, synthetic
+from pyable_tio import synthetic
+from pyable_tio.geometry import registration
 from pyable_tio.manifest.records import TransformEntry
 
 LABELS = set(synthetic.LABEL_VALUES)

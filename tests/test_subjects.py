@@ -10,8 +10,9 @@ import SimpleITK as sitk
 import torchio as tio
 
 import pyable_tio as pt
-from pyable_tio import backend, synthetic
-from pyable_tio.geometry import Grid
+from pyable_tio import synthetic
+from pyable_tio.io import backend
+from pyable_tio.geometry.grid import Grid
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
@@ -118,7 +119,7 @@ def test_callable_selector_receives_image_headers(tmp_path):
 
     subject = pt.subjects_from_manifest({'s': paths}, reference=smallest_spacing_z)[0]
     headers = seen[0]
-    assert all(isinstance(h, pt.ImageHeader) for h in headers)
+    assert all(isinstance(h, pt.geometry.reference.ImageHeader) for h in headers)
     assert [str(h.path) for h in headers] == paths
     assert headers[1].grid.size == (22, 20, 12)
     assert subject['meta']['reference_used'] == paths[1]

@@ -31,8 +31,8 @@ except ImportError:  # Windows: no cross-process lock (see docs/CACHE_AND_CLI.md
 
 import numpy as np
 
-from ..atomic import HOST as _HOST
-from ..atomic import temporary_path as _temporary
+from ..io.atomic import HOST as _HOST
+from ..io.atomic import temporary_path as _temporary
 from ..constants import CACHE_FORMAT_VERSION, CACHE_TEMP_SUFFIX
 
 #: A temporary file older than this (seconds) was left by a killed writer and may be removed

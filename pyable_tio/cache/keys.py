@@ -9,20 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import backend, sources
-from ..atomic import atomic_write
+from ..io import backend
+from ..io import sources
+from ..io.atomic import atomic_write
 from ..constants import CACHE_FORMAT_VERSION, CACHE_KEY_VERSION
-from ..geometry import Grid
-from ..hashing import (
-    FileSignature,
-    digest_of,
-    entries_digest,
-    file_digest,
-    file_signature,
-    hash_file,
-    known_digest,
-    remember_digest,
-)
+from ..geometry.grid import Grid
+from .digest import FileSignature, digest_of, entries_digest, file_digest, file_signature, hash_file, known_digest, remember_digest
 
 if TYPE_CHECKING:  # the plan imports the preprocessing steps, which import the cache
     from ..plan import PlanEntry
@@ -75,7 +67,7 @@ def key_inputs(entry: PlanEntry, grid: Grid, source: str) -> dict[str, Any]:
     return inputs
 
 
-#: Fields of an on-disk source memo, in :data:`~pyable_tio.hashing.FileSignature` order.
+#: Fields of an on-disk source memo, in :data:`~pyable_tio.cache.digest.FileSignature` order.
 MEMO_FIELDS = ('path', 'size', 'mtime_ns', 'ctime_ns', 'inode')
 
 

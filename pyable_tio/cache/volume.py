@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..constants import ALIGNMENT_FOLDER, CACHE_ARRAY_SUFFIX, CACHE_SIDECAR_SUFFIX, CACHE_SOURCES_FOLDER, CACHE_TEMP_SUFFIX
-from ..hashing import digest_of
+from .digest import digest_of
 from .entry import (
     STALE_TEMP_SECONDS,
     CacheCorruption,
@@ -28,7 +28,7 @@ from .keys import check_memo, key_inputs, source_digest
 from .stats import KEY_FOLDERS, CacheStats, disk_bytes, owned_files, warn_line
 
 if TYPE_CHECKING:  # the plan imports the preprocessing steps, which import the cache
-    from ..geometry import Grid
+    from ..geometry.grid import Grid
     from ..plan import PlanEntry
 
 __all__ = ['STALE_TEMP_SECONDS', 'CacheStats', 'VolumeCache']

@@ -26,7 +26,7 @@ from ..constants import (
     FIELD_TRANSFORMS,
 )
 from ..errors import ManifestError, describe
-from .. import dicom
+from ..io import dicom
 from . import cells, formats
 from .fields import KNOWN_FIELDS, unknown_field_problem
 from .records import FileEntry, Manifest, SubjectRecord, TransformEntry

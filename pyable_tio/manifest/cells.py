@@ -16,9 +16,9 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from .. import dicom
+from ..io import dicom
 from ..constants import FIELD_PREPROCESS, REFERENCE_FIRST, REFERENCE_LARGEST
-from ..geometry import Grid
+from ..geometry.grid import Grid
 from .fields import reference_problem
 from .records import FileEntry, ReferenceValue, TransformEntry
 

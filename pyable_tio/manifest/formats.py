@@ -125,7 +125,7 @@ def rows_from_multi_csv(paths: Sequence[Path]) -> list[RawRow]:
     if problems:
         raise ManifestError.from_problems(problems)
     # Subjects may list different sequences (TorchIO's subjects have the keys they have);
-    # batches check that they agree (pyable_tio.planning.batch_problems).
+    # batches check that they agree (pyable_tio.checking.headers.batch_problems).
     for row in rows.values():
         flagged = row.pop('_reference_names', [])
         if len(flagged) > 1:

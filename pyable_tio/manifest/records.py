@@ -9,7 +9,7 @@ from typing import Any, Union
 
 import SimpleITK as sitk
 
-from ..geometry import Grid
+from ..geometry.grid import Grid
 
 #: A reference as written in a manifest: an index, a file, or "first"/"largest".
 ReferenceValue = Union[int, Path, str]

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .. import backend
+from ..io import backend
 from ..cache.entry import folder_lock
 from ..constants import CACHE_FORMAT_VERSION, PREPROCESS_IMAGE, PREPROCESS_LOCKS_FOLDER
-from ..geometry import Grid
-from ..hashing import digest_of, file_digest
+from ..geometry.grid import Grid
+from ..cache.digest import digest_of, file_digest
 from .base import PreprocessStep, step_key
 
 #: Without a cache, the last outputs computed in this process, so that the image and its brain

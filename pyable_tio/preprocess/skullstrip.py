@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from ..constants import BRAIN_MASK
 from ..errors import MissingDependencyError
-from ..geometry import Grid
+from ..geometry.grid import Grid
 from .base import Masks, PreprocessStep, package_version
 
 #: What ``pip install "pyable-tio[brain]"`` adds, by import name.

@@ -25,7 +25,7 @@ import torchio as tio
 
 from ..constants import ID, IMAGE_PREFIX, IMAGES, LABELMAP_PREFIX, META, META_AXIS_ORDER, ROI_PREFIX
 from ..errors import describe
-from ..geometry import Grid, grid_from_meta, planar_grid, ras_affine_to_grid
+from ..geometry.grid import Grid, grid_from_meta, planar_grid, ras_affine_to_grid
 from ..plan import reference_grid
 from .layout import ToZYX, is_zyx
 

@@ -24,7 +24,7 @@ import torchio as tio
 
 from ..constants import ID, LAYOUT_AXIS_TOLERANCE
 from ..errors import PyableTioError, describe
-from ..geometry import Grid, affine_orientation
+from ..geometry.grid import Grid, affine_orientation
 from ..plan import reference_grid
 from .keep_grid import keep_grid
 

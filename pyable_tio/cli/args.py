@@ -14,9 +14,9 @@ import argparse
 import hashlib
 import re
 
-from .constants import REFERENCE_FIRST, REFERENCE_LARGEST
-from .geometry import check_orientation
-from .preprocess import resolve_steps
+from ..constants import REFERENCE_FIRST, REFERENCE_LARGEST
+from ..geometry.grid import check_orientation
+from ..preprocess import resolve_steps
 
 _SIZE = re.compile(r'^\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]?)(i?b)?\s*$', re.IGNORECASE)
 

@@ -10,10 +10,10 @@ from typing import Any, Union
 
 import SimpleITK as sitk
 
-from .constants import REFERENCE_FIRST, REFERENCE_LARGEST
-from .errors import ManifestError, describe, short_error
-from .geometry import Grid, read_header
-from .manifest.records import SubjectRecord
+from ..constants import REFERENCE_FIRST, REFERENCE_LARGEST
+from ..errors import ManifestError, describe, short_error
+from .grid import Grid, read_header
+from ..manifest.records import SubjectRecord
 
 
 @dataclass(frozen=True)

@@ -16,26 +16,13 @@ from typing import Any, Union
 import torch
 import torchio as tio
 
-from .constants import (
-    DEFAULT_BACKGROUND,
-    ID,
-    IMAGE_PREFIX,
-    IMAGES,
-    ITEM_IMAGES,
-    ITEM_LABELMAPS,
-    ITEM_ROIS,
-    LABELMAP_PREFIX,
-    LINEAR,
-    META,
-    REFERENCE_FIRST,
-    ROI_PREFIX,
-)
-from .manifest import ManifestSource
-from .plan import reference_grid
-from .reference import ReferenceSelector, ReferenceSpace
-from .subjects import subjects_from_manifest
-from .transforms.adapter import CallableTransform, item_meta
-from .transforms.layout import with_layout_guard
+from ..constants import DEFAULT_BACKGROUND, ID, IMAGE_PREFIX, IMAGES, ITEM_IMAGES, ITEM_LABELMAPS, ITEM_ROIS, LABELMAP_PREFIX, LINEAR, META, REFERENCE_FIRST, ROI_PREFIX
+from ..manifest import ManifestSource
+from ..plan import reference_grid
+from ..geometry.reference import ReferenceSelector, ReferenceSpace
+from ..subjects import subjects_from_manifest
+from ..transforms.adapter import CallableTransform, item_meta
+from ..transforms.layout import with_layout_guard
 
 #: What ``transforms=`` accepts: one transform or a sequence applied in order.
 TransformSpec = Union[tio.Transform, Callable, Sequence[Union[tio.Transform, Callable]]]
@@ -70,7 +57,7 @@ class PyableDataset(torch.utils.data.Dataset):
 
     Subjects may differ (``missing="keep"``): each item lists its subject's own images,
     ROIs and label maps, and ``DataLoader(dataset, batch_size=1)`` with PyTorch's default
-    collate works. :func:`pyable_tio.collate` pads shapes and ROI counts; it needs the same
+    collate works. :func:`pyable_tio.datasets.collate` pads shapes and ROI counts; it needs the same
     image channels in every item of a batch (build with ``missing="error"`` to check that
     here, before training starts).
 

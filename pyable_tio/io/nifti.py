@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import DEFLATE_MAX_RATIO, DEFLATE_SLACK_BYTES
+from ..constants import DEFLATE_MAX_RATIO, DEFLATE_SLACK_BYTES
 
 #: File name endings of single-file NIfTI (``.hdr``/``.img`` pairs are left to SimpleITK).
 NIFTI_SUFFIXES = ('.nii', '.nii.gz')
@@ -46,7 +46,7 @@ class TruncatedFileError(ValueError):
         >>> check_length('cut.nii.gz')  # doctest: +SKIP
         Traceback (most recent call last):
         ...
-        pyable_tio.nifti.TruncatedFileError: truncated file: the gzip stream ends early ...
+        pyable_tio.io.nifti.TruncatedFileError: truncated file: the gzip stream ends early ...
     """
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .errors import short_error
-from .geometry import read_header
-from .manifest.records import TransformEntry
+from ..errors import short_error
+from .grid import read_header
+from ..manifest.records import TransformEntry
 
 #: Files read as displacement fields (vector images) rather than transform files.
 FIELD_SUFFIXES = ('.nii', '.nii.gz', '.mha', '.mhd', '.nrrd', '.nhdr')

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from . import backend, integrity, registration
-from .atomic import atomic_path
-from .constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER, NONFINITE_ZERO
-from .errors import ManifestError, describe, short_error
-from .hashing import digest_of, entries_digest, file_digest
-from .manifest.records import FileEntry, SubjectRecord, TransformEntry
+from ..io import backend
+from ..io import integrity
+from . import registration
+from ..io.atomic import atomic_path
+from ..constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER, NONFINITE_ZERO
+from ..errors import ManifestError, describe, short_error
+from ..cache.digest import digest_of, entries_digest, file_digest
+from ..manifest.records import FileEntry, SubjectRecord, TransformEntry
 from .reference import Reference
 
 #: Every number ``register`` uses (Mattes mutual information, random sampling, regular-step
@@ -55,7 +57,7 @@ class Alignment:
         kind: ``"rigid"`` or ``"affine"``.
         entry: What the reader applies last (nearest the grid): the cached ``.tfm`` file, or the in-memory
             transform when there is no cache folder.
-        summary: Readable parameters (see :func:`pyable_tio.registration.describe_transform`).
+        summary: Readable parameters (see :func:`pyable_tio.geometry.registration.describe_transform`).
         reused: True when read from the cache instead of computed.
 
     Example:

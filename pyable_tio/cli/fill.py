@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import InvalidStateError, ProcessPoolExecutor, as_completed
 from typing import Any
 
-from .constants import EXIT_TERMINATED
-from .errors import PyableTioError, describe
-from .reader import GridReader
+from ..constants import EXIT_TERMINATED
+from ..errors import PyableTioError, describe
+from ..reader import GridReader
 
 
 def fill(jobs: list[tuple[GridReader, str]], workers: int) -> Iterator[tuple[dict[str, int], str | None]]:

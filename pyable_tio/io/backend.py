@@ -31,18 +31,10 @@ from types import ModuleType
 
 import SimpleITK as sitk
 
-from . import nifti, sources
-from .constants import (
-    BACKEND_AUTO,
-    BACKEND_ENV_VAR,
-    BACKEND_PYABLE,
-    BACKEND_SIMPLEITK,
-    BACKENDS,
-    BSPLINE,
-    LINEAR,
-    NEAREST,
-)
-from .geometry import Grid
+from . import nifti
+from . import sources
+from ..constants import BACKEND_AUTO, BACKEND_ENV_VAR, BACKEND_PYABLE, BACKEND_SIMPLEITK, BACKENDS, BSPLINE, LINEAR, NEAREST
+from ..geometry.grid import Grid
 
 ROLE_IMAGE = 'image'
 ROLE_ROI = 'roi'
@@ -128,7 +120,7 @@ def pyable_available() -> bool:
 
     Example:
         >>> import pyable_tio as pt
-        >>> pt.pyable_available() in (True, False)
+        >>> pt.io.backend.pyable_available() in (True, False)
         True
     """
     try:
@@ -149,7 +141,7 @@ def active_backend() -> str:
 
     Example:
         >>> import pyable_tio as pt
-        >>> pt.active_backend() in ('pyable', 'simpleitk')
+        >>> pt.io.backend.active_backend() in ('pyable', 'simpleitk')
         True
     """
     return BACKEND_PYABLE if _pyable_module() is not None else BACKEND_SIMPLEITK
@@ -183,7 +175,7 @@ def load(path: str | Path, role: str) -> sitk.Image:
 
     Voxels arrive as stored: a NIfTI file is checked for truncation first (cheaply: a ``stat``
     or the gzip trailer), and float NIfTI voxels, DICOM series and other formats are read by
-    :func:`pyable_tio.sources.read_image` in both backends (SimpleITK's NIfTI reader, and so
+    :func:`pyable_tio.io.sources.read_image` in both backends (SimpleITK's NIfTI reader, and so
     pyable's, turns NaN and +-Inf into 0). pyable reads the other files.
 
     Args:
@@ -196,7 +188,7 @@ def load(path: str | Path, role: str) -> sitk.Image:
 
     Raises:
         RuntimeError: If the file does not exist or cannot be read.
-        pyable_tio.nifti.TruncatedFileError: If a NIfTI file is shorter than its header says.
+        pyable_tio.io.nifti.TruncatedFileError: If a NIfTI file is shorter than its header says.
         ValueError: If ``role`` is unknown.
 
     Example:

@@ -7,7 +7,7 @@ of the package never does. The module shards subjects over DDP ranks itself
 
 Example:
     >>> import lightning as L  # doctest: +SKIP
-    >>> from pyable_tio.lightning import PatchDataModule  # doctest: +SKIP
+    >>> from pyable_tio.datasets.lightning import PatchDataModule  # doctest: +SKIP
     >>> data = PatchDataModule('train.json', 'val.json', patch_size=(32, 64, 64))  # doctest: +SKIP
     >>> L.Trainer(max_epochs=10, use_distributed_sampler=False).fit(model, datamodule=data)  # doctest: +SKIP
 """
@@ -21,17 +21,17 @@ import torch
 import torchio as tio
 from torch.utils.data import DistributedSampler
 
-from .errors import MissingDependencyError
+from ..errors import MissingDependencyError
 
 try:
     import lightning as L
 except ImportError:  # pragma: no cover - lightning is in the dev extra
     raise MissingDependencyError(
-        'pyable_tio.lightning needs PyTorch Lightning: pip install "pyable-tio[lightning]"'
+        'pyable_tio.datasets.lightning needs PyTorch Lightning: pip install "pyable-tio[lightning]"'
     ) from None
 
-from .constants import MISSING_ERROR
-from .data import QueueSampler, dataset_from_manifest, queue_from_manifest
+from ..constants import MISSING_ERROR
+from ..queues import QueueSampler, dataset_from_manifest, queue_from_manifest
 
 __all__ = ['PatchDataModule']
 

@@ -2,7 +2,7 @@
 
 Every file is then read completely (``check_data=True``): truncated or damaged files,
 non-finite voxels and ROIs/label maps holding non-integer values are reported, naming subject
-and file (:func:`pyable_tio.integrity.check_file`).
+and file (:func:`pyable_tio.io.integrity.check_file`).
 
 ``pyable-tio validate`` prints what :func:`validate` returns; use it from Python to gate a
 training job on a manifest.
@@ -21,13 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .constants import DEFAULT_NONFINITE, MISSING_KEEP, REFERENCE_FIRST
-from .errors import ManifestError, describe
-from .integrity import FileCheck, check_file, check_nonfinite_mode
-from .manifest import Manifest, SubjectRecord
-from .planning import SPELLING_PYTHON, CheckedSubject, PlanOptions, batch_problems, plan_source
-from .reference import ReferenceSelector, ReferenceSpace
-from .subjects import _FIELD_ROLE
+from ..constants import DEFAULT_NONFINITE, MISSING_KEEP, REFERENCE_FIRST
+from ..errors import ManifestError, describe
+from ..io.integrity import FileCheck, check_file, check_nonfinite_mode
+from ..manifest import Manifest, SubjectRecord
+from .headers import SPELLING_PYTHON, CheckedSubject, PlanOptions, batch_problems, plan_source
+from ..geometry.reference import ReferenceSelector, ReferenceSpace
+from ..subjects import _FIELD_ROLE
 
 
 @dataclass
@@ -74,7 +74,7 @@ def validate(
 ) -> Validation:
     """Check a manifest as :func:`pyable_tio.subjects_from_manifest` plans it, then each file's data.
 
-    Runs the same planning code (:func:`pyable_tio.planning.plan_manifest`): files exist,
+    Runs the same planning code (:func:`pyable_tio.checking.headers.plan_manifest`): files exist,
     headers and transforms read, preprocessing steps runnable (packages installed, masks
     listed), references chosen, grids reoriented, images aligned (``align=`` registers them)
     and, with ``missing="error"``/``"empty"``, subjects checked to fit one batch. Every problem of

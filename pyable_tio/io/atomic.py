@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .constants import CACHE_TEMP_SUFFIX
+from ..constants import CACHE_TEMP_SUFFIX
 
 #: Which host writes a temporary file (8 hex digits): its pid means something only there.
 HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]

@@ -18,8 +18,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from . import sources
-from .constants import GRID_TOLERANCE
+from ..io import sources
+from ..constants import GRID_TOLERANCE
 
 #: LPS (ITK) to RAS (NIfTI/TorchIO) world coordinates.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -180,7 +180,7 @@ def read_header(path: str | Path) -> sitk.ImageFileReader:
     """Read a file's header only (no voxel data). Raises ``RuntimeError`` if unreadable.
 
     A DICOM folder or series locator (``folder#UID``) gives the whole series' header, with
-    the getters of ``sitk.ImageFileReader`` (:func:`pyable_tio.sources.read_header`).
+    the getters of ``sitk.ImageFileReader`` (:func:`pyable_tio.io.sources.read_header`).
     """
     return sources.read_header(path)
 

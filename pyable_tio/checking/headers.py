@@ -1,7 +1,7 @@
 """Planning: manifest records checked against their headers, before any voxel is read.
 
 :func:`plan_manifest` is the one planning step that both :func:`pyable_tio.subjects_from_manifest`
-and :func:`pyable_tio.validation.validate` run: read each subject's headers, choose its reference
+and :func:`pyable_tio.checking.validate.validate` run: read each subject's headers, choose its reference
 grid, check its transforms and its preprocessing steps (``preprocess=``: packages installed,
 masks listed), reorient the grid (``orientation=``/``axis_aligned=``), align its images
 (``align=``) and check that subjects can share a batch when one is needed (``missing=``). Options are a frozen :class:`PlanOptions`, validated when it is made, i.e.
@@ -23,27 +23,16 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import registration
-from .alignment import Alignment, align_subject
-from .constants import (
-    ALIGN_MODES,
-    BRAIN_MASK_KEY,
-    FIELD_PREPROCESS,
-    FIELD_TRANSFORMS,
-    MISSING_EMPTY,
-    MISSING_ERROR,
-    MISSING_KEEP,
-    MISSING_MODES,
-    REFERENCE_FIRST,
-    REFERENCE_LARGEST,
-)
-from .errors import ManifestError, describe, short_error
-from .geometry import axis_aligned_grid, check_orientation, reorient_grid
-from .manifest import Manifest, ManifestSource, SubjectRecord, file_problems, parse_manifest
-from .preprocess import resolve_steps
-from .preprocess.plan import brain_source, preprocess_problems
-from .reference import ImageHeader, Reference, ReferenceSelector, ReferenceSpace
-from .reference import choose_reference, grid_of_space
+from ..geometry import registration
+from ..geometry.alignment import Alignment, align_subject
+from ..constants import ALIGN_MODES, BRAIN_MASK_KEY, FIELD_PREPROCESS, FIELD_TRANSFORMS, MISSING_EMPTY, MISSING_ERROR, MISSING_KEEP, MISSING_MODES, REFERENCE_FIRST, REFERENCE_LARGEST
+from ..errors import ManifestError, describe, short_error
+from ..geometry.grid import axis_aligned_grid, check_orientation, reorient_grid
+from ..manifest import Manifest, ManifestSource, SubjectRecord, file_problems, parse_manifest
+from ..preprocess import resolve_steps
+from ..preprocess.selection import brain_source, preprocess_problems
+from ..geometry.reference import ImageHeader, Reference, ReferenceSelector, ReferenceSpace
+from ..geometry.reference import choose_reference, grid_of_space
 
 #: How a fix is spelled for the caller: Python keyword (default) or command-line option.
 SPELLING_PYTHON = 'python'
@@ -340,7 +329,7 @@ def transform_problems(
     """One line per manifest transform of ``record`` that a ``dimension``-D grid cannot use.
 
     Transform files are read, displacement fields only by header
-    (:func:`pyable_tio.registration.check_transform`).
+    (:func:`pyable_tio.geometry.registration.check_transform`).
 
     Args:
         record: The subject.

@@ -20,8 +20,8 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from . import sources
-from .manifest.records import TransformEntry
+from ..io import sources
+from ..manifest.records import TransformEntry
 
 _CHUNK = 1 << 20
 #: At most this many paths' digests are remembered per process (least recently used forgotten).

@@ -22,24 +22,14 @@ import torch
 import torchio as tio
 from torchio.transforms.preprocessing.label.label_transform import LabelTransform
 
-from . import registration
-from .atomic import atomic_path
-from .backend import ROLE_IMAGE, SITK_INTERPOLATORS
-from .constants import (
-    ID,
-    IMAGES,
-    ITEM_IMAGES,
-    ITEM_LABELMAPS,
-    ITEM_ROIS,
-    LINEAR,
-    META,
-    NATIVE_DEFAULT_VALUE,
-    NEAREST,
-)
-from .errors import PyableTioError, describe, short_error
-from .geometry import Grid, planar_grid, ras_affine_to_grid, read_header
-from .plan import PlanEntry, SubjectPlan, plan_of
-from .reader import GridReader
+from ..geometry import registration
+from ..io.atomic import atomic_path
+from ..io.backend import ROLE_IMAGE, SITK_INTERPOLATORS
+from ..constants import ID, IMAGES, ITEM_IMAGES, ITEM_LABELMAPS, ITEM_ROIS, LINEAR, META, NATIVE_DEFAULT_VALUE, NEAREST
+from ..errors import PyableTioError, describe, short_error
+from ..geometry.grid import Grid, planar_grid, ras_affine_to_grid, read_header
+from ..plan import PlanEntry, SubjectPlan, plan_of
+from ..reader import GridReader
 
 #: A prediction on the subject's grid: C x D x H x W tensor or array, or a ``tio.Image``.
 Prediction = Union[torch.Tensor, np.ndarray, tio.Image]
@@ -64,7 +54,7 @@ class NativeSpaceError(PyableTioError, ValueError):
         >>> to_native(labels, subject, target='image_1')  # B-spline transform  # doctest: +SKIP
         Traceback (most recent call last):
         ...
-        pyable_tio.native.NativeSpaceError: subject "sub-01": ... BSplineTransform has no inverse
+        pyable_tio.inference.native.NativeSpaceError: subject "sub-01": ... BSplineTransform has no inverse
     """
 
 

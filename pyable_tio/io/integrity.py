@@ -1,7 +1,7 @@
 """Checks of what a file holds: non-finite voxels, label maps that are not labels, damage.
 
 The readers run the cheap checks on every load (:func:`apply_nonfinite`,
-:func:`label_problem`; truncation in :mod:`pyable_tio.sources`); ``pyable-tio validate`` runs
+:func:`label_problem`; truncation in :mod:`pyable_tio.io.sources`); ``pyable-tio validate`` runs
 :func:`check_file`, which reads each file completely.
 
 Example:
@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from . import backend, nifti, sources
-from .constants import DEFAULT_NONFINITE, NONFINITE_ERROR, NONFINITE_KEEP, NONFINITE_MODES, NONFINITE_ZERO
-from .errors import short_error
+from . import backend
+from . import nifti
+from . import sources
+from ..constants import DEFAULT_NONFINITE, NONFINITE_ERROR, NONFINITE_KEEP, NONFINITE_MODES, NONFINITE_ZERO
+from ..errors import short_error
 
 _FLOAT_PIXELS = frozenset({
     sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64,
@@ -35,7 +37,7 @@ class NonFiniteError(ValueError):
         >>> apply_nonfinite(image_with_nan, 'error')  # doctest: +SKIP
         Traceback (most recent call last):
         ...
-        pyable_tio.integrity.NonFiniteError: 1 non-finite voxel (1 NaN) of 6720; ...
+        pyable_tio.io.integrity.NonFiniteError: 1 non-finite voxel (1 NaN) of 6720; ...
     """
 
 

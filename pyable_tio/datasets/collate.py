@@ -13,18 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
-from .constants import (
-    ID,
-    IMAGE_PAD_VALUE,
-    ITEM_IMAGES,
-    ITEM_LABELMAPS,
-    ITEM_ROIS,
-    LABEL_PAD_VALUE,
-    MASK,
-    META,
-    PRESENT_SUFFIX,
-    SPATIAL_SHAPES,
-)
+from ..constants import ID, IMAGE_PAD_VALUE, ITEM_IMAGES, ITEM_LABELMAPS, ITEM_ROIS, LABEL_PAD_VALUE, MASK, META, PRESENT_SUFFIX, SPATIAL_SHAPES
 
 _LIST_KEYS = (ID, META)
 

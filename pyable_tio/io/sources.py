@@ -4,7 +4,7 @@ Every header and voxel read of a manifest entry goes through here, so that DICOM
 series locators (``folder#UID``), truncated NIfTI files and non-finite NIfTI voxels are
 handled the same way at build time, at load time, in the cache and in ``validate``:
 
-- a folder or ``folder#UID`` is a DICOM series (:mod:`pyable_tio.dicom`);
+- a folder or ``folder#UID`` is a DICOM series (:mod:`pyable_tio.io.dicom`);
 - a NIfTI file is checked cheaply for truncation (a ``stat``, or the gzip trailer) before
   its voxels are read, and float NIfTI voxels are read as stored (SimpleITK would turn NaN
   and +-Inf into 0), with SimpleITK's geometry;
@@ -22,7 +22,8 @@ import os
 import numpy as np
 import SimpleITK as sitk
 
-from . import dicom, nifti
+from . import dicom
+from . import nifti
 from .native_stderr import hdf5_diagnostics_filtered
 
 #: SimpleITK pixel type of each float NIfTI datatype read by :func:`read_image`.
@@ -81,7 +82,7 @@ def check_length(path: str | os.PathLike) -> None:
         >>> check_length('cut.nii.gz')  # doctest: +SKIP
         Traceback (most recent call last):
         ...
-        pyable_tio.nifti.TruncatedFileError: truncated file: 416 bytes, but its header needs 832 ...
+        pyable_tio.io.nifti.TruncatedFileError: truncated file: 416 bytes, but its header needs 832 ...
     """
     if nifti.is_nifti(path):
         try:

@@ -28,18 +28,19 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import backend, cli_args
-from .cache_fill import fill
-from .cli_args import format_bytes, shard_of
-from .constants import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, EXIT_TERMINATED, EXIT_USAGE
-from .constants import ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, MISSING_KEEP, MISSING_MODES
-from .constants import NONFINITE_MODES, ON_ERROR_MODES, ON_ERROR_RAISE, ON_ERROR_SKIP, REFERENCE_FIRST
-from .errors import ManifestError, PyableTioError, subject_of
-from .manifest import Manifest, read_manifest
-from .planning import SPELLING_CLI
-from .preprocess import STEPS
-from .reader import GridReader
-from .validation import Validation, _label, validate
+from ..io import backend
+from . import args as cli_args
+from .fill import fill
+from .args import format_bytes, shard_of
+from ..constants import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, EXIT_TERMINATED, EXIT_USAGE
+from ..constants import ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, MISSING_KEEP, MISSING_MODES
+from ..constants import NONFINITE_MODES, ON_ERROR_MODES, ON_ERROR_RAISE, ON_ERROR_SKIP, REFERENCE_FIRST
+from ..errors import ManifestError, PyableTioError, subject_of
+from ..manifest import Manifest, read_manifest
+from ..checking.headers import SPELLING_CLI
+from ..preprocess import STEPS
+from ..reader import GridReader
+from ..checking.validate import Validation, _label, validate
 
 PROG = 'pyable-tio'
 _DTYPES = ('float16', 'float32', 'float64')
@@ -159,8 +160,8 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 def _run_cache(args: argparse.Namespace) -> int:
-    from .cache import VolumeCache
-    from .subjects import subjects_from_manifest
+    from ..cache import VolumeCache
+    from ..subjects import subjects_from_manifest
 
     import torch
 
@@ -245,7 +246,7 @@ def _run_info(args: argparse.Namespace) -> int:
         print(f'{PROG} info: error: --check needs --cache-dir DIR (the cache to verify)', file=sys.stderr)
         return EXIT_USAGE
     if args.cache_dir is not None:
-        from .cache import VolumeCache
+        from ..cache import VolumeCache
 
         if not Path(args.cache_dir).is_dir():
             raise ValueError(f'cache folder {args.cache_dir} does not exist')

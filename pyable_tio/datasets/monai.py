@@ -30,9 +30,9 @@ import torch
 import torchio as tio
 from torch.utils.data._utils.collate import default_collate_fn_map
 
-from .constants import META
-from .manifest import ManifestSource
-from .subjects import subjects_from_manifest
+from ..constants import META
+from ..manifest import ManifestSource
+from ..subjects import subjects_from_manifest
 
 #: What ``pip`` installs to make :func:`monai_dataset` work.
 MONAI_EXTRA = 'pip install "pyable-tio[monai]"'
@@ -62,7 +62,7 @@ class SubjectMeta(dict):
 
     Subjects differ in the lengths of ``meta`` lists (``source_paths``, ``transforms_applied``),
     which ``default_collate`` refuses; a batch (``list_data_collate``, MONAI's or torch's
-    ``DataLoader``) holds the list of the items' dicts instead, like :func:`pyable_tio.collate`.
+    ``DataLoader``) holds the list of the items' dicts instead, like :func:`pyable_tio.datasets.collate`.
 
     Example:
         >>> batch = monai.data.list_data_collate([item_a, item_b])  # doctest: +SKIP

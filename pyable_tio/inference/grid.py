@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torchio as tio
 
-from .constants import OVERLAP_MODES
-from .errors import describe
+from ..constants import OVERLAP_MODES
+from ..errors import describe
 
 
 class SubjectGridAggregator(tio.GridAggregator):

@@ -1,0 +1,1 @@
+"""Manifests checked before any voxel is read (headers), and validation of files and data."""

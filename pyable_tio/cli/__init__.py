@@ -1,0 +1,1 @@
+"""The ``pyable-tio`` command line: ``validate``, ``cache`` and ``info``."""

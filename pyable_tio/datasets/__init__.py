@@ -1,0 +1,1 @@
+"""Datasets over the subjects: the seed's dict dataset, collation, MONAI datasets."""

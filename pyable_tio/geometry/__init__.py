@@ -1,0 +1,1 @@
+"""Grids and spaces: the sampling grid, the reference choice, registration transforms, alignment."""

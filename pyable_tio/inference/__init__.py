@@ -1,0 +1,1 @@
+"""Inference: whole volumes patch by patch, and predictions back to native space."""

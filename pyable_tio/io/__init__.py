@@ -1,0 +1,1 @@
+"""Reading what a manifest path points at: NIfTI, DICOM, the pyable/SimpleITK seam, integrity checks, atomic writes."""
