@@ -1,5 +1,9 @@
 """pyable-tio: manifests of medical images as TorchIO subjects in pyable's Z,Y,X layout.
 
+The names below load on first use (PEP 562), so that ``import pyable_tio`` and the
+``pyable-tio --help`` command line start without torch, TorchIO and SimpleITK; ``pt.name``
+and ``from pyable_tio import name`` work as plain imports would.
+
 Example:
     >>> import pyable_tio as pt
     >>> subjects = pt.subjects_from_manifest('manifest.json')  # doctest: +SKIP
@@ -8,47 +12,77 @@ Example:
 
 from __future__ import annotations
 
-from . import transforms
-from .cache import VolumeCache
-from .datasets.collate import PadCollate, collate
-from .datasets.monai import monai_dataset
-from .datasets.pyable import PyableDataset
-from .errors import LoadError, ManifestError, PyableTioError, SkippedSubjectsWarning
-from .inference.grid import inference_loader, predict_subject
-from .inference.native import save_prediction, to_native
-from .manifest import read_manifest
-from .patch_plan import plan_transform
-from .patches import PatchQueue
-from .preprocess import N4, SkullStrip
-from .queues import QueueSampler, dataset_from_manifest, queue_from_manifest, set_epoch
-from .subjects import subjects_from_manifest
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
 
 __version__ = '0.1.0'
 
+#: Each public name -> the module defining it (``""``: the subpackage of that name).
+_EXPORTS = {
+    'LoadError': '.errors',
+    'ManifestError': '.errors',
+    'N4': '.preprocess',
+    'PadCollate': '.datasets.collate',
+    'PatchQueue': '.patches',
+    'PyableDataset': '.datasets.pyable',
+    'PyableTioError': '.errors',
+    'QueueSampler': '.queues',
+    'SkippedSubjectsWarning': '.errors',
+    'SkullStrip': '.preprocess',
+    'VolumeCache': '.cache',
+    'collate': '.datasets.collate',
+    'dataset_from_manifest': '.queues',
+    'inference_loader': '.inference.grid',
+    'monai_dataset': '.datasets.monai',
+    'plan_transform': '.patch_plan',
+    'predict_subject': '.inference.grid',
+    'queue_from_manifest': '.queues',
+    'read_manifest': '.manifest',
+    'save_prediction': '.inference.native',
+    'set_epoch': '.queues',
+    'subjects_from_manifest': '.subjects',
+    'to_native': '.inference.native',
+    'transforms': '',
+}
+
 # User-level names only; everything else is importable from its module (docs/API.md).
-__all__ = [
-    'LoadError',
-    'ManifestError',
-    'N4',
-    'PadCollate',
-    'PatchQueue',
-    'PyableDataset',
-    'PyableTioError',
-    'QueueSampler',
-    'SkippedSubjectsWarning',
-    'SkullStrip',
-    'VolumeCache',
-    'collate',
-    'dataset_from_manifest',
-    'inference_loader',
-    'monai_dataset',
-    'plan_transform',
-    'predict_subject',
-    'queue_from_manifest',
-    'read_manifest',
-    'save_prediction',
-    'set_epoch',
-    'subjects_from_manifest',
-    'to_native',
-    'transforms',
-]
+__all__ = sorted(_EXPORTS, key=lambda name: (name[0].islower(), name))
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        if not name.startswith('_') and importlib.util.find_spec(f'{__name__}.{name}') is not None:
+            # A subpackage (pt.geometry.grid.Grid): load the public names first, so that the
+            # modules they use are attributes of their packages, as after an eager import.
+            for export in __all__:
+                __getattr__(export)
+            return importlib.import_module(f'.{name}', __name__)
+        raise AttributeError(f"module 'pyable_tio' has no attribute {name!r}")
+    value = importlib.import_module(f'.{name}' if module == '' else module, __name__)
+    if module != '':
+        value = getattr(value, name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from . import transforms
+    from .cache import VolumeCache
+    from .datasets.collate import PadCollate, collate
+    from .datasets.monai import monai_dataset
+    from .datasets.pyable import PyableDataset
+    from .errors import LoadError, ManifestError, PyableTioError, SkippedSubjectsWarning
+    from .inference.grid import inference_loader, predict_subject
+    from .inference.native import save_prediction, to_native
+    from .manifest import read_manifest
+    from .patch_plan import plan_transform
+    from .patches import PatchQueue
+    from .preprocess import N4, SkullStrip
+    from .queues import QueueSampler, dataset_from_manifest, queue_from_manifest, set_epoch
+    from .subjects import subjects_from_manifest

@@ -133,6 +133,9 @@ INTERPOLATION_SUPPORT = {'nearest': 1, 'linear': 2}
 INTERPOLATION_SUPPORT_DEFAULT = 4
 #: ``truncate`` of scipy.ndimage.gaussian_filter (TorchIO's RandomBlur): kernel radius in stds.
 BLUR_TRUNCATE = 4.0
+#: Names of the built-in preprocessing steps (``pyable_tio.preprocess.STEPS``'s keys, sorted),
+#: here so that the command line's help lists them without importing the steps.
+PREPROCESS_STEP_NAMES = ('n4', 'skullstrip')
 #: Manifest field (subject or file) listing preprocessing steps, e.g. ``["n4", "skullstrip"]``.
 FIELD_PREPROCESS = 'preprocess'
 #: Name of the brain mask a skull-strip step makes, and the subject key of it on the grid.

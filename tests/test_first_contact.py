@@ -195,3 +195,52 @@ def test_a_wrong_column_is_reported_once(tmp_path):
     assert len(problems) == 1, problems
     assert problems[0].startswith(f'file {table}: column "labelmap_path": unknown field, did you mean')
     assert '6 rows: subjects "sub-0", "sub-1"' in problems[0]
+
+
+# ------------------------------------------------------ item 12: the CLI starts at once
+
+HEAVY = ('torch', 'torchio', 'SimpleITK', 'numpy', 'pandas', 'nibabel')
+
+
+@pytest.mark.parametrize('argv, code', [
+    (['--help'], 0), (['--version'], 0), (['validate', '--help'], 0), (['cache', 'm.json', '--workers', 'x'], 2),
+    (['cache', 'm.json'], 2),  # --cache-dir missing
+])
+def test_cli_parsing_imports_no_heavy_package(argv, code):
+    import subprocess
+    import sys
+
+    script = (
+        'import sys; from pyable_tio_cli import main\n'
+        f'code = main({argv!r})\n'
+        f'print([name for name in {HEAVY!r} if name in sys.modules]); sys.exit(code)'
+    )
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == '[]', done.stdout
+
+
+def test_lazy_namespace_is_the_export_list():
+    import subprocess
+    import sys
+
+    script = (
+        'import sys, pyable_tio as pt\n'
+        'assert "torch" not in sys.modules\n'
+        'assert set(pt.__all__) <= set(dir(pt))\n'
+        'from pyable_tio import subjects_from_manifest, transforms\n'
+        'assert pt.subjects_from_manifest is subjects_from_manifest and pt.transforms is transforms\n'
+        'assert all(getattr(pt, name) is not None for name in pt.__all__)\n'
+        'print("ok")'
+    )
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == 'ok', done.stderr[-2000:]
+    with pytest.raises(AttributeError, match='no attribute'):
+        pt.not_a_name  # noqa: B018
+
+
+def test_preprocess_step_names_for_the_help_match_the_steps():
+    from pyable_tio.constants import PREPROCESS_STEP_NAMES
+    from pyable_tio.preprocess import STEPS
+
+    assert PREPROCESS_STEP_NAMES == tuple(sorted(STEPS))

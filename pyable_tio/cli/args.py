@@ -15,8 +15,6 @@ import hashlib
 import re
 
 from ..constants import REFERENCE_FIRST, REFERENCE_LARGEST
-from ..geometry.grid import check_orientation
-from ..preprocess import resolve_steps
 
 _SIZE = re.compile(r'^\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]?)(i?b)?\s*$', re.IGNORECASE)
 
@@ -61,6 +59,8 @@ def steps(text: str) -> tuple:
         >>> [type(step).__name__ for step in steps('n4')]
         ['N4']
     """
+    from ..preprocess import resolve_steps  # only when --preprocess is given: it loads SimpleITK
+
     try:
         return resolve_steps(text)
     except ValueError as error:
@@ -89,6 +89,8 @@ def orientation(text: str) -> str:
         >>> orientation('RAS')
         'RAS'
     """
+    from ..geometry.grid import check_orientation  # only when --orientation is given
+
     try:
         return check_orientation(text)
     except ValueError as error:

@@ -26,21 +26,21 @@ from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
-from ..io import backend
+# Only what parsing needs is imported here: --help, --version and a usage error must not wait
+# seconds for torch, TorchIO and SimpleITK (benchmarks/bench_cli_start.py). Each command
+# imports its own tools.
 from . import args as cli_args
-from .fill import fill
 from .args import format_bytes, shard_of
 from ..constants import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, EXIT_TERMINATED, EXIT_USAGE
 from ..constants import ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, MISSING_KEEP, MISSING_MODES
-from ..constants import NONFINITE_MODES, ON_ERROR_MODES, ON_ERROR_RAISE, ON_ERROR_SKIP, REFERENCE_FIRST
+from ..constants import NONFINITE_MODES, ON_ERROR_MODES, ON_ERROR_RAISE, ON_ERROR_SKIP, PREPROCESS_STEP_NAMES
+from ..constants import REFERENCE_FIRST
 from ..errors import ManifestError, PyableTioError, subject_of
-from ..manifest import Manifest, read_manifest
-from ..checking.headers import SPELLING_CLI
-from ..preprocess import STEPS
-from ..reader import GridReader
-from ..checking.validate import Validation, _label, validate
+
+if TYPE_CHECKING:
+    from ..checking.validate import Validation
 
 PROG = 'pyable-tio'
 _DTYPES = ('float16', 'float32', 'float64')
@@ -99,6 +99,8 @@ class _sigterm_as_interrupt:
 
 def _shard(source, args: argparse.Namespace):
     """``source`` restricted to this run's shard (a :class:`Manifest`), or as given without ``--shard``."""
+    from ..manifest import Manifest, read_manifest
+
     if args.shard is None:
         return source
     index, count = args.shard
@@ -131,6 +133,9 @@ def _print_validation(report: Validation) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
+    from ..checking.headers import SPELLING_CLI
+    from ..checking.validate import validate
+
     check = functools.partial(
         validate, reference=args.reference, reference_space=args.reference_space, root=args.root,
         missing=args.missing, orientation=args.orientation, axis_aligned=args.axis_aligned, align=args.align,
@@ -160,10 +165,15 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 def _run_cache(args: argparse.Namespace) -> int:
-    from ..cache import VolumeCache
-    from ..subjects import subjects_from_manifest
-
     import torch
+    from tqdm.auto import tqdm
+
+    from ..cache import VolumeCache
+    from ..checking.validate import _label
+    from ..manifest import Manifest
+    from ..reader import GridReader
+    from ..subjects import subjects_from_manifest
+    from .fill import fill
 
     cache = VolumeCache(args.cache_dir, max_bytes=args.max_bytes)
     build = functools.partial(
@@ -238,6 +248,8 @@ def versions() -> dict[str, str]:
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from ..io import backend
+
     rows = list(versions().items())
     rows.append(('pyable importable', 'yes' if backend.pyable_available() else 'no'))
     rows.append(('active backend', backend.active_backend()))
@@ -327,7 +339,7 @@ def _parser() -> argparse.ArgumentParser:
                              help='NaN/Inf voxels: error (default), zero (replace by 0) or keep (as stored)')
         command.add_argument('--preprocess', type=cli_args.steps, metavar='STEPS',
                              help=f'steps run on every image in its native space, e.g. n4,skullstrip'
-                                  f' (known: {",".join(sorted(STEPS))})')
+                                  f' (known: {",".join(PREPROCESS_STEP_NAMES)})')
 
     validate_ = commands.add_parser('validate', help='check manifests and every file, and summarise them')
     manifest_options(validate_)
