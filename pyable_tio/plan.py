@@ -165,8 +165,12 @@ class SubjectPlan:
             'source_paths': self.source_paths(),
             'reference_used': self.reference_used,
             'transforms_applied': list(self.transforms_applied),
-            # '' for an unnamed file: None would break PyTorch's default_collate.
-            'names': {name: names for name, names in self._by_field(lambda e: e.name).items() if any(names)},
+            # An unnamed file among named ones is named by its place (image_0, roi_1...), as the
+            # subject keys are; None would break PyTorch's default_collate.
+            'names': {
+                name: [n or f'{FIELD_ROLES[name]}_{i}' for i, n in enumerate(names)]
+                for name, names in self._by_field(lambda e: e.name).items() if any(names)
+            },
         }
         steps = dict(zip(self.source_paths()[FIELD_IMAGES], self._by_field(_step_names)[FIELD_IMAGES]))
         if any(steps.values()):

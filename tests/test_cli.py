@@ -72,7 +72,7 @@ def test_validate_good_manifest_prints_a_summary(manifest, capsys):
     assert '3 valid of 3 listed' in out
     assert '2 (3 subj.)' in out  # two images per subject
     assert '1 x 1 x 1.5 (9 files)' in out and '1 x 1 x 3 (3 files)' in out  # T2 slices are thicker
-    assert 'LPS (12 files)' in out
+    assert 'LPS (9 files), LPS (oblique, 15 deg) (3 files)' in out  # the T2s are rotated by 15 degrees
     assert f'{SIZE[0]} x {SIZE[1]} x {SIZE[2]} (3 subj.)' in out
     assert out.strip().endswith('OK: 3 subject(s), no problems')
 
@@ -101,7 +101,7 @@ def test_validate_reports_each_problem_on_one_line(bad_manifest, capsys):
 def test_validate_from_python(manifest, bad_manifest):
     report = validate(manifest)
     assert (report.problems, report.subjects, report.listed) == ([], 3, 3)
-    assert report.orientations == {'LPS': 12} and report.counts['images'] == {2: 3}
+    assert report.orientations == {'LPS': 9, 'LPS (oblique, 15 deg)': 3} and report.counts['images'] == {2: 3}
     bad = validate(bad_manifest, missing='empty')  # ROI counts may now differ
     assert bad.subjects == 2 and len(bad.problems) == 4
     kept = validate(bad_manifest)  # the default: each subject has its own ROIs; a note says a batch would not

@@ -244,3 +244,55 @@ def test_preprocess_step_names_for_the_help_match_the_steps():
     from pyable_tio.preprocess import STEPS
 
     assert PREPROCESS_STEP_NAMES == tuple(sorted(STEPS))
+
+
+# --------------------------------------------------------------- item 15: small things
+
+
+def test_cache_dir_options_have_help(capsys):
+    for command in ('cache', 'info'):
+        assert cli.main([command, '--help']) == 0
+        out = capsys.readouterr().out
+        help_line = out[out.index('--cache-dir DIR  ') if '--cache-dir DIR  ' in out else out.rindex('--cache-dir DIR'):]
+        assert 'cache folder' in help_line.split('--', 2)[1], out
+
+
+def test_a_file_listed_twice_is_one_volume_not_a_hit(tmp_path, capsys):
+    image, seg = write_nifti(tmp_path / 't1.nii.gz'), write_nifti(tmp_path / 'seg.nii.gz', dtype=np.uint8)
+    manifest = write_manifest(tmp_path, {s: {'images': [str(image)], 'labelmaps': [str(seg)]} for s in 'ab'})
+    assert cli.main(['cache', str(manifest), '--cache-dir', str(tmp_path / 'c'), '--workers', '0', '--no-progress']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('2 volume(s): 0 hit(s), 2 miss(es)') and '2 entries' in out
+
+
+def test_validate_summary_says_oblique_and_counts_in_words(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    straight = write_nifti(tmp_path / 't1.nii.gz')
+    image = sitk.ReadImage(str(straight))
+    angle = np.radians(20)
+    image.SetDirection((np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1))
+    sitk.WriteImage(image, str(tmp_path / 't2.nii.gz'))
+    manifest = write_manifest(tmp_path, {'s': {'images': [str(straight), str(tmp_path / 't2.nii.gz')]}})
+    code, out, _ = validate(capsys, str(manifest))
+    assert code == 0
+    orientations = next(line for line in out.splitlines() if 'orientations' in line)
+    assert '(oblique, 20 deg) (1 file)' in orientations and '(1 files)' not in out
+
+
+def test_gzip_failure_says_where_it_failed(tmp_path):
+    path = write_nifti(tmp_path / 't1.nii.gz', shape=(40, 40, 40))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(nifti.TruncatedFileError) as caught:
+        nifti.check_stream(path)
+    message = str(caught.value)
+    assert 'fails after 0 bytes' not in message
+    held = int(message.split('fails after ')[1].split(' bytes')[0])
+    assert 0 < held < 352 + 40 * 40 * 40 * 4
+
+
+def test_an_unnamed_image_among_named_ones_is_named_by_its_place(tmp_path):
+    t1, t2 = write_nifti(tmp_path / 't1.nii.gz'), write_nifti(tmp_path / 't2.nii.gz')
+    subject = pt.subjects_from_manifest({'s': {'images': [str(t1), {'path': str(t2), 'name': 'T2'}]}})[0]
+    assert subject['meta']['names'] == {'images': ['image_0', 'T2']}

@@ -21,7 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..constants import DEFAULT_NONFINITE, MISSING_KEEP, REFERENCE_FIRST
+import numpy as np
+
+from ..constants import DEFAULT_NONFINITE, LAYOUT_AXIS_TOLERANCE, MISSING_KEEP, REFERENCE_FIRST
 from ..errors import ManifestError, describe
 from ..io.integrity import FileCheck, check_file, check_nonfinite_mode
 from ..manifest import Manifest, SubjectRecord
@@ -154,8 +156,24 @@ def _summarise(report: Validation, plan: CheckedSubject) -> None:
     for header in plan.headers:
         grid = header.grid
         report.spacings[' x '.join(f'{s:g}' for s in grid.spacing)] += 1
-        report.orientations[grid.orientation()] += 1
+        report.orientations[orientation_label(grid)] += 1
     report.reference_sizes[' x '.join(map(str, plan.reference.grid.size))] += 1
+
+
+def orientation_label(grid: Any) -> str:
+    """A grid's orientation code, with how far it is oblique when its axes are not the world's.
+
+    Example:
+        >>> orientation_label(oblique_t2_grid)  # doctest: +SKIP
+        'LPS (oblique, 15 deg)'
+    """
+    code = grid.orientation()
+    if grid.is_axis_aligned(LAYOUT_AXIS_TOLERANCE):
+        return code
+    # The index axis furthest from every world axis: its angle to the nearest one.
+    cosines = np.abs(np.asarray(grid.as_3d().direction_matrix)).max(axis=0)
+    angle = float(np.degrees(np.arccos(np.clip(cosines.min(), -1.0, 1.0))))
+    return f'{code} (oblique, {angle:.0f} deg)'
 
 
 def _label(source: object) -> str:

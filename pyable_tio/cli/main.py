@@ -113,7 +113,7 @@ def _shard(source, args: argparse.Namespace):
 
 def _print_validation(report: Validation) -> None:
     def top(counter: Counter, noun: str, limit: int = 4) -> str:
-        items = [f'{value} ({count} {noun})' for value, count in counter.most_common(limit)]
+        items = [f'{value} ({_plural(count, noun)})' for value, count in counter.most_common(limit)]
         more = len(counter) - limit
         return ', '.join(items) + (f', ... {more} more' if more > 0 else '') if items else '-'
 
@@ -122,8 +122,8 @@ def _print_validation(report: Validation) -> None:
     if report.subjects:
         rows += [(f'{name} per subject', top(counter, 'subj.')) for name, counter in report.counts.items()]
         rows += [
-            ('spacings x,y,z (mm)', top(report.spacings, 'files')),
-            ('orientations', top(report.orientations, 'files')),
+            ('spacings x,y,z (mm)', top(report.spacings, 'file')),
+            ('orientations', top(report.orientations, 'file')),
             ('reference sizes x,y,z', top(report.reference_sizes, 'subj.')),
         ]
     rows.append(('problems', str(len(report.problems))))
@@ -184,7 +184,7 @@ def _run_cache(args: argparse.Namespace) -> int:
         nonfinite=args.nonfinite,
         preprocess=args.preprocess,
     )
-    jobs, problems, skipped = [], [], []
+    jobs, problems, skipped, volumes = [], [], [], set()
     for source in _sources(args):
         source = _shard(source, args)
         if isinstance(source, Manifest) and not source.subjects:
@@ -203,7 +203,13 @@ def _run_cache(args: argparse.Namespace) -> int:
             for image in subject.get_images(intensity_only=False):
                 if isinstance(image.reader, GridReader):
                     paths = image.path if isinstance(image.path, list) else [image.path]
-                    jobs += [(image.reader, str(path)) for path in paths]
+                    for path in map(str, paths):
+                        # A file listed twice on one grid (two subjects, or image and ROI) is
+                        # one volume: computed once, not counted as a hit of this very run.
+                        volume = (image.reader.entry(path), image.reader.grid)
+                        if volume not in volumes:
+                            volumes.add(volume)
+                            jobs.append((image.reader, path))
     totals: Counter = Counter()
     bar = tqdm(total=len(jobs), desc='caching', unit='volume', disable=args.no_progress or not jobs)
     for counts, problem in fill(jobs, args.workers):
@@ -217,7 +223,7 @@ def _run_cache(args: argparse.Namespace) -> int:
     print(
         f'{len(jobs)} volume(s): {totals["hits"]} hit(s), {totals["misses"]} miss(es),'
         f' {totals["recovered"]} recovered, {format_bytes(totals["written_bytes"])} written{failed};'
-        f' cache {cache.folder}: {stats.entries} entries, {format_bytes(stats.bytes)}'
+        f' cache {cache.folder}: {_plural(stats.entries, "entry")}, {format_bytes(stats.bytes)}'
     )
     if skipped:
         _print_problems(skipped, prefix='skipped (--on-error skip): ')
@@ -306,6 +312,13 @@ def _sources(args: argparse.Namespace) -> list:
     return [list(args.manifests)] if args.multi_csv else list(args.manifests)
 
 
+def _plural(count: int, noun: str) -> str:
+    """``1 file``, ``2 files``, ``1 entry``, ``3 entries`` (abbreviations such as ``subj.`` stay)."""
+    if count == 1 or noun.endswith('.'):
+        return f'{count} {noun}'
+    return f'{count} {noun[:-1]}ies' if noun.endswith('y') else f'{count} {noun}s'
+
+
 def _print_problems(problems: Sequence[str], prefix: str = '') -> None:
     for problem in problems:
         print(f'{prefix}{problem}', file=sys.stderr)
@@ -349,7 +362,8 @@ def _parser() -> argparse.ArgumentParser:
 
     cache = commands.add_parser('cache', help='fill the cache of resampled volumes (resumable)')
     manifest_options(cache)
-    cache.add_argument('--cache-dir', required=True, metavar='DIR')
+    cache.add_argument('--cache-dir', required=True, metavar='DIR',
+                       help='cache folder (created if missing): the cache_dir= training will use')
     cache.add_argument('--workers', type=cli_args.workers, default=min(4, os.cpu_count() or 1), metavar='N',
                        help='parallel processes (default: min(4, CPUs)); 0 or 1 runs in this process')
     cache.add_argument('--max-bytes', type=cli_args.parse_size, metavar='SIZE', help='size limit, e.g. 50G (LRU eviction)')
@@ -366,7 +380,7 @@ def _parser() -> argparse.ArgumentParser:
     cache.set_defaults(run=_run_cache)
 
     info = commands.add_parser('info', help='versions, backend and cache statistics')
-    info.add_argument('--cache-dir', metavar='DIR')
+    info.add_argument('--cache-dir', metavar='DIR', help='cache folder to summarise (and verify with --check)')
     info.add_argument('--check', action='store_true', help='verify every cache entry (reads them all)')
     info.set_defaults(run=_run_info)
     return parser
