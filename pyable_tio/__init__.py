@@ -28,7 +28,6 @@ _EXPORTS = {
     'PyableDataset': '.datasets.pyable',
     'PyableTioError': '.errors',
     'QueueSampler': '.queues',
-    'SkippedSubjectsWarning': '.errors',
     'SkullStrip': '.preprocess',
     'VolumeCache': '.cache',
     'collate': '.datasets.collate',
@@ -37,6 +36,7 @@ _EXPORTS = {
     'monai_dataset': '.datasets.monai',
     'plan_transform': '.patch_plan',
     'predict_subject': '.inference.grid',
+    'qa_sheet': '.qa.report',
     'queue_from_manifest': '.queues',
     'read_manifest': '.manifest',
     'save_prediction': '.inference.native',
@@ -77,12 +77,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .datasets.collate import PadCollate, collate
     from .datasets.monai import monai_dataset
     from .datasets.pyable import PyableDataset
-    from .errors import LoadError, ManifestError, PyableTioError, SkippedSubjectsWarning
+    from .errors import LoadError, ManifestError, PyableTioError
     from .inference.grid import inference_loader, predict_subject
     from .inference.native import save_prediction, to_native
     from .manifest import read_manifest
     from .patch_plan import plan_transform
     from .patches import PatchQueue
+    from .qa.report import qa_sheet
     from .preprocess import N4, SkullStrip
     from .queues import QueueSampler, dataset_from_manifest, queue_from_manifest, set_epoch
     from .subjects import subjects_from_manifest

@@ -156,3 +156,37 @@ DEFLATE_SLACK_BYTES = 1 << 16
 #: Exit codes of the ``pyable-tio`` command: success, problems found, bad command line,
 #: interrupted (Ctrl-C), terminated (SIGTERM).
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+# ----------------------------------------------------------------- QA sheet (pyable_tio.qa)
+#: A finding whose badness (its value measured against its threshold) reaches 1 crosses the
+#: threshold; the sheet sorts subjects by their worst badness.
+QA_CROSSED = 1.0
+#: Badness of a notice (oblique file, anisotropic spacing): below every crossed threshold,
+#: above a clean subject.
+QA_NOTICE = 0.5
+#: Largest shift (mm) of a channel against the reference channel that passes: the shift at
+#: which their normalised mutual information peaks, searched up to QA_SHIFT_SEARCH_MM.
+QA_MAX_CHANNEL_SHIFT_MM = 3.0
+QA_SHIFT_SEARCH_MM = 20.0
+#: Channels are compared on a grid of at most this many voxels per axis (block means).
+QA_ALIGN_MAX_SIZE = 64
+#: Histogram bins of the normalised mutual information (per channel).
+QA_NMI_BINS = 32
+#: Smallest share of a label map's/ROI's foreground inside the reference channel's foreground
+#: (Otsu, dilated by QA_FOREGROUND_MARGIN_MM), and inside the reference grid (from its file).
+QA_MIN_IN_FOREGROUND = 0.9
+QA_MIN_IN_GRID = 0.95
+QA_FOREGROUND_MARGIN_MM = 3.0
+#: Spacing ratio (largest / smallest axis of a file) above which it is flagged.
+QA_MAX_SPACING_RATIO = 3.0
+#: Robust z-score (0.6745 (x - median) / MAD, Iglewicz & Hoaglin) of a channel's median or
+#: spread (IQR) against the other subjects above which it is an outlier; needs QA_MIN_SUBJECTS_Z.
+QA_MAX_ROBUST_Z = 3.5
+QA_MIN_SUBJECTS_Z = 4
+#: More distinct values than this in a label map or ROI is implausible (an image listed as labels?).
+QA_MAX_LABEL_VALUES = 255
+#: Thumbnail panel size in pixels (each channel: three panels side by side) and PNG colours.
+QA_PANEL_PIXELS = 144
+QA_PNG_COLOURS = 32
+#: Intensity window of thumbnails: these percentiles of the channel map to black and white.
+QA_WINDOW_PERCENTILES = (1.0, 99.5)

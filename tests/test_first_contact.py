@@ -15,7 +15,7 @@ import pytest
 import pyable_tio as pt
 from pyable_tio.cli import main as cli
 from pyable_tio.io import nifti
-from pyable_tio.errors import LoadError
+from pyable_tio.errors import LoadError, SkippedSubjectsWarning
 
 AFFINE = np.diag([1.0, 1.2, 2.0, 1.0])
 
@@ -128,17 +128,17 @@ def one_broken_manifest(tmp_path):
 def test_on_error_skip_builds_the_good_subjects_and_lists_the_rest(one_broken_manifest, tmp_path, capsys):
     with pytest.raises(pt.ManifestError, match='sub-02'):  # the default stays strict
         pt.subjects_from_manifest(one_broken_manifest)
-    with pytest.warns(pt.SkippedSubjectsWarning, match=r'1 of 4 subjects skipped \(sub-02\)') as caught:
+    with pytest.warns(SkippedSubjectsWarning, match=r'1 of 4 subjects skipped \(sub-02\)') as caught:
         subjects = pt.subjects_from_manifest(one_broken_manifest, on_error='skip')
     assert [s['id'] for s in subjects] == ['sub-00', 'sub-01', 'sub-03']
     warning = caught[0].message
     assert warning.skipped == ['sub-02']
     assert 'field "labelmaps": file ' in warning.problems[0] and 'gone.nii.gz: file not found' in warning.problems[0]
     subjects[0].load()  # the good ones are real subjects
-    with pytest.warns(pt.SkippedSubjectsWarning):
+    with pytest.warns(SkippedSubjectsWarning):
         dataset = pt.dataset_from_manifest(one_broken_manifest, on_error='skip')
     assert len(dataset) == 3
-    with pytest.warns(pt.SkippedSubjectsWarning):
+    with pytest.warns(SkippedSubjectsWarning):
         queue = pt.queue_from_manifest(one_broken_manifest, patch_size=4, samples_per_volume=1,
                                        max_length=3, on_error='skip')
     assert len(queue) == 3
