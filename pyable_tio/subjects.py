@@ -149,7 +149,7 @@ def subjects_from_manifest(
     Example:
         >>> subjects = subjects_from_manifest('manifest.json')  # doctest: +SKIP
         >>> subjects[0]['images'].data.shape  # doctest: +SKIP
-        torch.Size([2, 48, 64, 64])
+        torch.Size([2, 20, 28, 32])
     """
     # Every option (the preprocessing steps too) is checked here, before any header is read.
     if on_error not in ON_ERROR_MODES:
