@@ -296,3 +296,25 @@ def test_an_unnamed_image_among_named_ones_is_named_by_its_place(tmp_path):
     t1, t2 = write_nifti(tmp_path / 't1.nii.gz'), write_nifti(tmp_path / 't2.nii.gz')
     subject = pt.subjects_from_manifest({'s': {'images': [str(t1), {'path': str(t2), 'name': 'T2'}]}})[0]
     assert subject['meta']['names'] == {'images': ['image_0', 'T2']}
+
+
+# ----------------------------------------------------- item 13: progress where work is long
+
+
+def test_validate_shows_progress_only_when_asked_or_on_a_terminal(tmp_path, capsys):
+    image = write_nifti(tmp_path / 't1.nii.gz')
+    manifest = write_manifest(tmp_path, {'s': {'images': [str(image)]}})
+    code, _, err = validate(capsys, str(manifest))  # stderr is not a terminal here: no bar
+    assert code == 0 and err == ''
+    code, _, err = validate(capsys, str(manifest), '--progress')
+    assert code == 0 and 'reading files' in err and '1/1' in err
+    report = pt.checking.validate.validate(manifest, progress=True)
+    assert report.subjects == 1 and 'reading files' in capsys.readouterr().err
+
+
+def test_cache_workers_default_from_the_work():
+    assert cli._cache_workers(None, 12) == 0  # a small manifest: no worker start-up to pay
+    assert cli._cache_workers(None, 500) >= 1
+    assert cli._cache_workers(3, 12) == 3  # --workers wins
+    args = cli._parser().parse_args(['cache', 'm.json', '--cache-dir', 'c'])
+    assert args.workers is None

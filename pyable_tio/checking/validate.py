@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..constants import DEFAULT_NONFINITE, LAYOUT_AXIS_TOLERANCE, MISSING_KEEP, REFERENCE_FIRST
 from ..errors import ManifestError, describe
@@ -73,6 +74,7 @@ def validate(
     nonfinite: str = DEFAULT_NONFINITE,
     check_data: bool = True,
     preprocess: Sequence[Any] | str | None = None,
+    progress: bool = False,
 ) -> Validation:
     """Check a manifest as :func:`pyable_tio.subjects_from_manifest` plans it, then each file's data.
 
@@ -94,6 +96,7 @@ def validate(
             damaged files, non-finite voxels, ROIs/label maps with non-integer values.
         preprocess: Steps for every image, as in :func:`pyable_tio.subjects_from_manifest`;
             with the manifest's own ``"preprocess"`` fields, their packages must be installed.
+        progress: tqdm bars (on stderr) while headers are read and files are checked.
 
     Returns:
         The problems (one line each) and a summary of the subjects without problems.
@@ -112,17 +115,20 @@ def validate(
     check_nonfinite_mode(nonfinite)
     report = Validation(_label(source))
     try:
-        planned = plan_source(source, options, root=root, extra_fields=extra_fields)
+        planned = plan_source(source, options, root=root, extra_fields=extra_fields, progress=progress)
     except ManifestError as error:
         report.problems.extend(error.problems)
         return report
     report.listed, report.problems, plans = planned.listed, planned.problems, planned.plans
     data_checked: dict[tuple[str, str], FileCheck] = {}  # a file listed by many subjects is read once
+    files = {(str(e.path), _FIELD_ROLE[name]) for plan in plans for name, e in plan.record.entries()}
+    bar = tqdm(total=len(files), desc='reading files', unit='file', disable=not (progress and check_data))
     for plan in plans:
-        problems = _data_problems(plan.record, nonfinite, report, data_checked) if check_data else []
+        problems = _data_problems(plan.record, nonfinite, report, data_checked, bar) if check_data else []
         report.problems.extend(problems)
         if not problems:
             _summarise(report, plan)
+    bar.close()
     if missing == MISSING_KEEP and len(plans) > 1:
         batch = replace(options, missing='error')
         if batch_problems(plans, batch):
@@ -134,7 +140,8 @@ def validate(
     return report
 
 
-def _data_problems(record: SubjectRecord, nonfinite: str, report: Validation, done: dict[tuple[str, str], FileCheck]) -> list[str]:
+def _data_problems(record: SubjectRecord, nonfinite: str, report: Validation, done: dict[tuple[str, str], FileCheck],
+                   bar: Any = None) -> list[str]:
     """Each file of ``record`` read completely; its problems, with its notes added to ``report``."""
     problems = []
     for name, entry in record.entries():
@@ -142,6 +149,8 @@ def _data_problems(record: SubjectRecord, nonfinite: str, report: Validation, do
         key = (str(entry.path), role)
         if key not in done:
             done[key] = check_file(entry.path, role, nonfinite)
+            if bar is not None:
+                bar.update()
         where = f'field "{name}": file {entry.path}'
         problems += [describe(record.id, where, p) for p in done[key].problems]
         report.notes += [describe(record.id, where, n) for n in done[key].notes]

@@ -36,7 +36,7 @@ from .args import format_bytes, shard_of
 from ..constants import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, EXIT_TERMINATED, EXIT_USAGE
 from ..constants import ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, MISSING_KEEP, MISSING_MODES
 from ..constants import NONFINITE_MODES, ON_ERROR_MODES, ON_ERROR_RAISE, ON_ERROR_SKIP, PREPROCESS_STEP_NAMES
-from ..constants import REFERENCE_FIRST
+from ..constants import CACHE_WORKERS_MAX, CACHE_WORKERS_MIN_VOLUMES, REFERENCE_FIRST
 from ..errors import ManifestError, PyableTioError, subject_of
 
 if TYPE_CHECKING:
@@ -153,6 +153,7 @@ def _run_validate(args: argparse.Namespace) -> int:
         missing=args.missing, orientation=args.orientation, axis_aligned=args.axis_aligned, align=args.align,
         extra_fields=args.extra_field, spelling=SPELLING_CLI, nonfinite=args.nonfinite,
         check_data=not args.headers_only, preprocess=args.preprocess,
+        progress=args.progress if args.progress is not None else sys.stderr.isatty(),
     )
     reports = [check(source) for source in _sources(args)]
     for report in reports:
@@ -216,7 +217,7 @@ def _run_cache(args: argparse.Namespace) -> int:
                             jobs.append((image.reader, path))
     totals: Counter = Counter()
     bar = tqdm(total=len(jobs), desc='caching', unit='volume', disable=args.no_progress or not jobs)
-    for counts, problem in fill(jobs, args.workers):
+    for counts, problem in fill(jobs, _cache_workers(args.workers, len(jobs))):
         totals.update(counts)
         if problem is not None:
             problems.append(problem)
@@ -256,7 +257,8 @@ def _run_qa(args: argparse.Namespace) -> int:
     if isinstance(source, Manifest) and not source.subjects:
         print('no subject falls in this shard')
         return EXIT_OK
-    report = qa_sheet(source, args.out, workers=args.workers, progress=not args.no_progress,
+    workers = args.workers if args.workers is not None else min(CACHE_WORKERS_MAX, os.cpu_count() or 1)
+    report = qa_sheet(source, args.out, workers=workers, progress=not args.no_progress,
                       cache_dir=args.cache_dir, **_subject_options(args))
     crossed = [row for row in report.subjects if row.worst >= QA_CROSSED]
     print(f'{report.html}: {len(report.subjects)} subject(s), worst first, {len(crossed)} crossing a threshold;'
@@ -348,6 +350,18 @@ def _sources(args: argparse.Namespace) -> list:
     return [list(args.manifests)] if args.multi_csv else list(args.manifests)
 
 
+def _cache_workers(workers: int | None, volumes: int) -> int:
+    """``--workers``, or the default from the work: worker processes only for many volumes.
+
+    Example:
+        >>> _cache_workers(None, 12), _cache_workers(2, 12)
+        (0, 2)
+    """
+    if workers is not None:
+        return workers
+    return 0 if volumes < CACHE_WORKERS_MIN_VOLUMES else min(CACHE_WORKERS_MAX, os.cpu_count() or 1)
+
+
 def _plural(count: int, noun: str) -> str:
     """``1 file``, ``2 files``, ``1 entry``, ``3 entries`` (abbreviations such as ``subj.`` stay)."""
     if count == 1 or noun.endswith('.'):
@@ -392,8 +406,10 @@ def _loading_options(command: argparse.ArgumentParser, cache_required: bool) -> 
     command.add_argument('--cache-dir', required=cache_required, metavar='DIR',
                          help='cache folder (created if missing): the cache_dir= training will use' if cache_required
                          else 'read volumes through this cache (a warm one is fast)')
-    command.add_argument('--workers', type=cli_args.workers, default=min(4, os.cpu_count() or 1), metavar='N',
-                         help='parallel processes (default: min(4, CPUs)); 0 or 1 runs in this process')
+    command.add_argument('--workers', type=cli_args.workers, default=None, metavar='N',
+                         help='parallel processes; 0 or 1 runs in this process (default: cache: 0 below'
+                              f' {CACHE_WORKERS_MIN_VOLUMES} volumes, where starting workers costs more than'
+                              f' it saves, else min({CACHE_WORKERS_MAX}, CPUs); qa: min({CACHE_WORKERS_MAX}, CPUs))')
     command.add_argument('--interpolator', choices=INTERPOLATORS, default=LINEAR)
     command.add_argument('--dtype', choices=_DTYPES, default='float32', help='image dtype')
     command.add_argument('--default-value', type=float, default=0.0, help='image value outside a file')
@@ -409,6 +425,10 @@ def _parser() -> argparse.ArgumentParser:
 
     validate_ = commands.add_parser('validate', help='check manifests and every file, and summarise them')
     _manifest_options(validate_)
+    bars = validate_.add_mutually_exclusive_group()
+    bars.add_argument('--progress', action='store_true', default=None,
+                      help='progress bars on stderr (default: only when stderr is a terminal)')
+    bars.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
     validate_.add_argument('--headers-only', action='store_true',
                            help='skip reading each file completely (truncation, NaN/Inf, non-integer labels)')
     validate_.set_defaults(run=_run_validate)
