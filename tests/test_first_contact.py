@@ -313,8 +313,8 @@ def test_validate_shows_progress_only_when_asked_or_on_a_terminal(tmp_path, caps
 
 
 def test_cache_workers_default_from_the_work():
-    assert cli._cache_workers(None, 12) == 0  # a small manifest: no worker start-up to pay
-    assert cli._cache_workers(None, 500) >= 1
-    assert cli._cache_workers(3, 12) == 3  # --workers wins
+    assert cli.cli_args.cache_workers(None, 12) == 0  # a small manifest: no worker start-up to pay
+    assert cli.cli_args.cache_workers(None, 500) >= 1
+    assert cli.cli_args.cache_workers(3, 12) == 3  # --workers wins
     args = cli._parser().parse_args(['cache', 'm.json', '--cache-dir', 'c'])
     assert args.workers is None

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 # seconds for torch, TorchIO and SimpleITK (benchmarks/bench_cli_start.py). Each command
 # imports its own tools.
 from . import args as cli_args
-from .args import format_bytes, shard_of
+from .args import format_bytes, plural, shard_of
 from ..constants import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, EXIT_TERMINATED, EXIT_USAGE
 from ..constants import ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, MISSING_KEEP, MISSING_MODES
 from ..constants import NONFINITE_MODES, ON_ERROR_MODES, ON_ERROR_RAISE, ON_ERROR_SKIP, PREPROCESS_STEP_NAMES
@@ -125,7 +125,7 @@ def _shard(source, args: argparse.Namespace):
 
 def _print_validation(report: Validation) -> None:
     def top(counter: Counter, noun: str, limit: int = 4) -> str:
-        items = [f'{value} ({_plural(count, noun)})' for value, count in counter.most_common(limit)]
+        items = [f'{value} ({plural(count, noun)})' for value, count in counter.most_common(limit)]
         more = len(counter) - limit
         return ', '.join(items) + (f', ... {more} more' if more > 0 else '') if items else '-'
 
@@ -217,7 +217,7 @@ def _run_cache(args: argparse.Namespace) -> int:
                             jobs.append((image.reader, path))
     totals: Counter = Counter()
     bar = tqdm(total=len(jobs), desc='caching', unit='volume', disable=args.no_progress or not jobs)
-    for counts, problem in fill(jobs, _cache_workers(args.workers, len(jobs))):
+    for counts, problem in fill(jobs, cli_args.cache_workers(args.workers, len(jobs))):
         totals.update(counts)
         if problem is not None:
             problems.append(problem)
@@ -228,7 +228,7 @@ def _run_cache(args: argparse.Namespace) -> int:
     print(
         f'{len(jobs)} volume(s): {totals["hits"]} hit(s), {totals["misses"]} miss(es),'
         f' {totals["recovered"]} recovered, {format_bytes(totals["written_bytes"])} written{failed};'
-        f' cache {cache.folder}: {_plural(stats.entries, "entry")}, {format_bytes(stats.bytes)}'
+        f' cache {cache.folder}: {plural(stats.entries, "entry")}, {format_bytes(stats.bytes)}'
     )
     if skipped:
         _print_problems(skipped, prefix='skipped (--on-error skip): ')
@@ -348,25 +348,6 @@ def _entry_source(sidecar: Path) -> str:
 def _sources(args: argparse.Namespace) -> list:
     """Each manifest argument on its own, or all of them as one multi-CSV manifest."""
     return [list(args.manifests)] if args.multi_csv else list(args.manifests)
-
-
-def _cache_workers(workers: int | None, volumes: int) -> int:
-    """``--workers``, or the default from the work: worker processes only for many volumes.
-
-    Example:
-        >>> _cache_workers(None, 12), _cache_workers(2, 12)
-        (0, 2)
-    """
-    if workers is not None:
-        return workers
-    return 0 if volumes < CACHE_WORKERS_MIN_VOLUMES else min(CACHE_WORKERS_MAX, os.cpu_count() or 1)
-
-
-def _plural(count: int, noun: str) -> str:
-    """``1 file``, ``2 files``, ``1 entry``, ``3 entries`` (abbreviations such as ``subj.`` stay)."""
-    if count == 1 or noun.endswith('.'):
-        return f'{count} {noun}'
-    return f'{count} {noun[:-1]}ies' if noun.endswith('y') else f'{count} {noun}s'
 
 
 def _print_problems(problems: Sequence[str], prefix: str = '') -> None:
