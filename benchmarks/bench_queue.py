@@ -25,6 +25,7 @@ Usage:
     python benchmarks/bench_queue.py                      # default: 8 x 256x256x160, patch 96
     python benchmarks/bench_queue.py --subjects 4 --size 128 128 96 --patch 48   # smoke run
     python benchmarks/bench_queue.py --augment            # the same rows, training with augmentation
+    python benchmarks/bench_queue.py --augment --engine sitk   # pyable-tio resampling with SimpleITK
 """
 
 from __future__ import annotations
@@ -239,6 +240,7 @@ def run_pyable(args, manifest: Path, cache_dir: Path | None):
         kwargs['fast_patches'] = args.fast_patches == 'on'
     if args.augment:
         kwargs['transform'] = tio.Compose(torchio_augmentation())
+        kwargs['engine'] = args.engine
     queue = pt.queue_from_manifest(
         manifest, patch_size=args.patch, samples_per_volume=args.samples_per_volume,
         max_length=args.max_length, sampler=args.sampler, label_name='labelmap_0',
@@ -248,8 +250,9 @@ def run_pyable(args, manifest: Path, cache_dir: Path | None):
         yield batch['images'][tio.DATA], batch['labelmap_0'][tio.DATA]
 
 
-def monai_recipe(args, keys: list[str], image_keys: list[str]) -> tuple[list, list]:
-    """MONAI's crop-then-augment steps, as (crop, augmentation on each crop) for (e) and (f)."""
+def monai_recipe(args, keys: list[str], image_keys: list[str], device=None) -> tuple[list, list]:
+    """MONAI's crop-then-augment steps, as (crop, augmentation on each crop) for (e) and (f);
+    with ``device``, ``RandAffined`` resamples there (MONAI's GPU recipe, bench_device.py)."""
     from monai.transforms import RandAdjustContrastd, RandAffined, RandFlipd, RandSpatialCropSamplesd
 
     crop = [RandSpatialCropSamplesd(keys, roi_size=(args.patch,) * 3, num_samples=args.samples_per_volume,
@@ -260,7 +263,7 @@ def monai_recipe(args, keys: list[str], image_keys: list[str]) -> tuple[list, li
     modes = tuple('bilinear' if key in image_keys else 'nearest' for key in keys)
     return crop, [
         RandAffined(keys, prob=1.0, rotate_range=(radians,) * 3, scale_range=(SCALES,) * 3, mode=modes,
-                    padding_mode='zeros'),
+                    padding_mode='zeros', device=device),
         RandFlipd(keys, prob=0.5, spatial_axis=0),
         RandAdjustContrastd(image_keys, prob=1.0, gamma=tuple(float(np.exp(g)) for g in LOG_GAMMA)),
     ]
@@ -381,7 +384,7 @@ def child(args, variant: str, cache_dir: Path | None) -> dict:
         '--batch-size', str(args.batch_size), '--workers', str(args.workers),
         '--max-length', str(args.max_length), '--seed', str(args.seed), '--sampler', args.sampler,
         '--fast-patches', args.fast_patches, '--torch-threads', str(args.torch_threads),
-        '--memory-interval', str(args.memory_interval),
+        '--memory-interval', str(args.memory_interval), '--engine', args.engine,
     ] + (['--augment'] if args.augment else [])
     if cache_dir is not None:
         command += ['--cache-dir', str(cache_dir)]
@@ -416,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--augment', action='store_true',
                         help='train with RandomAffine(degrees=10, scales=0.1) + RandomFlip(LR) + RandomGamma'
                              ' (MONAI: RandAffined + RandFlipd + RandAdjustContrastd on each crop)')
+    parser.add_argument('--engine', choices=('numba', 'sitk'), default='numba',
+                        help='resampling engine of pyable-tio\'s per-patch augmentation (with --augment):'
+                             ' compiled numba kernels, or SimpleITK (the oracle)')
     parser.add_argument('--fast-patches', choices=('auto', 'on', 'off'), default='auto',
                         help="pyable-tio's fast_patches option (auto: its default)")
     parser.add_argument('--torch-threads', type=int, default=1,
@@ -479,7 +485,8 @@ def report(args, results: dict) -> None:
     header = (f'{"variant":<44} {"first batch s":>13} {"epoch s":>8} {"patches/s":>10} {"x (a)":>7}'
               f' {"CPU ms/patch":>12} {"x (a) CPU":>9} {"peak MB":>9}')
     base_cpu = results.get('a', {}).get('cpu_ms_per_patch')
-    augment = ', augmentation RandomAffine + RandomFlip + RandomGamma' if args.augment else ''
+    augment = (f', augmentation RandomAffine + RandomFlip + RandomGamma (pyable-tio engine {args.engine})'
+               if args.augment else '')
     print(f'\n{args.subjects} subjects, T1 {tuple(args.size)}, patch {args.patch}^3, {args.samples_per_volume}'
           f' patches/volume, batch {args.batch_size}, {args.workers} workers, sampler {args.sampler},'
           f' {os.cpu_count()} CPUs{augment}')
@@ -506,7 +513,7 @@ def report(args, results: dict) -> None:
     summary = {
         'config': {k: getattr(args, k) for k in ('subjects', 'patch', 'samples_per_volume', 'batch_size',
                                                  'workers', 'max_length', 'seed', 'sampler', 'fast_patches',
-                                                 'torch_threads', 'repeat', 'augment')}
+                                                 'torch_threads', 'repeat', 'augment', 'engine')}
         | {'size': list(args.size), 'cpus': os.cpu_count()},
         'results': results,
     }

@@ -123,10 +123,13 @@ NONFINITE_ERROR = 'error'
 NONFINITE_MODES = (NONFINITE_KEEP, NONFINITE_ZERO, NONFINITE_ERROR)
 DEFAULT_NONFINITE = NONFINITE_ERROR
 
-#: Per-patch augmentation (pyable_tio.patch_augment): whole-volume statistics kept per process.
+#: Per-patch augmentation (pyable_tio.patching.augment): whole-volume statistics kept per process.
 STATISTICS_MEMO_SIZE = 512
 #: Version of the whole-volume statistics kept in the volume cache; bump when their formulas change.
 STATISTICS_VERSION = 1
+#: Engines resampling augmented patches: compiled kernels (numba) or SimpleITK (the oracle).
+PATCH_ENGINES = ('numba', 'sitk')
+PATCH_ENGINE_DEFAULT = 'numba'
 #: Extra source voxels read around a patch's preimage, per interpolator: the interpolation
 #: support (linear and nearest reach 1 voxel, B-spline / windowed sinc further) plus rounding.
 INTERPOLATION_SUPPORT = {'nearest': 1, 'linear': 2}

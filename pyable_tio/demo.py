@@ -16,8 +16,8 @@ import torchio as tio
 
 from . import synthetic
 from .io.backend import active_backend
+from .patching.split import plan_transform
 from .queues import queue_from_manifest
-from .patch_plan import plan_transform
 from .subjects import subjects_from_manifest
 
 

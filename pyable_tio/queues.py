@@ -9,12 +9,21 @@ import torch
 import torchio as tio
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from .constants import LABELMAP_PREFIX, MISSING_EMPTY, MISSING_ERROR, MISSING_KEEP, ROI_PREFIX
+from .constants import (
+    LABELMAP_PREFIX,
+    MISSING_EMPTY,
+    MISSING_ERROR,
+    MISSING_KEEP,
+    PATCH_ENGINE_DEFAULT,
+    PATCH_ENGINES,
+    ROI_PREFIX,
+)
 from .errors import ManifestError, describe
 from .plan import reference_grid
 from .manifest import ManifestSource, parse_manifest
-from .patch_plan import log_fallback, plan_transform
-from .patches import PatchQueue
+from .patching.split import log_fallback, plan_transform
+from .patching.boxes import BoxQueue
+from .patching.queue import PatchQueue
 from .subjects import subjects_from_manifest
 from .transforms.layout import with_layout_guard
 from .transforms.adapter import CallableTransform
@@ -75,6 +84,8 @@ def queue_from_manifest(
     seed: int | None = None,
     fast_patches: bool | None = None,
     missing: str = MISSING_ERROR,
+    engine: str = PATCH_ENGINE_DEFAULT,
+    batch_device: Any = None,
     **kwargs: Any,
 ) -> tio.Queue:
     """A ``tio.Queue`` of patches from the manifest's subjects.
@@ -113,6 +124,12 @@ def queue_from_manifest(
             ``"error"`` (default) refuses subjects with different numbers of ROIs/label maps
             (or image channels), naming them, before training starts; ``"empty"`` fills the
             missing ROIs/label maps with all-zero ones.
+        engine: How a :class:`pyable_tio.PatchQueue` resamples augmented patches: ``"numba"``
+            (default: all spatial steps of a patch in one compiled pass per image) or
+            ``"sitk"`` (SimpleITK's ``Resample``, the oracle the kernels are tested against).
+        batch_device: Used by :func:`pyable_tio.patch_loader`: the queue's items are then
+            boxes with the drawn parameters of the steps that run on the batch on that device
+            (:class:`pyable_tio.patching.boxes.BoxQueue`), not patches.
         **kwargs: Passed to :func:`pyable_tio.subjects_from_manifest`.
 
     Raises:
@@ -133,6 +150,8 @@ def queue_from_manifest(
     patch = _patch_size(patch_size)
     if not isinstance(sampler, tio.data.PatchSampler) and sampler not in SAMPLERS:
         raise ValueError(f'sampler must be one of {SAMPLERS} or a tio sampler, got {sampler!r}')
+    if engine not in PATCH_ENGINES:
+        raise ValueError(f'engine must be one of {PATCH_ENGINES}, got {engine!r}')
     if missing == MISSING_KEEP:
         raise ValueError(f'a queue batches patches of different subjects: missing must be "{MISSING_ERROR}"'
                          f' or "{MISSING_EMPTY}", got {missing!r}')
@@ -143,19 +162,25 @@ def queue_from_manifest(
     subjects = subjects_from_manifest(source, missing=missing, **kwargs)
     if may_resize(transform) is False:
         _check_patch_fits(subjects, patch)
-    dataset = tio.SubjectsDataset(subjects, transform=with_layout_guard(transform))  # patches stay Z,Y,X
+    guarded = with_layout_guard(transform)  # patches stay Z,Y,X
+    dataset = tio.SubjectsDataset(subjects, transform=guarded)
     patch_sampler = make_sampler(sampler, patch, label_name, subjects[0])
     if distributed:
         subject_sampler = _distributed_sampler(dataset, subject_sampler, shuffle_subjects, seed or 0)
     elif seed is not None and subject_sampler is None and shuffle_subjects:
         subject_sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    plan = plan_transform(transform)
+    plan = plan_transform(guarded, batch_device)  # planned once, here; the queue is handed the split
     # Steps that all run per patch read only the patch boxes, in threads (PatchQueue). A whole-volume
     # prefix keeps tio.Queue unless fast_patches=True (then: prefix in worker processes, rest per patch).
     fast = (transform is None or plan.per_patch) if fast_patches is None else fast_patches
     if transform is not None:
         log_fallback(plan)
-    return (PatchQueue if fast else tio.Queue)(
+    if batch_device is not None:
+        fast, queue_class = True, BoxQueue
+    else:
+        queue_class = PatchQueue if fast else tio.Queue
+    extra = {'plan': plan, 'engine': engine} if fast else {}
+    return queue_class(
         dataset,
         max_length=max_length,
         samples_per_volume=samples_per_volume,
@@ -165,6 +190,7 @@ def queue_from_manifest(
         shuffle_subjects=shuffle_subjects and subject_sampler is None,
         shuffle_patches=shuffle_patches,
         subject_sampler=subject_sampler,
+        **extra,
     )
 
 

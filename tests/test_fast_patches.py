@@ -11,7 +11,7 @@ import torchio as tio
 import pyable_tio as pt
 from conftest import crop
 from pyable_tio import synthetic
-from pyable_tio.patches import SubjectPatches
+from pyable_tio.patching.cutting import SubjectPatches
 
 PATCH = (4, 8, 6)  # D, H, W
 LABELS = set(synthetic.LABEL_VALUES)

@@ -18,13 +18,18 @@ import torchio as tio
 
 import pyable_tio as pt
 from pyable_tio import synthetic
-from pyable_tio.patch_augment import augment_patch
-from pyable_tio.patch_cutting import Volume
+from pyable_tio.constants import PATCH_ENGINE_DEFAULT, PATCH_ENGINES
+from pyable_tio.patching.augment import augment_patch
+from pyable_tio.patching import split
+from pyable_tio.patching.cutting import SubjectPatches
+from pyable_tio.patching.ops.intensity import ZNormalizationOp
+from pyable_tio.patching.volume import Volume
 
 SIZE_XYZ = (30, 26, 18)
 SPACING_XYZ = (0.9, 1.2, 2.0)
 PATCH = (8, 12, 10)  # D, H, W
 LABELS = set(synthetic.LABEL_VALUES)
+ENGINE = PATCH_ENGINE_DEFAULT
 
 
 @pytest.fixture(scope='module')
@@ -41,6 +46,15 @@ def oblique_manifest(tmp_path_factory):
     return manifest
 
 
+@pytest.fixture(autouse=True, params=PATCH_ENGINES)
+def engine(request):
+    """Every test runs on both engines: the numba kernels and SimpleITK (the oracle)."""
+    global ENGINE
+    ENGINE = request.param
+    yield request.param
+    ENGINE = PATCH_ENGINE_DEFAULT
+
+
 @pytest.fixture()
 def subject(oblique_manifest):
     return pt.subjects_from_manifest(oblique_manifest)[0]
@@ -50,7 +64,8 @@ def per_patch(subject, transform, start, seed=0):
     plan = pt.plan_transform(transform)
     assert plan.per_patch, plan.table()
     volumes = {name: Volume.of(image) for name, image in subject.get_images_dict(intensity_only=False).items()}
-    tensors, _ = augment_patch(plan.patch_steps, subject, volumes, start, PATCH, torch.Generator().manual_seed(seed))
+    tensors, _ = augment_patch(plan.patch_ops, subject, volumes, start, PATCH, torch.Generator().manual_seed(seed),
+                               engine=ENGINE)
     return tensors
 
 
@@ -233,7 +248,7 @@ def test_noise_and_gamma_are_drawn_from_the_subject_generator(subject):
 
 def test_only_the_patch_box_is_read(subject, monkeypatch):
     boxes = []
-    for method in ('crop', 'channel_views'):  # every way a region is read
+    for method in ('crop', 'box'):  # every way a region is read
         def spy(self, start, stop, original=getattr(Volume, method)):
             boxes.append(np.subtract(stop, start))
             return original(self, start, stop)
@@ -252,8 +267,9 @@ RECIPE = [tio.RandomAffine(degrees=10, scales=0.1), tio.RandomElasticDeformation
 def _epoch(manifest, num_workers):
     torch.manual_seed(7)
     queue = pt.queue_from_manifest(manifest, patch_size=PATCH, samples_per_volume=3, max_length=6,
-                                   transform=tio.Compose(RECIPE), num_workers=num_workers, shuffle_patches=False)
-    assert isinstance(queue, pt.PatchQueue) and queue.threads
+                                   transform=tio.Compose(RECIPE), num_workers=num_workers, shuffle_patches=False,
+                                   engine=ENGINE)
+    assert isinstance(queue, pt.PatchQueue) and queue.threads and queue.engine == ENGINE
     return [batch for batch in tio.SubjectsLoader(queue, batch_size=3)]
 
 
@@ -282,6 +298,7 @@ def test_plan_transform_splits_and_logs_the_fallback_once(oblique_manifest, capl
     assert [type(s).__name__ for s in late.volume_steps] == ['RandomGamma']
     assert pt.plan_transform(lambda subject: subject).patch_steps == ()
     transform = tio.Compose([tio.RandomSpike(), tio.RandomFlip()])
+    split._logged.clear()  # once per process: this test runs once per engine
     with caplog.at_level(logging.WARNING, logger='pyable_tio'):
         for _ in range(2):
             pt.queue_from_manifest(oblique_manifest, patch_size=PATCH, samples_per_volume=1, max_length=2,
@@ -296,7 +313,7 @@ def test_2d_subjects_run_spatial_steps_on_the_whole_slice(tmp_path):
     sitk.WriteImage(image, str(tmp_path / 'slice.nii.gz'))
     subjects = pt.subjects_from_manifest({'s0': {'images': [str(tmp_path / 'slice.nii.gz')]}})
     flip = tio.Flip(axes=(1,))
-    patches = pt.patches.SubjectPatches(tio.SubjectsDataset(subjects, transform=flip), tio.UniformSampler((1, 6, 8)), 3)
+    patches = SubjectPatches(tio.SubjectsDataset(subjects, transform=flip), tio.UniformSampler((1, 6, 8)), 3)
     assert patches.plan.per_patch and patches.reads_lazily()
     flipped = whole(subjects[0], flip)['images'].data
     for patch in patches.patches(0, torch.Generator().manual_seed(0)):
@@ -309,7 +326,7 @@ def test_reset_queue_replays_augmented_patches(oblique_manifest):
 
     seed_everything(3)
     queue = pt.queue_from_manifest(oblique_manifest, patch_size=PATCH, samples_per_volume=2, max_length=4,
-                                   transform=tio.Compose(RECIPE), num_workers=2)
+                                   transform=tio.Compose(RECIPE), num_workers=2, engine=ENGINE)
     first = [b['images'][tio.DATA] for b in tio.SubjectsLoader(queue, batch_size=2)]
     reset_queue(queue, 3)
     again = [b['images'][tio.DATA] for b in tio.SubjectsLoader(queue, batch_size=2)]
@@ -331,7 +348,7 @@ def test_whole_volume_prefix_then_statistics_per_patch(oblique_manifest):
 
 
 def test_whole_volume_statistics_are_kept_in_the_volume_cache(oblique_manifest, tmp_path, monkeypatch):
-    from pyable_tio import volume_stats
+    from pyable_tio.patching import stats as volume_stats
 
     cache = pt.VolumeCache(tmp_path / 'cache')
     cached = pt.subjects_from_manifest(oblique_manifest, cache_dir=cache)[0]
@@ -345,7 +362,7 @@ def test_whole_volume_statistics_are_kept_in_the_volume_cache(oblique_manifest, 
 
     # A later run (empty process memo) reads the statistics from the cache, not the volume.
     volume_stats._memo.clear()
-    monkeypatch.setattr(volume_stats, 'normalization_statistics', lambda *a: pytest.fail('recomputed'))
+    monkeypatch.setattr(ZNormalizationOp, 'statistics', lambda *a: pytest.fail('recomputed'))
     again = per_patch(pt.subjects_from_manifest(oblique_manifest, cache_dir=cache)[0], steps, start)['images']
     assert torch.equal(first, again)
     monkeypatch.undo()

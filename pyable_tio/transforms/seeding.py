@@ -94,9 +94,7 @@ def reset_queue(queue: tio.Queue, seed: int) -> tio.Queue:
     """
     if not isinstance(queue, tio.Queue) or not hasattr(queue, '_initialize_subjects_iterable'):
         raise TypeError(f'reset_queue needs a tio.Queue (TorchIO 1.x), got {type(queue).__name__}')
-    from ..patches import PatchQueue  # here: patches -> data -> transforms would be circular
-
-    if isinstance(queue, PatchQueue) and queue.num_workers > 0 and not queue.threads:
+    if not getattr(queue, 'replayable', True):  # pyable_tio.PatchQueue says whether it can be replayed
         # Measured: its worker processes' patch draws then change from one reset to the next.
         raise ValueError(
             'reset_queue cannot replay a pyable_tio.PatchQueue with worker processes; call '

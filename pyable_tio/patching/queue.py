@@ -5,7 +5,7 @@ process and crops the patches there: with 96^3 patches from 256x256x160 volumes 
 bytes read, copied and pickled are thrown away. :class:`PatchQueue` keeps ``tio.Queue``'s
 queue (same ``max_length``, ``samples_per_volume``, shuffling, subject sampler, epoch length)
 but its workers return the patches of a subject instead of the subject, cut by
-:class:`pyable_tio.patch_cutting.SubjectPatches`. When the patches are read lazily (no
+:class:`pyable_tio.patching.cutting.SubjectPatches`. When the patches are read lazily (no
 transform, or one whose steps are all patch-local, and a uniform, weighted or label
 sampler) the work is mostly copying and SimpleITK resampling of small boxes, which release the
 GIL, so it runs in threads of the main process: no process start, pickling or shared-memory
@@ -21,6 +21,8 @@ TorchIO and 2.2x MONAI's crop-then-augment recipe (median of 3 runs).
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
@@ -29,7 +31,11 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader, Sampler
 
-from .patch_cutting import SubjectPatches, Volume, cut_patch
+from ..constants import PATCH_ENGINE_DEFAULT
+from .augment import warm_kernels
+from .cutting import SubjectPatches, cut_patch
+from .split import TransformPlan
+from .volume import Volume
 
 __all__ = ['PatchQueue', 'SubjectPatches', 'Volume', 'cut_patch']
 
@@ -62,6 +68,11 @@ class PatchQueue(tio.Queue):
         verbose: Print debugging messages.
         threads: Workers are threads (True) or processes (False, persistent across epochs).
             None: threads when the patches are read lazily, processes otherwise.
+        plan: The split of the dataset's transform into whole-volume and per-patch steps
+            (:func:`pyable_tio.plan_transform`, as :func:`pyable_tio.queue_from_manifest`
+            computes it); None: planned from the dataset's transform.
+        engine: Resampling engine of per-patch augmentation: ``"numba"`` (default, one
+            compiled pass per image) or ``"sitk"`` (SimpleITK, the oracle it is tested against).
 
     Example:
         >>> queue = PatchQueue(tio.SubjectsDataset(subjects), 64, 8, tio.UniformSampler(96),
@@ -82,16 +93,38 @@ class PatchQueue(tio.Queue):
         start_background: bool = True,
         verbose: bool = False,
         threads: bool | None = None,
+        plan: TransformPlan | None = None,
+        engine: str = PATCH_ENGINE_DEFAULT,
     ) -> None:
         self._leftover: list[tio.Subject] = []
-        self._patches = SubjectPatches(subjects_dataset, sampler, samples_per_volume)
+        self._patches = SubjectPatches(subjects_dataset, sampler, samples_per_volume, plan, engine)
         self.threads = self._patches.reads_lazily() if threads is None else threads
         self._loader = self._executor = None
+        if self.threads and engine == 'numba' and self._patches.reads_lazily() and self._patches.plan.resamples:
+            # numba's first call (~0.3 s) overlaps the first reads instead of delaying the first
+            # batch. Threads only: a fork while numba holds its lock could hang a worker process.
+            _warm_in_background()
         super().__init__(
             subjects_dataset, max_length, samples_per_volume, sampler, subject_sampler=subject_sampler,
             num_workers=num_workers, shuffle_subjects=shuffle_subjects, shuffle_patches=shuffle_patches,
             start_background=start_background, verbose=verbose,
         )
+
+    @property
+    def plan(self) -> TransformPlan:
+        """Which steps of the dataset's transform run per patch and which per volume."""
+        return self._patches.plan
+
+    @property
+    def engine(self) -> str:
+        """The resampling engine of per-patch augmentation (``"numba"`` or ``"sitk"``)."""
+        return self._patches.engine
+
+    @property
+    def replayable(self) -> bool:
+        """True when :func:`pyable_tio.transforms.reset_queue` can replay this queue (not with
+        worker processes, whose patch draws change from one reset to the next)."""
+        return not (self.num_workers > 0 and not self.threads)
 
     def _get_subjects_iterable(self):
         self._num_sampled_subjects = 0
@@ -146,11 +179,13 @@ class _Prefetch:
     """Iterator over the subjects' patch lists, cut ahead by a thread pool, in order."""
 
     def __init__(self, executor: ThreadPoolExecutor, patches: SubjectPatches, order: list[int], depth: int) -> None:
-        self._submit = lambda index: executor.submit(patches.patches, index, _generator())
-        self._order = iter(order)
+        # Every subject's generator drawn now, in subject order: the global stream then reads the
+        # same whatever the prefetch depth (num_workers), also when the queue shuffles patches.
+        self._submit = lambda job: executor.submit(patches.patches, *job)
+        self._order = iter([(index, _generator()) for index in order])
         self._pending: deque[Future] = deque()
-        for index in islice(self._order, depth):
-            self._pending.append(self._submit(index))
+        for job in islice(self._order, depth):
+            self._pending.append(self._submit(job))
 
     def __iter__(self) -> _Prefetch:
         return self
@@ -159,8 +194,8 @@ class _Prefetch:
         if not self._pending:
             raise StopIteration
         future = self._pending.popleft()
-        for index in islice(self._order, 1):
-            self._pending.append(self._submit(index))
+        for job in islice(self._order, 1):
+            self._pending.append(self._submit(job))
         return future.result()
 
 
@@ -174,6 +209,25 @@ class _InThread:
 
     def shutdown(self, wait: bool = True) -> None:
         """Nothing to stop."""
+
+
+_warming: list[threading.Thread] = []
+
+
+def _warm_in_background() -> None:
+    thread = threading.Thread(target=warm_kernels, name='pyable-tio-kernels', daemon=True)
+    thread.start()
+    _warming.append(thread)
+
+
+def _finish_warming() -> None:
+    """Before a fork: a child must not inherit numba's lock held by a warming thread it lacks."""
+    while _warming:
+        _warming.pop().join()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(before=_finish_warming)
 
 
 def _generator() -> torch.Generator:

@@ -2,55 +2,31 @@
 
 :func:`plan_transform` splits a transform (a ``tio.Compose`` is flattened) into a volume-level
 prefix, run on the loaded subject as TorchIO runs it, and a patch-local suffix, run by
-:mod:`pyable_tio.patch_augment` on the patch's box only. A step is patch-local when its value
+:mod:`pyable_tio.patching.augment` on the patch's box only (each step as its op,
+:mod:`pyable_tio.patching.ops`). A step is patch-local when its value
 at a voxel depends on a bounded neighbourhood of the source (spatial steps: the preimage of the
 patch; blur: the kernel) or on whole-volume statistics computed once per volume
-(:mod:`pyable_tio.volume_stats`). Only TorchIO's own classes and two of ours (exact types) are recognised:
-a subclass or an unknown callable may do anything, so it runs on the whole volume.
+(:mod:`pyable_tio.patching.stats`). Only the registered types (exact types) run per patch
+(:mod:`pyable_tio.patching.ops.registry`): a subclass or an unknown callable may do anything,
+so it runs on the whole volume.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torchio as tio
 
-from .transforms.compose import Compose
-from .transforms.intensity import IntensityNormalization
-from .transforms.spatial import RandomFlip
-from .transforms.layout import FromTorchIO2D, ToTorchIO2D, ToZYX
+from ..transforms.compose import Compose
+from ..transforms.layout import FromTorchIO2D, ToTorchIO2D, ToZYX
+from .ops.base import FIELD, SPATIAL, STATISTICS, PatchOp
+from .ops.registry import op_for
 
 logger = logging.getLogger('pyable_tio')
 
-#: Step kinds. Spatial steps move voxels; the others change values in place.
-SPATIAL, POINTWISE, KERNEL, FIELD, STATISTICS = 'spatial', 'pointwise', 'kernel', 'field', 'statistics'
-
-_KINDS: dict[type, str] = {
-    tio.Affine: SPATIAL,
-    tio.RandomAffine: SPATIAL,
-    tio.Flip: SPATIAL,
-    tio.RandomFlip: SPATIAL,
-    RandomFlip: SPATIAL,  # pyable_tio.transforms.RandomFlip: D, H, W axes with p_axis each
-    tio.ElasticDeformation: SPATIAL,
-    tio.RandomElasticDeformation: SPATIAL,
-    tio.RandomNoise: POINTWISE,
-    tio.RandomGamma: POINTWISE,
-    tio.Gamma: POINTWISE,
-    tio.Clamp: POINTWISE,
-    tio.RandomBlur: KERNEL,
-    tio.Blur: KERNEL,
-    tio.RandomBiasField: FIELD,
-    tio.BiasField: FIELD,
-    tio.RescaleIntensity: STATISTICS,
-    tio.ZNormalization: STATISTICS,
-    IntensityNormalization: STATISTICS,  # pyable_tio.transforms: per-channel z-score
-}
-
-# Arguments whose dict form (one value per image) is not supported per patch.
-_PER_IMAGE_ARGUMENTS = ('gamma', 'std', 'coefficients', 'order', 'mean', 'seed')
 _logged: set[str] = set()
 
 
@@ -61,8 +37,13 @@ class TransformPlan:
     Attributes:
         volume_steps: Steps run on the loaded subject, in order, before the patches are cut.
         patch_steps: Steps run on each patch's box, in order.
+        patch_ops: Their ops (:mod:`pyable_tio.patching.ops`), in the same order.
         reason: Why the volume steps cannot run per patch (names the step); None when all
             steps run per patch.
+        batch_steps: The suffix of ``patch_steps`` that runs on the collated batch, on the
+            training device (:func:`pyable_tio.patch_loader` with ``device=``); the steps before
+            it run per patch in the loader's workers. Empty without a device.
+        device: The device the batch steps run on (None: no batch steps).
 
     Example:
         >>> plan = plan_transform(tio.Compose([tio.RandomMotion(), tio.RandomAffine()]))
@@ -73,6 +54,23 @@ class TransformPlan:
     volume_steps: tuple[Callable, ...]
     patch_steps: tuple[tio.Transform, ...]
     reason: str | None = None
+    patch_ops: tuple[PatchOp, ...] = field(default=(), compare=False, repr=False)
+    batch_steps: tuple[tio.Transform, ...] = ()
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.patch_ops) != len(self.patch_steps):  # a plan built by hand
+            object.__setattr__(self, 'patch_ops', tuple(op_for(step) for step in self.patch_steps))
+
+    @property
+    def batch_ops(self) -> tuple[PatchOp, ...]:
+        """The ops of :attr:`batch_steps`."""
+        return self.patch_ops[len(self.patch_ops) - len(self.batch_steps):]
+
+    @property
+    def resamples(self) -> bool:
+        """True when a per-patch step moves voxels (the engines resample)."""
+        return any(op.kind == SPATIAL for op in self.patch_ops)
 
     @property
     def per_patch(self) -> bool:
@@ -82,7 +80,9 @@ class TransformPlan:
     def table(self) -> str:
         """One line per step: ``per patch`` or ``per volume`` and the step."""
         rows = [f'per volume  {_name(step)}' for step in self.volume_steps]
-        rows += [f'per patch   {_name(step)}' for step in self.patch_steps]
+        on_patch = len(self.patch_steps) - len(self.batch_steps)
+        rows += [f'per patch   {_name(step)}' for step in self.patch_steps[:on_patch]]
+        rows += [f'on batch    {_name(step)} ({self.device})' for step in self.batch_steps]
         if self.reason:
             rows.append(f'(volume path because {self.reason})')
         return '\n'.join(rows) if rows else '(no transform)'
@@ -91,8 +91,8 @@ class TransformPlan:
         return self.table()
 
 
-def plan_transform(transform: Callable | None) -> TransformPlan:
-    """Tell which steps of ``transform`` run per patch and which on the whole volume.
+def plan_transform(transform: Callable | None, device: Any = None) -> TransformPlan:
+    """Tell which steps of ``transform`` run per patch, on the batch, and on the whole volume.
 
     ``tio.Compose`` (probability 1) is flattened; the layout guard (:class:`ToZYX`, and the
     2-D layout switch :func:`pyable_tio.transforms.layout.in_torchio_layout` wraps TorchIO
@@ -102,8 +102,16 @@ def plan_transform(transform: Callable | None) -> TransformPlan:
     statistics-based steps (``ZNormalization``, ``RescaleIntensity``) see only spatial steps
     before them (their statistics are the volume's); everything before it runs per volume.
 
+    With a ``device`` (as :func:`pyable_tio.patch_loader` takes it), the longest suffix of
+    the patch steps whose ops run on a batch (affine, flips, gamma, noise, clamp, bias field and
+    the statistics-based normalisations) is moved to the collated batch on that device; when
+    some patch steps must stay per patch (elastic, blur), the batch takes only the
+    steps after the last resampling.
+
     Args:
         transform: A TorchIO transform, any callable taking a subject, or None.
+        device: The training device of :func:`pyable_tio.patch_loader` (``"cuda"``,
+            ``"cpu"``, a ``torch.device``); None: no batch steps.
 
     Returns:
         The :class:`TransformPlan`.
@@ -119,16 +127,40 @@ def plan_transform(transform: Callable | None) -> TransformPlan:
         return TransformPlan((), ())
     steps = _flatten(transform)
     guard_free = [step for step in steps if not isinstance(step, ToZYX)]
-    reasons = [_volume_reason(step) for step in guard_free]
+    ops = [op_for(step) for step in guard_free]
+    reasons = [_volume_reason(step, op) for step, op in zip(guard_free, ops)]
     start = max((i + 1 for i, reason in enumerate(reasons) if reason), default=0)
     reason = reasons[start - 1] if start else None
-    while start < len(guard_free) and (problem := _suffix_problem(guard_free[start:])):
+    while start < len(guard_free) and (problem := _suffix_problem(ops[start:])):
         reason = reason or problem
         start += 1
     volume = tuple(guard_free[:start])
     if volume and any(isinstance(step, ToZYX) for step in steps):
         volume = (*volume, ToZYX())
-    return TransformPlan(volume, tuple(guard_free[start:]), reason)
+    patch_ops = tuple(ops[start:])
+    batch = batch_split(patch_ops) if device is not None else len(patch_ops)
+    return TransformPlan(volume, tuple(guard_free[start:]), reason, patch_ops,
+                         tuple(op.step for op in patch_ops[batch:]), None if device is None else str(device))
+
+
+def batch_split(ops: Sequence[PatchOp]) -> int:
+    """Index of the first of ``ops`` that runs on the batch (``len(ops)``: none does).
+
+    The batch takes the longest suffix of batchable ops (:meth:`PatchOp.batchable`). When steps
+    stay per patch before it, the batch receives finished patches, not boxes: it then takes
+    only the steps after the last resampling one (flips, which only reorder voxels, stay).
+
+    Example:
+        >>> batch_split([op_for(tio.RandomElasticDeformation()), op_for(tio.RandomAffine()), op_for(tio.RandomGamma())])
+        2
+    """
+    index = len(ops)
+    while index > 0 and ops[index - 1].batchable():
+        index -= 1
+    if index > 0:
+        while index < len(ops) and any(op.kind == SPATIAL and not op.reorders_only for op in ops[index:]):
+            index += 1
+    return index
 
 
 def log_fallback(plan: TransformPlan) -> None:
@@ -136,11 +168,6 @@ def log_fallback(plan: TransformPlan) -> None:
     if plan.reason and plan.reason not in _logged:
         _logged.add(plan.reason)
         logger.warning('pyable-tio: transform steps run on whole volumes because %s:\n%s', plan.reason, plan.table())
-
-
-def is_flip(step: tio.Transform) -> bool:
-    """True for ``tio.Flip``/``tio.RandomFlip`` (and ours): spatial steps that only reorder voxels."""
-    return type(step) in (tio.Flip, tio.RandomFlip, RandomFlip)
 
 
 def spatial_run(kinds: Sequence[str]) -> tuple[int, int]:
@@ -159,11 +186,6 @@ def spatial_run(kinds: Sequence[str]) -> tuple[int, int]:
     return start, stop
 
 
-def kind(step: tio.Transform) -> str:
-    """The patch-local kind of a supported step (see the module constants)."""
-    return _KINDS[type(step)]
-
-
 def _flatten(transform: Callable) -> list[Any]:
     if type(transform) in (tio.Compose, Compose):
         if transform.probability < 1:
@@ -176,34 +198,30 @@ def _flatten(transform: Callable) -> list[Any]:
     return [transform]
 
 
-def _volume_reason(step: Any) -> str | None:
+def _volume_reason(step: Any, op: PatchOp | None) -> str | None:
     """Why ``step`` must run on the whole volume, or None when it can run per patch."""
-    if type(step) not in _KINDS:
+    if op is None:
         return f'{_name(step)} is not a patch-local TorchIO transform'
-    if getattr(step, 'keep', None):
-        return f'{_name(step)} keeps a copy of an image (keep=)'
-    for argument in _PER_IMAGE_ARGUMENTS:
-        if isinstance(getattr(step, argument, None), dict):
-            return f'{_name(step)} has per-image {argument}'
-    return None
+    return op.volume_reason()
 
 
-def _suffix_problem(steps: list[tio.Transform]) -> str | None:
-    """Why ``steps`` cannot all run per patch (None when they can)."""
-    kinds = [kind(step) for step in steps]
+def _suffix_problem(ops: list[PatchOp]) -> str | None:
+    """Why the steps of ``ops`` cannot all run per patch (None when they can)."""
+    steps = [op.step for op in ops]
+    kinds = [op.kind for op in ops]
     spatial = [i for i, k in enumerate(kinds) if k == SPATIAL]
     end = spatial_run(kinds)[1]
     # After the first run of spatial steps only flips may come: they reverse the finished patch.
     later = [i for i in spatial if i >= end]
-    resampling = next((i for i in later if not is_flip(steps[i])), None)
+    resampling = next((i for i in later if not ops[i].reorders_only), None)
     if resampling is not None:
         # One resampling per patch: the spatial steps must be consecutive.
         between = next(steps[i] for i in range(end, resampling) if kinds[i] != SPATIAL)
         return f'{_name(between)} sits between spatial steps (they are resampled once per patch)'
-    field = next((i for i in range(later[0] + 1, len(steps)) if kinds[i] == FIELD), None) if later else None
-    if field is not None:
+    field_ = next((i for i in range(later[0] + 1, len(steps)) if kinds[i] == FIELD), None) if later else None
+    if field_ is not None:
         # A field in volume coordinates would see the flip, which per patch comes last.
-        return (f'{_name(steps[field])} follows {_name(steps[later[0]])}: per patch, flips after'
+        return (f'{_name(steps[field_])} follows {_name(steps[later[0]])}: per patch, flips after'
                 ' intensity steps are applied last, so put the flip after it')
     for i, k in enumerate(kinds):
         earlier = next((steps[j] for j in range(i) if kinds[j] not in (SPATIAL, STATISTICS)), None)

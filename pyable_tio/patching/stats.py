@@ -25,9 +25,8 @@ import torch
 import torchio as tio
 from torchio.data.io import nib_to_sitk
 
-from .constants import STATISTICS_MEMO_SIZE, STATISTICS_VERSION
-from .cache.digest import digest_of
-from .transforms.intensity import IntensityNormalization
+from ..cache.digest import digest_of
+from ..constants import STATISTICS_MEMO_SIZE, STATISTICS_VERSION
 
 _memo: OrderedDict[Hashable, Any] = OrderedDict()
 _lock = threading.Lock()
@@ -116,37 +115,6 @@ def border_means(tensor: torch.Tensor, affine: np.ndarray, otsu: bool) -> list[f
 
     return [float(get_borders_mean(nib_to_sitk(channel[None], affine, force_3d=True), filter_otsu=otsu))
             for channel in tensor]
-
-
-def normalization_statistics(step: tio.transforms.NormalizationTransform, subject: tio.Subject,
-                             name: str) -> dict[str, Any]:
-    """The statistics ``step`` computes on image ``name`` of a whole-volume subject.
-
-    ``ZNormalization``: ``mean`` and ``std`` of the masked values. ``IntensityNormalization``
-    (pyable-tio's): ``channels``, a (mean, std) per channel. ``RescaleIntensity``: the
-    percentile ``cutoff`` of the masked values and the ``in_min``/``in_max`` TorchIO rescales
-    from (given, or the extremes of the clipped volume). ``empty``: the mask is empty;
-    ``flat``: nothing to rescale (TorchIO leaves the image unchanged, with a warning).
-    """
-    tensor = subject[name].data
-    mask = step.get_mask_from_masking_method(step.masking_method, subject, tensor)
-    if isinstance(step, IntensityNormalization):
-        return {'channels': step.channel_statistics(subject, name, mask)}
-    if isinstance(step, tio.ZNormalization):
-        values = tensor.float()[mask]
-        return {'mean': float(values.mean()), 'std': float(values.std())}
-    array = tensor.float().numpy()
-    mask_array = mask.numpy()
-    if not mask_array.any():
-        return {'empty': True}
-    cutoff = np.percentile(array[mask_array], step.percentiles)
-    if step.in_min_max is None:
-        in_min = max(float(cutoff[0]), float(array.min()))
-        in_max = min(float(cutoff[1]), float(array.max()))
-    else:
-        in_min, in_max = (float(v) for v in step.in_min_max)
-    return {'cutoff': [float(c) for c in cutoff], 'in_min': in_min, 'in_max': in_max,
-            'flat': in_max - in_min == 0}
 
 
 def sitk_grid(affine: np.ndarray, shape: tuple[int, int, int]) -> sitk.Image:

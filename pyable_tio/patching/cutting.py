@@ -7,7 +7,7 @@ image's reader for its array (a memory map when the volume cache is on) and copi
 patch region; the probability map of a weighted/label sampler is the only volume read whole.
 With a transform whose steps are patch-local (:func:`pyable_tio.plan_transform`), it reads
 the patch's box plus the margin the drawn augmentation needs and augments that box only
-(:mod:`pyable_tio.patch_augment`); a volume-level prefix of the transform runs on the loaded
+(:mod:`pyable_tio.patching.augment`, with the numba or SimpleITK engine); a volume-level prefix of the transform runs on the loaded
 subject first. Any other sampler or transform loads the subject as ``tio.Queue`` does.
 """
 
@@ -20,17 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 import torchio as tio
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 from torchio.constants import LOCATION, MIN_FLOAT_32, NUM_SAMPLES
-from torchio.data.io import check_uint_to_int
 from torchio.data.sampler.label import LabelSampler
 from torchio.data.sampler.uniform import UniformSampler
 from torchio.data.sampler.weighted import WeightedSampler
 
-from .constants import ID
-from .patch_augment import augment_patch
-from .patch_plan import TransformPlan, plan_transform
-from .plan import plan_of
+from ..constants import ID, PATCH_ENGINE_DEFAULT, PATCH_ENGINES
+from .augment import augment_patch
+from .split import TransformPlan, plan_transform
+from .volume import Volume
+from ..plan import plan_of
 
 # Samplers whose patch locations need only the spatial shape or the probability map.
 _LAZY_GENERATORS = (UniformSampler._generate_patches, WeightedSampler._generate_patches)
@@ -44,6 +44,10 @@ class SubjectPatches(Dataset):
         sampler: The TorchIO patch sampler.
         samples_per_volume: Patches per subject, unless the subject has a ``num_samples``
             attribute (as in ``tio.Queue``).
+        plan: The split of the dataset's transform (:func:`pyable_tio.plan_transform`);
+            None: planned here from the dataset's transform.
+        engine: Resampling engine of augmented patches: ``"numba"`` (compiled kernels) or
+            ``"sitk"`` (SimpleITK, the oracle).
 
     Example:
         >>> patches = SubjectPatches(tio.SubjectsDataset(subjects), tio.UniformSampler(32), 4)  # doctest: +SKIP
@@ -51,11 +55,15 @@ class SubjectPatches(Dataset):
     """
 
     def __init__(self, subjects_dataset: tio.SubjectsDataset, sampler: tio.data.PatchSampler,
-                 samples_per_volume: int) -> None:
+                 samples_per_volume: int, plan: TransformPlan | None = None,
+                 engine: str = PATCH_ENGINE_DEFAULT) -> None:
+        if engine not in PATCH_ENGINES:
+            raise ValueError(f'engine must be one of {PATCH_ENGINES}, got {engine!r}')
         self.subjects_dataset = subjects_dataset
         self.sampler = sampler
         self.samples_per_volume = samples_per_volume
-        self.plan: TransformPlan = plan_transform(getattr(subjects_dataset, '_transform', None))
+        self.engine = engine
+        self.plan: TransformPlan = plan_transform(self._transform()) if plan is None else plan
 
     def __len__(self) -> int:
         return len(self.subjects_dataset)
@@ -79,10 +87,10 @@ class SubjectPatches(Dataset):
             return list(self.sampler(self.subjects_dataset[int(index)], num_patches))
         if self.plan.patch_steps and generator is None:
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,)).item()))
-        volume_steps, patch_steps = self.plan.volume_steps, self.plan.patch_steps
+        volume_steps, patch_steps = self.plan.volume_steps, self.plan.patch_ops
         if patch_steps and _is_planar(subject):
             # 2-D subjects: the whole guarded transform, with its in-plane (TorchIO 2-D) conventions.
-            volume_steps, patch_steps = (self.subjects_dataset._transform,), ()
+            volume_steps, patch_steps = (self._transform(),), ()
         if volume_steps:
             # The whole-volume prefix runs on the loaded subject, as TorchIO runs it.
             subject = copy.deepcopy(subject)
@@ -97,8 +105,12 @@ class SubjectPatches(Dataset):
 
     def reads_lazily(self) -> bool:
         """True when patches are cut (and augmented) from the readers' arrays without loading subjects."""
-        lazy_transform = getattr(self.subjects_dataset, '_transform', None) is None or self.plan.per_patch
+        lazy_transform = self._transform() is None or self.plan.per_patch
         return lazy_transform and getattr(self.subjects_dataset, 'load_getitem', True) and self.sampler_is_lazy()
+
+    def _transform(self) -> Any:
+        """The dataset's transform (a ``tio.SubjectsDataset`` keeps it private)."""
+        return getattr(self.subjects_dataset, '_transform', None)
 
     def _lazy_patches(self, subject: tio.Subject, num_patches: int, generator: torch.Generator | None,
                       steps: Sequence[tio.Transform] = ()) -> list[tio.Subject]:
@@ -119,7 +131,8 @@ class SubjectPatches(Dataset):
             start = tuple(int(i) for i in draw())
             tensors, applied = None, ()
             if steps:
-                tensors, applied = augment_patch(steps, subject, volumes, start, tuple(patch_size), generator)
+                tensors, applied = augment_patch(steps, subject, volumes, start, tuple(patch_size), generator,
+                                                 self.engine)
             elif generator is None:
                 # tio.Crop.__call__ draws one number per patch: keep the random stream TorchIO's,
                 # so that a seed gives the patches tio.Queue would give.
@@ -179,76 +192,6 @@ def _binary_label_drawer(sampler: LabelSampler, label: torch.Tensor, half: np.nd
         return np.array(np.unravel_index(index, mask.shape)) - half
 
     return draw
-
-
-class Volume:
-    """An image's voxels as the arrays its reader returns (one per file), read on demand."""
-
-    def __init__(self, image: tio.Image, arrays: Sequence[Any], affine: np.ndarray) -> None:
-        self.image = image
-        self.arrays = arrays
-        self.affine = affine
-        self.shape = tuple(int(n) for n in arrays[0].shape[1:])
-        self.channels = sum(int(array.shape[0]) for array in arrays)
-        self.statistics: dict[str, Any] = {}  # whole-volume statistics of a loaded volume (patch_augment)
-
-    @classmethod
-    def of(cls, image: tio.Image) -> Volume:
-        """The volume of ``image``: its data when loaded, else its reader's arrays (not read yet)."""
-        if image._loaded:
-            return cls(image, [image.data], image.affine)
-        paths = image.path if isinstance(image.path, list) else [image.path]
-        arrays, affine = [], None
-        for path in paths:
-            array, file_affine = image.reader(path)
-            array = array.numpy() if isinstance(array, torch.Tensor) else np.asarray(array)  # no copy
-            if array.ndim != 4:
-                raise ValueError(f'reader of {path} returned a {array.ndim}-D array; expected C x D x H x W')
-            arrays.append(array)
-            affine = np.asarray(file_affine, dtype=np.float64) if affine is None else affine
-        return cls(image, arrays, affine)
-
-    def crop(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> torch.Tensor:
-        """A new C x D x H x W tensor of the region (only the region is read from the arrays)."""
-        region = (slice(None), *(slice(a, b) for a, b in zip(start, stop)))
-        if isinstance(self.arrays[0], torch.Tensor):  # a loaded image
-            return self.arrays[0][region].clone()
-        parts = [np.asarray(array[region]) for array in self.arrays]
-        out = _new_tensor((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), self.patch_dtype())
-        view, channel = out.numpy(), 0
-        for part in parts:  # files stacked as channels: each region copied once, into place
-            view[channel:channel + part.shape[0]] = part
-            channel += part.shape[0]
-        return out
-
-    def channel_views(self, start: Sequence[int], stop: Sequence[int]) -> list[np.ndarray]:
-        """Each channel of the region as a view of the arrays (of a memory map: nothing read yet)."""
-        region = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
-        arrays = [a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in self.arrays]
-        return [array[(c, *region)] for array in arrays for c in range(array.shape[0])]
-
-    def patch_dtype(self) -> np.dtype:
-        """The dtype of :meth:`crop`'s tensors (unsigned types torch lacks widened, as TorchIO reads them)."""
-        if isinstance(self.arrays[0], torch.Tensor):
-            return self.arrays[0].numpy()[:0].dtype
-        return np.result_type(*(check_uint_to_int(np.asarray(a)[:0]) for a in self.arrays))
-
-    def read(self) -> torch.Tensor:
-        """The whole C x D x H x W volume (a new tensor)."""
-        return self.crop((0, 0, 0), self.shape)
-
-
-def _new_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
-    """An uninitialised tensor; in shared memory inside DataLoader workers.
-
-    A worker's tensors travel to the main process through shared memory: allocating them
-    there saves the copy ``share_memory_()`` would make when they are sent.
-    """
-    tensor = torch.from_numpy(np.empty(0, dtype=dtype))
-    if get_worker_info() is None or not hasattr(torch.UntypedStorage, '_new_shared'):
-        return torch.empty(shape, dtype=tensor.dtype)
-    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * tensor.element_size())
-    return tensor.set_(storage, 0, shape)
 
 
 def cut_patch(subject: tio.Subject, volumes: dict[str, Volume], start: tuple, size: tuple, shape,

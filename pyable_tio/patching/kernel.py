@@ -1,0 +1,309 @@
+"""The numba engine: one compiled pass per image of a patch, all its spatial steps fused.
+
+The spatial steps of a patch are composed into one output-to-input map on voxel indices (a
+4 x 4 matrix, or a dense coordinate field when an elastic step is drawn). Each kernel walks the
+output voxels once, evaluates the map once per voxel and samples every channel of a source
+from those coordinates: images trilinear, labels nearest (keeping their dtype). The source is
+the patch's box, a view of the reader's array (the cache's memory map) in its stored dtype.
+A voxel mapping outside the box gets its channel's pad value.
+
+The sampling rules are SimpleITK's (the oracle, :mod:`.sitk_engine`): a continuous index is
+inside when ``-0.5 <= i < n - 0.5`` on every axis; trilinear interpolation clamps to the edge
+voxel within that half voxel; nearest rounds half up. Kernels are single-threaded and release
+the GIL (the queue's threads run them side by side), and are cached on disk (``cache=True``):
+numba writes next to this file when it can, else under the user's cache folder
+(``~/.cache/numba``); when neither is writable, :func:`cache_folder` picks a temporary folder
+and sets ``NUMBA_CACHE_DIR`` before numba is imported.
+
+This module imports numba: import it only when the numba engine runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def cache_folder() -> str | None:
+    """Set ``NUMBA_CACHE_DIR`` when numba would have nowhere to cache (returns it), else None.
+
+    numba caches next to the module (``__pycache__``) when that folder is writable, else in
+    the user's cache folder; with both read-only (a container), compiling each worker's
+    kernels again every run would cost seconds, so a temporary folder is used instead.
+    """
+    if os.environ.get('NUMBA_CACHE_DIR'):
+        return None
+    here = Path(__file__).parent / '__pycache__'
+    user = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'numba'
+    for folder in (here, user):
+        probe = folder if folder.exists() else folder.parent
+        if os.access(probe, os.W_OK):
+            return None
+    folder = os.path.join(tempfile.gettempdir(), f'pyable-tio-numba-{os.getuid() if hasattr(os, "getuid") else 0}')
+    os.makedirs(folder, exist_ok=True)
+    os.environ['NUMBA_CACHE_DIR'] = folder
+    return folder
+
+
+cache_folder()
+
+import numba  # noqa: E402  (after NUMBA_CACHE_DIR is settled)
+from numba import literal_unroll  # noqa: E402
+
+_jit = numba.njit(cache=True, nogil=True, error_model='numpy')
+
+
+@_jit
+def _linear_at(src, lo, hi, out, n, z, y, x, pads):
+    """Trilinear sample of every channel of ``src`` (C x voxels, flat) at (z, y, x), as ITK does.
+
+    The box is ``lo <= index < hi`` (inside: within half a voxel of it; the neighbours clamp
+    to its edge). ``out`` is C x voxels (flat), ``n`` the output voxel.
+    """
+    if not (lo[0] - 0.5 <= z < hi[0] - 0.5 and lo[1] - 0.5 <= y < hi[1] - 0.5 and lo[2] - 0.5 <= x < hi[2] - 0.5):
+        for c in range(out.shape[0]):
+            out[c, n] = pads[c]
+        return
+    zf, yf, xf = math.floor(z), math.floor(y), math.floor(x)
+    z0, y0, x0 = int(zf), int(yf), int(xf)
+    fz, fy, fx = z - zf, y - yf, x - xf
+    if z0 < lo[0]:
+        z0, fz = lo[0], 0.0
+    if y0 < lo[1]:
+        y0, fy = lo[1], 0.0
+    if x0 < lo[2]:
+        x0, fx = lo[2], 0.0
+    plane, row = lo[3], lo[4]  # strides of the flat source (H * W, W)
+    sz = plane if z0 < hi[0] - 1 else 0
+    sy = row if y0 < hi[1] - 1 else 0
+    sx = 1 if x0 < hi[2] - 1 else 0
+    base = z0 * plane + y0 * row + x0
+    for c in range(out.shape[0]):
+        v000, v001 = float(src[c, base]), float(src[c, base + sx])
+        v010, v011 = float(src[c, base + sy]), float(src[c, base + sy + sx])
+        v100, v101 = float(src[c, base + sz]), float(src[c, base + sz + sx])
+        v110, v111 = float(src[c, base + sz + sy]), float(src[c, base + sz + sy + sx])
+        a = v000 + (v001 - v000) * fx
+        b = v010 + (v011 - v010) * fx
+        e = v100 + (v101 - v100) * fx
+        f = v110 + (v111 - v110) * fx
+        near = a + (b - a) * fy
+        out[c, n] = near + (e + (f - e) * fy - near) * fz
+
+
+@_jit
+def _nearest_at(src, lo, hi, out, n, z, y, x, pads):
+    """Nearest sample (rounding half up, as ITK) of every channel of ``src`` at (z, y, x)."""
+    if not (lo[0] - 0.5 <= z < hi[0] - 0.5 and lo[1] - 0.5 <= y < hi[1] - 0.5 and lo[2] - 0.5 <= x < hi[2] - 0.5):
+        for c in range(out.shape[0]):
+            out[c, n] = pads[c]
+        return
+    base = int(math.floor(z + 0.5)) * lo[3] + int(math.floor(y + 0.5)) * lo[4] + int(math.floor(x + 0.5))
+    for c in range(out.shape[0]):
+        out[c, n] = src[c, base]
+
+
+@_jit
+def _affine_linear(sources, lo, hi, m, out, shape, pads):
+    """Trilinear ``sources`` (a tuple of C_f x voxels arrays) at ``m @ (i, j, k, 1)`` for every output voxel.
+
+    The body of :func:`_linear_at`, written out with the matrix in scalars and unsigned flat
+    indices (no negative-index checks): numba does not inline the call, which costs 2-5x.
+    """
+    one, zero = numba.uint64(1), numba.uint64(0)
+    plane, row = numba.uint64(lo[3]), numba.uint64(lo[4])
+    z_lo, y_lo, x_lo = lo[0] - 0.5, lo[1] - 0.5, lo[2] - 0.5
+    z_hi, y_hi, x_hi = hi[0] - 0.5, hi[1] - 0.5, hi[2] - 0.5
+    z_last, y_last, x_last = hi[0] - 1, hi[1] - 1, hi[2] - 1
+    m00, m01, m02, m03 = m[0, 0], m[0, 1], m[0, 2], m[0, 3]
+    m10, m11, m12, m13 = m[1, 0], m[1, 1], m[1, 2], m[1, 3]
+    m20, m21, m22, m23 = m[2, 0], m[2, 1], m[2, 2], m[2, 3]
+    channels = out.shape[0]
+    n = zero
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            z_row, y_row, x_row = m00 * i + m01 * j + m03, m10 * i + m11 * j + m13, m20 * i + m21 * j + m23
+            for k in range(shape[2]):
+                z, y, x = z_row + m02 * k, y_row + m12 * k, x_row + m22 * k
+                if not (z_lo <= z < z_hi and y_lo <= y < y_hi and x_lo <= x < x_hi):
+                    for c in range(channels):
+                        out[c, n] = pads[c]
+                    n += one
+                    continue
+                zf, yf, xf = math.floor(z), math.floor(y), math.floor(x)
+                z0, y0, x0 = int(zf), int(yf), int(xf)
+                fz, fy, fx = z - zf, y - yf, x - xf
+                if z0 < lo[0]:
+                    z0, fz = lo[0], 0.0
+                if y0 < lo[1]:
+                    y0, fy = lo[1], 0.0
+                if x0 < lo[2]:
+                    x0, fx = lo[2], 0.0
+                sz = plane if z0 < z_last else zero
+                sy = row if y0 < y_last else zero
+                sx = one if x0 < x_last else zero
+                base = numba.uint64(z0) * plane + numba.uint64(y0) * row + numba.uint64(x0)
+                c = zero  # unsigned: no negative-index check on out
+                for source in literal_unroll(sources):  # the files of an image share the coordinates
+                    for channel in range(source.shape[0]):
+                        s = source[channel]
+                        v000, v001 = float(s[base]), float(s[base + sx])
+                        v010, v011 = float(s[base + sy]), float(s[base + sy + sx])
+                        v100, v101 = float(s[base + sz]), float(s[base + sz + sx])
+                        v110, v111 = float(s[base + sz + sy]), float(s[base + sz + sy + sx])
+                        a = v000 + (v001 - v000) * fx
+                        b = v010 + (v011 - v010) * fx
+                        e = v100 + (v101 - v100) * fx
+                        f = v110 + (v111 - v110) * fx
+                        near = a + (b - a) * fy
+                        out[c, n] = near + (e + (f - e) * fy - near) * fz
+                        c += one
+                n += one
+
+
+@_jit
+def _affine_nearest(src, lo, hi, m, out, shape, pads):
+    """Nearest ``src`` at ``m @ (i, j, k, 1)`` for every output voxel (:func:`_nearest_at`, written out)."""
+    one = numba.uint64(1)
+    plane, row = numba.uint64(lo[3]), numba.uint64(lo[4])
+    z_lo, y_lo, x_lo = lo[0] - 0.5, lo[1] - 0.5, lo[2] - 0.5
+    z_hi, y_hi, x_hi = hi[0] - 0.5, hi[1] - 0.5, hi[2] - 0.5
+    m00, m01, m02, m03 = m[0, 0], m[0, 1], m[0, 2], m[0, 3]
+    m10, m11, m12, m13 = m[1, 0], m[1, 1], m[1, 2], m[1, 3]
+    m20, m21, m22, m23 = m[2, 0], m[2, 1], m[2, 2], m[2, 3]
+    channels = out.shape[0]
+    n = numba.uint64(0)
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            z_row, y_row, x_row = m00 * i + m01 * j + m03, m10 * i + m11 * j + m13, m20 * i + m21 * j + m23
+            for k in range(shape[2]):
+                z, y, x = z_row + m02 * k, y_row + m12 * k, x_row + m22 * k
+                if z_lo <= z < z_hi and y_lo <= y < y_hi and x_lo <= x < x_hi:
+                    base = (numba.uint64(math.floor(z + 0.5)) * plane + numba.uint64(math.floor(y + 0.5)) * row
+                            + numba.uint64(math.floor(x + 0.5)))
+                    for c in range(channels):
+                        out[c, n] = src[c][base]
+                else:
+                    for c in range(channels):
+                        out[c, n] = pads[c]
+                n += one
+
+
+@_jit
+def _field(src, lo, hi, coordinates, out, pads, nearest):
+    for n in range(out.shape[1]):
+        if nearest:
+            _nearest_at(src, lo, hi, out, n, coordinates[0, n], coordinates[1, n], coordinates[2, n], pads)
+        else:
+            _linear_at(src, lo, hi, out, n, coordinates[0, n], coordinates[1, n], coordinates[2, n], pads)
+
+
+def sample(sources: list[np.ndarray], box: tuple[np.ndarray, np.ndarray], mapping: np.ndarray, out: np.ndarray,
+           pads: list[float], nearest: bool) -> np.ndarray:
+    """Sample every channel of ``sources`` inside ``box`` into ``out``.
+
+    Args:
+        sources: Each file's whole C_f x D x H x W array (memory maps welcome: only the voxels
+            sampled are read), any numeric dtype; their channels are stacked in ``out``.
+        box: (start, stop) voxel indices (D, H, W) of the region the sampling may read;
+            coordinates beyond it by half a voxel or more get the pad value.
+        mapping: Output index (of ``out``) to source index: a 3 x 4 (or 4 x 4) matrix, or a
+            3 x d x h x w coordinate field.
+        out: C x d x h x w output, C-contiguous (float32 for images, the label dtype for labels).
+        pads: Per-channel value outside the box.
+        nearest: Nearest neighbour (labels, or as asked) instead of trilinear.
+
+    Example:
+        >>> source = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
+        >>> out = np.empty((1, 1, 1, 1), np.float32)
+        >>> shift = np.array([[1, 0, 0, .5], [0, 1, 0, .5], [0, 0, 1, .5]])
+        >>> float(sample([source], ((0, 0, 0), (2, 2, 2)), shift, out, [0.0], False)[0, 0, 0, 0])
+        3.5
+    """
+    pad_values = np.asarray(pads, dtype=np.float64)
+    shape = np.asarray(out.shape[1:], dtype=np.int64)
+    flat_out = out.reshape(out.shape[0], -1)  # a view: out is C-contiguous
+    field = mapping.ndim == 4
+    mapping = np.ascontiguousarray(mapping.reshape(3, -1) if field else mapping[:3], dtype=np.float64)
+    height, width = sources[0].shape[2:]
+    lo = np.array([*box[0], height * width, width], dtype=np.int64)
+    hi = np.asarray(box[1], dtype=np.int64)
+    # C_f x voxels views (no copy for memory maps and stacked boxes), in runs of one dtype:
+    # one pass per run, its files sharing the coordinates of each output voxel.
+    flats = [np.ascontiguousarray(source).reshape(source.shape[0], -1) for source in sources]
+    runs = [[flats[0]]]
+    for flat in flats[1:]:
+        if flat.dtype == runs[-1][0].dtype:
+            runs[-1].append(flat)
+        else:
+            runs.append([flat])
+    channel = 0
+    for run in runs:
+        count = sum(flat.shape[0] for flat in run)
+        part, part_pads = flat_out[channel:channel + count], pad_values[channel:channel + count]
+        channel += count
+        if not field and not nearest:
+            _affine_linear(tuple(run), lo, hi, mapping, part, shape, part_pads)  # one pass for the run
+            continue
+        offset = 0
+        for flat in run:  # labels are one file each, as a rule; elastic fields are dominated by SimpleITK's field
+            size = flat.shape[0]
+            section, section_pads = part[offset:offset + size], part_pads[offset:offset + size]
+            if field:
+                _field(flat, lo, hi, mapping, section, section_pads, nearest)
+            else:
+                _affine_nearest(flat, lo, hi, mapping, section, shape, section_pads)
+            offset += size
+    return out
+
+
+def warm() -> None:
+    """Load (or compile) the kernels for float32 images (one and two files) and uint8 labels.
+
+    numba's first call in a process costs ~0.3 s even with the kernels cached on disk.
+    """
+    box = ((0, 0, 0), (2, 2, 2))
+    image, label = np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 2, 2, 2), np.uint8)
+    for sources, dtype, nearest in (([image], np.float32, False), ([image, image], np.float32, False),
+                                    ([label], np.uint8, True)):
+        sample(sources, box, np.eye(4), np.empty((len(sources), 1, 1, 1), dtype), [0.0] * len(sources), nearest)
+
+
+def as_crop(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(signs, offsets) when ``matrix`` only flips axes and shifts by whole voxels, else None.
+
+    Such a map needs no interpolation: the patch is a crop of the source, reversed on the
+    axes whose sign is -1 (source index = sign * output index + offset).
+
+    Example:
+        >>> as_crop(np.array([[-1., 0, 0, 9], [0, 1, 0, 2], [0, 0, 1, 0], [0, 0, 0, 1]]))
+        (array([-1,  1,  1]), array([9, 2, 0]))
+    """
+    linear, offset = matrix[:3, :3], matrix[:3, 3]
+    signs = np.rint(np.diag(linear))
+    if not (np.all(np.abs(signs) == 1) and np.allclose(linear, np.diag(signs), atol=1e-9)
+            and np.allclose(offset, np.rint(offset), atol=1e-9)):
+        return None
+    return signs.astype(int), np.rint(offset).astype(int)
+
+
+def crop(sources: list[np.ndarray], box: tuple[np.ndarray, np.ndarray], signs: np.ndarray, offsets: np.ndarray,
+         out: np.ndarray) -> np.ndarray | None:
+    """``out`` filled by slicing ``sources`` (no interpolation); None when the crop leaves ``box``."""
+    size = np.array(out.shape[1:])
+    first = offsets + np.where(signs > 0, 0, -(size - 1))  # smallest source index read, per axis
+    if np.any(first < np.asarray(box[0])) or np.any(first + size > np.asarray(box[1])):
+        return None
+    region = tuple(slice(int(a), int(a + n)) for a, n in zip(first, size))
+    flips = tuple(1 + a for a in range(3) if signs[a] < 0)
+    channel = 0
+    for source in sources:
+        part = source[(slice(None), *region)]
+        count = part.shape[0]
+        out[channel:channel + count] = np.flip(part, flips) if flips else part
+        channel += count
+    return out
