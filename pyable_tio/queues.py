@@ -6,8 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import torch
 import torchio as tio
-from torch.utils.data import SequentialSampler
+from torch.utils.data import RandomSampler, SequentialSampler
 
 from .constants import (
     LABELMAP_PREFIX,
@@ -89,7 +90,9 @@ class QueueOptions:
         distributed: Shard the subjects over the ranks of the initialised
             ``torch.distributed`` process group with a ``DistributedSampler`` (shuffled with
             ``shuffle_subjects``); call :func:`set_epoch` at the start of every epoch.
-        seed: Shuffling seed of the distributed sampler (the same on every rank).
+        seed: Seed of the subject order: with ``distributed=True`` the ``DistributedSampler``'s
+            (the same on every rank; default 0); otherwise, when given, a seeded
+            ``RandomSampler`` (None: torch's global generator, as ``tio.Queue``).
         fast_patches: Return a :class:`pyable_tio.PatchQueue` (workers cut the patches and,
             when every step of ``transform`` runs per patch, read only the patch regions plus
             the augmentation's margin, e.g. from the cache's memory maps) instead of a
@@ -123,7 +126,7 @@ class QueueOptions:
     shuffle_patches: bool = True
     subject_sampler: Any = None
     distributed: bool = False
-    seed: int = 0
+    seed: int | None = None
     fast_patches: bool | None = None
     missing: str = MISSING_ERROR
     engine: str = PATCH_ENGINE_DEFAULT
@@ -207,7 +210,9 @@ def queue_from_manifest(
     dataset = tio.SubjectsDataset(subjects, transform=guarded)
     patch_sampler = make_sampler(sampler, patch, label_name, subjects[0])
     if distributed:
-        subject_sampler = _distributed_sampler(dataset, subject_sampler, shuffle_subjects, seed)
+        subject_sampler = _distributed_sampler(dataset, subject_sampler, shuffle_subjects, seed or 0)
+    elif seed is not None and subject_sampler is None and shuffle_subjects:
+        subject_sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     plan = plan_transform(guarded, batch_device)  # planned once, here; the queue is handed the split
     # Steps that all run per patch read only the patch boxes, in threads (PatchQueue). A whole-volume
     # prefix keeps tio.Queue unless fast_patches=True (then: prefix in worker processes, rest per patch).
