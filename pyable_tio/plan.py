@@ -303,7 +303,7 @@ def make_plan(
     default_value: float = DEFAULT_BACKGROUND,
     nonfinite: str = DEFAULT_NONFINITE,
 ) -> SubjectPlan:
-    """The plan of one subject checked by :func:`pyable_tio.checking.headers.plan_manifest`.
+    """The plan of one subject checked by :func:`pyable_tio.checking.headers.check_manifest`.
 
     Args:
         checked: A :class:`~pyable_tio.checking.headers.CheckedSubject` (record, reference, alignments).

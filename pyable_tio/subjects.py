@@ -36,14 +36,14 @@ from .geometry.grid import Grid
 from .manifest import ManifestSource
 from .plan import SubjectPlan, attach_plan, make_plan, plan_of
 from .checking.batch import collate_problems
-from .checking.headers import PlanOptions, plan_source, plan_subject
+from .checking.headers import CheckOptions, check_source, check_subject
 from .preprocess.selection import any_steps, brain_source
 from .reader import GridReader
 from .geometry.reference import ReferenceSelector, ReferenceSpace
 
 __all__ = [
     'EmptyLabelReader', 'MISSING_EMPTY', 'MISSING_ERROR', 'MISSING_KEEP', 'SubjectOptions', 'SubjectPlan',
-    'plan_of', 'plan_subject', 'subject_from_plan', 'subjects_from_manifest',
+    'plan_of', 'check_subject', 'subject_from_plan', 'subjects_from_manifest',
 ]
 
 #: ``tio.Subject`` methods that an extra field of the same name would hide (``subject.load``).
@@ -152,14 +152,14 @@ class SubjectOptions:
     def __post_init__(self) -> None:
         if self.on_error not in ON_ERROR_MODES:
             raise ValueError(f'on_error must be one of {ON_ERROR_MODES}, got {self.on_error!r}')
-        self.plan_options()
+        self.check_options()
         backend.interpolator_for(backend.ROLE_IMAGE, self.interpolator)
         integrity.check_nonfinite_mode(self.nonfinite)
         _numpy_dtype(self.dtype)
 
-    def plan_options(self) -> PlanOptions:
+    def check_options(self) -> CheckOptions:
         """The planning part (reference, space, missing, orientation, alignment, steps)."""
-        return PlanOptions(self.reference, self.reference_space, self.missing, self.orientation,
+        return CheckOptions(self.reference, self.reference_space, self.missing, self.orientation,
                            self.axis_aligned, self.align, preprocess=self.preprocess)
 
     @classmethod
@@ -209,11 +209,11 @@ def subjects_from_manifest(
     """
     # Every option (the preprocessing steps too) is checked here, before any header is read.
     options = SubjectOptions.of(options, **changes)
-    planning = options.plan_options()
+    planning = options.check_options()
     numpy_dtype = _numpy_dtype(options.dtype)
     cache = _make_cache(options.cache_dir, options.cache_max_bytes)
     # The same planning as pyable-tio validate: every problem of every subject in one error.
-    planned = plan_source(source, planning, root=options.root, extra_fields=options.extra_fields,
+    planned = check_source(source, planning, root=options.root, extra_fields=options.extra_fields,
                           cache_folder=getattr(cache, 'folder', None), progress=options.progress)
     checked, steps = planned.plans, planning.preprocess
     fill = {}

@@ -461,14 +461,14 @@ def test_validate_plans_like_training(manifest, tmp_path, capsys):
     sizes = {' x '.join(map(str, s['meta']['size'])) for s in subjects}
     assert set(report.reference_sizes) == sizes and {s['meta']['orientation'] for s in subjects} == {'RAS'}
     calls = []
-    real = planning.plan_manifest
+    real = planning.check_manifest
 
     def spy(*args, **kwargs):
         calls.append(args[1])
         return real(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(planning, 'plan_manifest', spy)  # what plan_source, shared by both, calls
+        patch.setattr(planning, 'check_manifest', spy)  # what check_source, shared by both, calls
         validate(manifest, orientation='RAS', align='rigid')
         pt.subjects_from_manifest(manifest, orientation='RAS', align='rigid')
     assert len(calls) == 2 and calls[0] == calls[1]  # the same frozen options, the same planning code

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import pyable_tio as pt
 from pyable_tio import synthetic
 from pyable_tio.queues import may_resize
-from pyable_tio.checking.headers import PlanOptions
+from pyable_tio.checking.headers import CheckOptions
 from pyable_tio.checking.validate import validate
 
 
@@ -71,9 +71,9 @@ def test_queue_options_are_checked_before_any_header(uneven, no_headers, options
 
 
 def test_plan_options_are_frozen_and_spell_the_fix():
-    options = PlanOptions(orientation='ras')
+    options = CheckOptions(orientation='ras')
     assert options.orientation == 'RAS' and options.fix('empty') == 'missing="empty"'
-    assert PlanOptions(spelling='cli').fix('empty') == '--missing empty'
+    assert CheckOptions(spelling='cli').fix('empty') == '--missing empty'
     with pytest.raises(AttributeError):
         options.missing = 'empty'
 

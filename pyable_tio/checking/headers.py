@@ -1,15 +1,16 @@
-"""Planning: manifest records checked against their headers, before any voxel is read.
+"""Manifest records checked against their headers, before any voxel is read.
 
-:func:`plan_manifest` is the one planning step that both :func:`pyable_tio.subjects_from_manifest`
-and :func:`pyable_tio.checking.validate.validate` run: read each subject's headers, choose its reference
-grid, check its transforms and its preprocessing steps (``preprocess=``: packages installed,
-masks listed), reorient the grid (``orientation=``/``axis_aligned=``), align its images
-(``align=``) and check that subjects can share a batch when one is needed (``missing=``). Options are a frozen :class:`PlanOptions`, validated when it is made, i.e.
-before any header is read.
+:func:`check_manifest` is the one checking step that both :func:`pyable_tio.subjects_from_manifest`
+and :func:`pyable_tio.checking.validate.validate` run: read each subject's headers, choose its
+reference grid, check its transforms and its preprocessing steps (``preprocess=``: packages
+installed, masks listed), reorient the grid (``orientation=``/``axis_aligned=``), align its
+images (``align=``) and check that subjects can share a batch when one is needed (``missing=``).
+Options are a frozen :class:`CheckOptions`, validated when it is made, i.e. before any header is
+read. Each checked subject then becomes a :class:`~pyable_tio.plan.SubjectPlan`.
 
 Example:
-    >>> options = PlanOptions(reference='largest', missing='error')
-    >>> plans, problems = plan_manifest(read_manifest('manifest.json'), options)  # doctest: +SKIP
+    >>> options = CheckOptions(reference='largest', missing='error')
+    >>> plans, problems = check_manifest(read_manifest('manifest.json'), options)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ _MISSING_FIX = {SPELLING_PYTHON: 'missing="{}"', SPELLING_CLI: '--missing {}'}
 
 
 @dataclass(frozen=True)
-class PlanOptions:
+class CheckOptions:
     """What planning needs to know, checked when made (before any header is read).
 
     Args:
@@ -67,7 +68,7 @@ class PlanOptions:
             preprocessing step (or parameter, or a step order that cannot work).
 
     Example:
-        >>> PlanOptions(reference='largset')
+        >>> CheckOptions(reference='largset')
         Traceback (most recent call last):
         ...
         ValueError: reference must be "first", "largest", an index or a callable, got 'largset'
@@ -121,23 +122,23 @@ class CheckedSubject:
 
 
 @dataclass(frozen=True)
-class Planned:
-    """What :func:`plan_source` found: the good subjects' plans, every problem, the subject count."""
+class Checked:
+    """What :func:`check_source` found: the good subjects' plans, every problem, the subject count."""
 
     plans: list[CheckedSubject]
     problems: list[str]
     listed: int
 
 
-def plan_source(
+def check_source(
     source: ManifestSource,
-    options: PlanOptions,
+    options: CheckOptions,
     *,
     root: str | Path | None = None,
     extra_fields: Sequence[str] = (),
     cache_folder: Path | None = None,
     progress: bool = False,
-) -> Planned:
+) -> Checked:
     """Parse, check files and plan: every problem of every subject, in one pass.
 
     A subject with a structural problem (no images, a bad reference, a misspelt field) or a
@@ -148,7 +149,7 @@ def plan_source(
         ManifestError: only when the source itself cannot be read (no such file, bad JSON...).
 
     Example:
-        >>> planned = plan_source('manifest.json', PlanOptions(missing='error'))  # doctest: +SKIP
+        >>> planned = check_source('manifest.json', CheckOptions(missing='error'))  # doctest: +SKIP
         >>> len(planned.plans), planned.listed, planned.problems  # doctest: +SKIP
         (3, 3, [])
     """
@@ -158,13 +159,13 @@ def plan_source(
     if missing_files:
         complete = [record for record in manifest if not file_problems(Manifest((record,)))]
         manifest = Manifest(tuple(complete), manifest.source)
-    plans, planning_problems = plan_manifest(manifest, options, cache_folder=cache_folder, progress=progress)
-    return Planned(plans, problems + planning_problems, listed)
+    plans, planning_problems = check_manifest(manifest, options, cache_folder=cache_folder, progress=progress)
+    return Checked(plans, problems + planning_problems, listed)
 
 
-def plan_manifest(
+def check_manifest(
     manifest: Manifest,
-    options: PlanOptions,
+    options: CheckOptions,
     *,
     cache_folder: Path | None = None,
     progress: bool = False,
@@ -184,7 +185,7 @@ def plan_manifest(
         problem (``missing="error"``/``"empty"``) leaves the plans in place.
 
     Example:
-        >>> plans, problems = plan_manifest(manifest, PlanOptions())  # doctest: +SKIP
+        >>> plans, problems = check_manifest(manifest, CheckOptions())  # doctest: +SKIP
         >>> [plan.reference.used for plan in plans]  # doctest: +SKIP
     """
     problems: list[str] = []
@@ -198,7 +199,7 @@ def plan_manifest(
     checked: dict = {}  # transform results shared by the subjects (see transform_problems)
     for record in tqdm(manifest, desc='reading headers', disable=not progress, unit='subject'):
         try:
-            plan = plan_subject(record, options.reference, space)
+            plan = check_subject(record, options.reference, space)
         except ManifestError as error:
             problems.extend(error.problems)
             continue
@@ -223,7 +224,7 @@ def plan_manifest(
     return plans, list(dict.fromkeys(problems))
 
 
-def plan_subject(
+def check_subject(
     record: SubjectRecord,
     selector: ReferenceSelector = REFERENCE_FIRST,
     reference_space: ReferenceSpace | Reference | None = None,
@@ -234,7 +235,7 @@ def plan_subject(
         ManifestError: listing every unreadable header and dimension mismatch.
 
     Example:
-        >>> plan_subject(read_manifest('manifest.json')['sub-01']).channels  # doctest: +SKIP
+        >>> check_subject(read_manifest('manifest.json')['sub-01']).channels  # doctest: +SKIP
         2
     """
     problems, headers = [], {}
@@ -282,7 +283,7 @@ def _entry_transforms(record: SubjectRecord, name: str, path: Path) -> tuple:
     return next((e.transforms for e in getattr(record, name) if e.path == path), ())
 
 
-def batch_problems(plans: Sequence[CheckedSubject], options: PlanOptions) -> list[str]:
+def batch_problems(plans: Sequence[CheckedSubject], options: CheckOptions) -> list[str]:
     """What keeps ``plans`` out of one batch: different image channels, ROIs, label maps or brain masks.
 
     Images must agree in channels, files and names (a batch stacks them). ROIs and label maps
@@ -294,7 +295,7 @@ def batch_problems(plans: Sequence[CheckedSubject], options: PlanOptions) -> lis
         One line per disagreement, naming the subjects of each group and the fix.
 
     Example:
-        >>> batch_problems(plans, PlanOptions(missing='error'))  # doctest: +SKIP
+        >>> batch_problems(plans, CheckOptions(missing='error'))  # doctest: +SKIP
         ['field "rois": subjects list different numbers of rois: 1 ("sub-01"), 0 ("sub-02"); ...']
     """
     if len(plans) < 2:

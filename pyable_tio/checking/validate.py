@@ -35,7 +35,7 @@ from ..io import backend
 from ..io.backend import ROLE_IMAGE, ROLE_LABELMAP
 from ..io.integrity import FileCheck, check_file, check_nonfinite_mode
 from ..manifest import Manifest
-from .headers import SPELLING_PYTHON, CheckedSubject, PlanOptions, batch_problems, plan_source
+from .headers import SPELLING_PYTHON, CheckedSubject, CheckOptions, batch_problems, check_source
 from ..geometry.reference import ReferenceSelector, ReferenceSpace
 from ..subjects import _FIELD_ROLE
 from ..plan import make_plan
@@ -88,7 +88,7 @@ def validate(
 ) -> Validation:
     """Check a manifest as :func:`pyable_tio.subjects_from_manifest` plans it, then each file's data.
 
-    Runs the same planning code (:func:`pyable_tio.checking.headers.plan_manifest`): files exist,
+    Runs the same planning code (:func:`pyable_tio.checking.headers.check_manifest`): files exist,
     headers and transforms read, preprocessing steps runnable (packages installed, masks
     listed), references chosen, grids reoriented, images aligned (``align=`` registers them)
     and, with ``missing="error"``/``"empty"``, subjects checked to fit one batch. Every problem of
@@ -119,13 +119,13 @@ def validate(
         >>> validate('manifest.json', missing='error').problems  # doctest: +SKIP
         []
     """
-    options = PlanOptions(
+    options = CheckOptions(
         reference, reference_space, missing, orientation, axis_aligned, align, spelling, preprocess
     )
     check_nonfinite_mode(nonfinite)
     report = Validation(_label(source))
     try:
-        planned = plan_source(source, options, root=root, extra_fields=extra_fields, progress=progress)
+        planned = check_source(source, options, root=root, extra_fields=extra_fields, progress=progress)
     except ManifestError as error:
         report.problems.extend(error.problems)
         return report

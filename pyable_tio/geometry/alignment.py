@@ -182,7 +182,7 @@ def align_subject(
             or the registration fails.
 
     Example:
-        >>> plan = plan_subject(read_manifest('manifest.json')[0])  # doctest: +SKIP
+        >>> plan = check_subject(read_manifest('manifest.json')[0])  # doctest: +SKIP
         >>> align_subject(plan.record, plan.reference, 'rigid')  # doctest: +SKIP
     """
     cache = VolumeCache(cache_dir) if isinstance(cache_dir, (str, os.PathLike)) else cache_dir
@@ -216,7 +216,7 @@ def align_subject(
                 _, fixed_image, fixed_transform = fixed
                 moving_image = _finite(backend.load(entry.path, backend.ROLE_IMAGE))
                 if moving_image.GetDimension() != fixed_image.GetDimension():
-                    break  # reported by plan_subject's dimension check
+                    break  # reported by check_subject's dimension check
                 moving_transform = registration.compose(moving_entries)
                 found = register(fixed_image, moving_image, kind, fixed_transform, moving_transform)
             except OSError as error:
