@@ -250,8 +250,9 @@ def run_pyable(args, manifest: Path, cache_dir: Path | None):
         yield batch['images'][tio.DATA], batch['labelmap_0'][tio.DATA]
 
 
-def monai_recipe(args, keys: list[str], image_keys: list[str]) -> tuple[list, list]:
-    """MONAI's crop-then-augment steps, as (crop, augmentation on each crop) for (e) and (f)."""
+def monai_recipe(args, keys: list[str], image_keys: list[str], device=None) -> tuple[list, list]:
+    """MONAI's crop-then-augment steps, as (crop, augmentation on each crop) for (e) and (f);
+    with ``device``, ``RandAffined`` resamples there (MONAI's GPU recipe, bench_device.py)."""
     from monai.transforms import RandAdjustContrastd, RandAffined, RandFlipd, RandSpatialCropSamplesd
 
     crop = [RandSpatialCropSamplesd(keys, roi_size=(args.patch,) * 3, num_samples=args.samples_per_volume,
@@ -262,7 +263,7 @@ def monai_recipe(args, keys: list[str], image_keys: list[str]) -> tuple[list, li
     modes = tuple('bilinear' if key in image_keys else 'nearest' for key in keys)
     return crop, [
         RandAffined(keys, prob=1.0, rotate_range=(radians,) * 3, scale_range=(SCALES,) * 3, mode=modes,
-                    padding_mode='zeros'),
+                    padding_mode='zeros', device=device),
         RandFlipd(keys, prob=0.5, spatial_axis=0),
         RandAdjustContrastd(image_keys, prob=1.0, gamma=tuple(float(np.exp(g)) for g in LOG_GAMMA)),
     ]

@@ -17,6 +17,7 @@ from .errors import LoadError, ManifestError, PyableTioError
 from .inference.grid import inference_loader, predict_subject
 from .inference.native import save_prediction, to_native
 from .manifest import read_manifest
+from .patching.loader import patch_loader  # noqa: F401  (pt.patch_loader; __all__ is full: lead's call)
 from .patching.queue import PatchQueue
 from .patching.split import plan_transform
 from .preprocess import N4, SkullStrip
@@ -24,6 +25,20 @@ from .queues import QueueSampler, dataset_from_manifest, queue_from_manifest, se
 from .subjects import subjects_from_manifest
 
 __version__ = '0.1.0'
+
+
+def __getattr__(name: str):
+    # The QA sheet on first use: ``import pyable_tio`` stays free of Pillow and the sheet.
+    if name == 'qa_sheet':
+        from .qa.report import qa_sheet
+
+        return qa_sheet
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {'qa_sheet'})
+
 
 # User-level names only; everything else is importable from its module (docs/API.md).
 __all__ = [
@@ -43,6 +58,7 @@ __all__ = [
     'monai_dataset',
     'plan_transform',
     'predict_subject',
+    'qa_sheet',
     'queue_from_manifest',
     'read_manifest',
     'save_prediction',

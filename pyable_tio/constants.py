@@ -63,7 +63,8 @@ GRID_TOLERANCE = 1e-5
 CACHE_FORMAT_VERSION = 1
 #: Version of what a cache key means; bump when the same inputs give another volume.
 #: 2: transform lists compose as ``CompositeTransform(list)`` (the seed's order), not reversed.
-CACHE_KEY_VERSION = 2
+#: 3: float ROIs/label maps holding whole numbers come out as the smallest integer type.
+CACHE_KEY_VERSION = 3
 #: File names inside a cache folder: ``<key[:2]>/<key>.npy`` + ``<key>.json``; temporaries
 #: end in ``.tmp``; source-file digests live in ``sources/``.
 CACHE_ARRAY_SUFFIX = '.npy'
@@ -136,3 +137,67 @@ PREPROCESS_LOCKS_FOLDER = 'preprocess-locks'
 #: Exit codes of the ``pyable-tio`` command: success, problems found, bad command line,
 #: interrupted (Ctrl-C), terminated (SIGTERM).
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+#: Label maps and ROIs off their image (wrong header, another subject's file, outside the field
+#: of view). Fields of view: the share of the smaller of the two (the file's, the reference
+#: grid's) inside the other; below this the file is refused when subjects are planned (headers
+#: only). Relative to the smaller one, so that a slab reference inside a whole-head label map,
+#: or a small ROI file inside the image, passes.
+LABEL_EXTENT_MIN_OVERLAP = 0.5
+#: Share of a label map's foreground (non-zero voxels) falling outside the reference grid,
+#: measured when its voxels are read (``validate``, the reader): above the first a warning
+#: (a validate note; a slab reference may crop a whole-brain label map on purpose), above the
+#: second an error (the map would come out (almost) empty and teach "background").
+LABEL_FOREGROUND_LOST_WARN = 0.5
+LABEL_FOREGROUND_LOST_ERROR = 0.95
+#: Foreground voxels looked at for that share (an evenly strided sample beyond this: the share
+#: is then known to about 1 %, plenty for thresholds of 50 % and 95 %).
+LABEL_FOREGROUND_SAMPLES = 20_000
+#: More distinct values than this in a label map is implausible (a uint8 probability map has
+#: up to 256; FreeSurfer's aparc.a2009s+aseg, among the largest common atlases, about 190):
+#: a warning (:class:`pyable_tio.errors.LabelValuesWarning`) and a validate note.
+LABEL_MAX_DISTINCT_VALUES = 200
+#: Voxels looked at (evenly strided) to count a label map's distinct values when it is read.
+LABEL_VALUES_SAMPLES = 2_000_000
+#: DICOM series: slice positions (along the slice normal) more than this share of the usual
+#: distance away from evenly spaced are refused (a missing or extra slice): ITK would stack the
+#: slices evenly at the average distance, misplacing them.
+DICOM_SLICE_GAP_TOLERANCE = 0.1
+#: Attribute by which a seed-style callable declares that it changes label values on purpose
+#: (relabelling, merging classes): its new values pass the "labels must not be interpolated"
+#: check (``pyable_tio.transforms.changes_labels`` sets it).
+CHANGES_LABELS_ATTRIBUTE = 'changes_labels'
+
+# ----------------------------------------------------------------- QA sheet (pyable_tio.qa)
+#: A finding whose badness (its value measured against its threshold) reaches 1 crosses the
+#: threshold; the sheet sorts subjects by their worst badness.
+QA_CROSSED = 1.0
+#: Badness of a notice (oblique file, anisotropic spacing): below every crossed threshold,
+#: above a clean subject.
+QA_NOTICE = 0.5
+#: Largest shift (mm) of a channel against the reference channel that passes: the shift at
+#: which their normalised mutual information peaks, searched up to QA_SHIFT_SEARCH_MM.
+QA_MAX_CHANNEL_SHIFT_MM = 3.0
+QA_SHIFT_SEARCH_MM = 20.0
+#: Channels are compared on a grid of at most this many voxels per axis (block means).
+QA_ALIGN_MAX_SIZE = 64
+#: Histogram bins of the normalised mutual information (per channel).
+QA_NMI_BINS = 32
+#: Smallest share of a label map's/ROI's foreground inside the reference channel's foreground
+#: (Otsu, dilated by QA_FOREGROUND_MARGIN_MM), and inside the reference grid (from its file).
+QA_MIN_IN_FOREGROUND = 0.9
+QA_MIN_IN_GRID = 0.95
+QA_FOREGROUND_MARGIN_MM = 3.0
+#: Spacing ratio (largest / smallest axis of a file) above which it is flagged.
+QA_MAX_SPACING_RATIO = 3.0
+#: Robust z-score (0.6745 (x - median) / MAD, Iglewicz & Hoaglin) of a channel's median or
+#: spread (IQR) against the other subjects above which it is an outlier; needs QA_MIN_SUBJECTS_Z.
+QA_MAX_ROBUST_Z = 3.5
+QA_MIN_SUBJECTS_Z = 4
+#: More distinct values than this in a label map or ROI is implausible (an image listed as labels?).
+QA_MAX_LABEL_VALUES = 255
+#: Thumbnail panel size in pixels (each channel: three panels side by side) and PNG colours.
+QA_PANEL_PIXELS = 144
+QA_PNG_COLOURS = 32
+#: Intensity window of thumbnails: these percentiles of the channel map to black and white.
+QA_WINDOW_PERCENTILES = (1.0, 99.5)

@@ -87,3 +87,15 @@ class MissingDependencyError(PyableTioError, ImportError):
         ...
         pyable_tio.errors.MissingDependencyError: step "skullstrip" needs deepbet: pip install "pyable-tio[brain]"
     """
+
+
+class LabelValuesWarning(UserWarning):
+    """A label map that is probably not one, or partly off its image (the message says which).
+
+    Filter it for data known to be right, e.g. a 400-region parcellation:
+    ``warnings.filterwarnings('ignore', category=LabelValuesWarning)``.
+
+    Example:
+        >>> issubclass(LabelValuesWarning, UserWarning)
+        True
+    """

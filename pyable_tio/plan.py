@@ -165,12 +165,18 @@ class SubjectPlan:
             'source_paths': self.source_paths(),
             'reference_used': self.reference_used,
             'transforms_applied': list(self.transforms_applied),
-            # '' for an unnamed file: None would break PyTorch's default_collate.
-            'names': {name: names for name, names in self._by_field(lambda e: e.name).items() if any(names)},
+            # An unnamed file among named ones is named by its place (image_0, roi_1...), as the
+            # subject keys are; '' when none is named (None would break PyTorch's default_collate).
+            # Every field always (so is 'preprocessing'): a batch's collate needs the same keys in
+            # every subject.
+            'names': {
+                name: [n or (f'{FIELD_ROLES[name]}_{i}' if any(names) else '') for i, n in enumerate(names)]
+                for name, names in self._by_field(lambda e: e.name).items()
+            },
         }
-        steps = dict(zip(self.source_paths()[FIELD_IMAGES], self._by_field(_step_names)[FIELD_IMAGES]))
-        if any(steps.values()):
-            meta['preprocessing'] = steps
+        # Per image, in meta['source_paths']['images'] order ([] without steps): keyed by
+        # position, not path, and in every subject, so that subjects with and without collate.
+        meta['preprocessing'] = self._by_field(_step_names)[FIELD_IMAGES]
         return meta
 
     def _by_field(self, value: Callable[[PlanEntry], Any]) -> dict[str, list[Any]]:

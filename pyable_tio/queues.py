@@ -21,7 +21,9 @@ from .errors import ManifestError, describe
 from .plan import reference_grid
 from .manifest import ManifestSource, parse_manifest
 from .patching.split import log_fallback, plan_transform
+from .patching.boxes import BoxQueue
 from .patching.queue import PatchQueue
+from .datasets.samplers import LabelSampler, WeightedSampler
 from .subjects import subjects_from_manifest
 from .transforms.layout import with_layout_guard
 from .transforms.adapter import CallableTransform
@@ -83,6 +85,7 @@ def queue_from_manifest(
     fast_patches: bool | None = None,
     missing: str = MISSING_ERROR,
     engine: str = PATCH_ENGINE_DEFAULT,
+    batch_device: Any = None,
     **kwargs: Any,
 ) -> tio.Queue:
     """A ``tio.Queue`` of patches from the manifest's subjects.
@@ -97,7 +100,9 @@ def queue_from_manifest(
             (``label_name`` is the probability map), or any ``tio.data.PatchSampler``.
         label_name: Subject key of the label map or ROI for the label/weighted samplers;
             defaults to the first label map, else the first ROI.
-        num_workers: Worker processes loading subjects.
+        num_workers: Workers loading subjects and cutting patches. They are the queue's:
+            read the queue with ``tio.SubjectsLoader(queue, batch_size=..., num_workers=0)``
+            (a loader with workers over the queue raises ``RuntimeError``).
         transform: TorchIO transform applied to each subject before sampling, followed by
             :class:`pyable_tio.transforms.ToZYX` so patches are always Z,Y,X (D, H, W).
         shuffle_subjects: Shuffle the subjects each epoch (ignored with ``subject_sampler``,
@@ -122,6 +127,9 @@ def queue_from_manifest(
         engine: How a :class:`pyable_tio.PatchQueue` resamples augmented patches: ``"numba"``
             (default: all spatial steps of a patch in one compiled pass per image) or
             ``"sitk"`` (SimpleITK's ``Resample``, the oracle the kernels are tested against).
+        batch_device: Used by :func:`pyable_tio.patch_loader`: the queue's items are then
+            boxes with the drawn parameters of the steps that run on the batch on that device
+            (:class:`pyable_tio.patching.boxes.BoxQueue`), not patches.
         **kwargs: Passed to :func:`pyable_tio.subjects_from_manifest`.
 
     Raises:
@@ -159,14 +167,18 @@ def queue_from_manifest(
     patch_sampler = make_sampler(sampler, patch, label_name, subjects[0])
     if distributed:
         subject_sampler = _distributed_sampler(dataset, subject_sampler, shuffle_subjects, seed)
-    plan = plan_transform(guarded)  # planned once, here; the queue is handed the split
+    plan = plan_transform(guarded, batch_device)  # planned once, here; the queue is handed the split
     # Steps that all run per patch read only the patch boxes, in threads (PatchQueue). A whole-volume
     # prefix keeps tio.Queue unless fast_patches=True (then: prefix in worker processes, rest per patch).
     fast = (transform is None or plan.per_patch) if fast_patches is None else fast_patches
     if transform is not None:
         log_fallback(plan)
+    if batch_device is not None:
+        fast, queue_class = True, BoxQueue
+    else:
+        queue_class = PatchQueue if fast else tio.Queue
     extra = {'plan': plan, 'engine': engine} if fast else {}
-    return (PatchQueue if fast else tio.Queue)(
+    return queue_class(
         dataset,
         max_length=max_length,
         samples_per_volume=samples_per_volume,
@@ -287,9 +299,10 @@ def make_sampler(
         label_name = preferred[0]
     if label_name not in subject:
         raise ValueError(f'label_name "{label_name}" is not a subject key; keys are {sorted(label_maps)}')
+    # Subclasses whose "empty probability map" error names the subject and the file.
     if sampler == 'label':
-        return tio.LabelSampler(patch_size, label_name=label_name)
-    return tio.WeightedSampler(patch_size, probability_map=label_name)
+        return LabelSampler(patch_size, label_name=label_name)
+    return WeightedSampler(patch_size, probability_map=label_name)
 
 
 def _patch_size(patch_size: int | Sequence[int]) -> tuple[int, int, int]:

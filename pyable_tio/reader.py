@@ -7,6 +7,7 @@ deep-copied with its image by every transform, so it holds only the grid and its
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,9 @@ import SimpleITK as sitk
 from .io import backend
 from .io import integrity
 from .geometry import registration
+from .checking import labels as label_checks
 from .constants import DEFAULT_BACKGROUND, DEFAULT_NONFINITE, LINEAR, NONFINITE_KEEP
-from .errors import LoadError, describe, short_error
+from .errors import LabelValuesWarning, LoadError, describe, short_error
 from .geometry.grid import Grid, reorient_grid
 from .manifest.records import TransformEntry
 from .plan import PlanEntry
@@ -134,6 +136,8 @@ class GridReader:
             problem = integrity.label_problem(image, role)
             if problem is not None:
                 raise LoadError(describe(self.subject_id, where, problem))
+            image = label_checks.as_integer_labels(image)  # batches of label maps stay integer
+            self._check_labels(image, entry)
         if steps is not None:
             image = self._preprocessed(image, path, steps)
         if image.GetDimension() != self.grid.dimension:
@@ -159,6 +163,26 @@ class GridReader:
             if has_inf and entry.nonfinite == NONFINITE_KEEP:
                 return integrity.restore_infinities(self._to_array(image, entry))
         return self._to_array(image, entry)
+
+    def _check_labels(self, image: sitk.Image, entry: PlanEntry) -> None:
+        """Warn about implausible label values; warn or refuse when the grid loses the foreground.
+
+        Here, where the voxels are read anyway (once per file with a cache): planning reads
+        headers only. Losing most of the foreground warns (a slab reference may crop a label map
+        on purpose); losing (almost) all of it is an error (the map would teach "background").
+        """
+        where = f'field "{entry.field}": file {entry.source}' if entry.field else f'file {entry.source}'
+        if entry.role == backend.ROLE_LABELMAP:
+            problem = label_checks.values_problem(image)
+            if problem is not None:
+                warnings.warn(describe(self.subject_id, where, problem), LabelValuesWarning, stacklevel=2)
+        if entry.transforms or image.GetDimension() != self.grid.dimension:
+            return  # moved before resampling (its own space may differ); dimensions: refused below
+        level, problem = label_checks.foreground_problem(image, self.grid)
+        if level == 'error':
+            raise LoadError(describe(self.subject_id, where, problem))
+        if level == 'warning':
+            warnings.warn(describe(self.subject_id, where, problem), LabelValuesWarning, stacklevel=2)
 
     def _preprocessed(self, image: sitk.Image, path: str | Path, steps: Preprocessing) -> sitk.Image:
         where = f'file {path}'

@@ -32,6 +32,7 @@ from .errors import ManifestError, describe
 from .geometry.grid import Grid
 from .manifest import ManifestSource
 from .plan import SubjectPlan, attach_plan, make_plan, plan_of
+from .checking.batch import collate_problems
 from .checking.headers import PlanOptions, plan_source, plan_subject
 from .preprocess.selection import any_steps, brain_source
 from .reader import GridReader
@@ -164,8 +165,11 @@ def subjects_from_manifest(
                   dtype=numpy_dtype, default_value=default_value, nonfinite=nonfinite)
         for c in checked
     ]
-    if planned.problems:
-        raise _problems_error(planned.problems, plans, cache)
+    problems = list(planned.problems)
+    if missing != MISSING_KEEP:
+        problems += collate_problems(plans)  # what TorchIO's collate compares: meta, extra fields
+    if problems:
+        raise _problems_error(problems, plans, cache)
     if cache is None and any(any_steps(c.record, steps) for c in checked):
         warnings.warn(
             'preprocessing without cache_dir runs the steps every time a subject is loaded;'

@@ -29,6 +29,7 @@ CLASS_MEMBERS: tuple[tuple[str, str, str], ...] = (
     ('torchio', 'Queue._print', 'patches: PatchQueue'),
     ('torchio', 'Queue._get_first_item', 'patches: PatchQueue'),
     ('torchio', 'Queue._initialize_subjects_iterable', 'transforms.seeding: reset_queue'),
+    ('torchio', 'SubjectsLoader._collate', 'patching.batch: batches as tio.SubjectsLoader collates them'),
     ('torch', 'UntypedStorage._new_shared', 'patching.volume: shared-memory patches (optional)'),
 )
 #: Attributes set on instances: (what to build, attribute, where pyable-tio uses it).

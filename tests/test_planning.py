@@ -128,7 +128,7 @@ def test_heterogeneous_items_survive_default_collate(uneven):
     """The seed's basic example: DataLoader(PyableDataset(...), batch_size=1), PyTorch's own collate."""
     uneven['full']['images'][1] = {'path': uneven['full']['images'][1], 'name': 'T2'}  # one named, one not
     dataset = pt.PyableDataset(uneven)
-    assert dataset[0]['meta']['names']['images'] == ['', 'T2']
+    assert dataset[0]['meta']['names']['images'] == ['image_0', 'T2']  # issue 20: not ''
     items = list(DataLoader(dataset, batch_size=1))
     assert items[0]['images'].shape == (1, 2, 8, 9, 10) and len(items[0]['rois']) == 1
     assert items[1]['images'].shape == (1, 1, 6, 11, 12) and items[1]['rois'] == []

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -138,9 +134,8 @@ def test_steps_run_in_native_space_before_transforms_and_only_on_images(data):
     assert np.array_equal(subject['images'].data[0, :, :, :5].numpy(), np.zeros_like(subject['images'].data[0, :, :, :5]))
     for key in ('roi_0', 'labelmap_0'):
         assert np.array_equal(subject[key].data.numpy(), plain[key].data.numpy())
-    assert subject['meta']['preprocessing'] == {
-        str(data.parent / f'sub-00_{n}.nii.gz'): ['ZeroFirstColumns'] for n in ('t1', 't2')
-    }
+    assert subject['meta']['source_paths']['images'] == [str(data.parent / f'sub-00_{n}.nii.gz') for n in ('t1', 't2')]
+    assert subject['meta']['preprocessing'] == [['ZeroFirstColumns'], ['ZeroFirstColumns']]
 
 
 def test_manifest_fields_file_over_subject_over_argument(data, tmp_path):
@@ -303,35 +298,7 @@ def test_shards_then_unsharded_run_give_exactly_the_entries_of_one_run(data, tmp
 
 # ---------------------------------------------------------------- real data (MNI)
 
-MNI_FILES = {
-    't1': 'mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz',
-    'gm': 'mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz',
-    'wm': 'mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz',
-}
-NILEARN = 'nilearn==0.14.1'
-
-
-@pytest.fixture(scope='session')
-def mni(tmp_path_factory):
-    """The MNI152 2009a T1 template and its GM/WM maps, from the nilearn wheel (downloaded once)."""
-    folder = Path(os.environ.get('PYABLE_TIO_TEST_DATA', Path.home() / '.cache' / 'pyable-tio' / 'test-data'))
-    folder = folder / 'mni152_2009a'
-    paths = {name: folder / file for name, file in MNI_FILES.items()}
-    if not all(path.is_file() for path in paths.values()):
-        wheels = tmp_path_factory.mktemp('wheel')
-        command = [sys.executable, '-m', 'pip', 'download', '--no-deps', '-q', NILEARN, '-d', str(wheels)]
-        try:
-            subprocess.run(command, check=True, capture_output=True, timeout=300)
-        except (subprocess.SubprocessError, OSError) as error:
-            pytest.skip(f'cannot download {NILEARN} for the MNI template: {error}')
-        wheel = next(wheels.glob('nilearn-*.whl'))
-        folder.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as archive:
-            for name, file in MNI_FILES.items():
-                temporary = paths[name].with_suffix('.part')
-                temporary.write_bytes(archive.read(f'nilearn/datasets/data/{file}'))
-                os.replace(temporary, paths[name])
-    return paths
+# The ``mni`` fixture (MNI152 2009a T1, GM, WM from the nilearn wheel) is in conftest.py.
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -546,7 +546,7 @@ def doc_seed_functions() -> dict:
             for node in tree.body:
                 if isinstance(node, ast.FunctionDef) and [a.arg for a in node.args.args] == [
                         'images', 'rois', 'labelmaps', 'meta']:
-                    namespace = {'torch': torch, 'np': np}
+                    namespace = {'torch': torch, 'np': np, 'T': T}  # T: decorators (T.changes_labels)
                     exec(compile(ast.Module([node], []), str(path), 'exec'), namespace)  # noqa: S102
                     found[f'{path.name}:{node.name}'] = namespace[node.name]
     return found

@@ -33,6 +33,7 @@ from ..preprocess import resolve_steps
 from ..preprocess.selection import brain_source, preprocess_problems
 from ..geometry.reference import ImageHeader, Reference, ReferenceSelector, ReferenceSpace
 from ..geometry.reference import choose_reference, grid_of_space
+from . import labels as label_checks
 
 #: How a fix is spelled for the caller: Python keyword (default) or command-line option.
 SPELLING_PYTHON = 'python'
@@ -262,11 +263,22 @@ def plan_subject(
                 f' {chosen.grid.dimension}-D reference ({chosen.used})'
             )
             problems.append(describe(record.id, f'field "{name}": file {path}', problem))
+        elif name != 'images' and not (record.transforms or _entry_transforms(record, name, path)):
+            # Headers only: a label map off its image (identity affine, another field of view),
+            # against the subject's images (a reference_space may crop them all on purpose).
+            # With transforms the file is moved before resampling: its own space may differ.
+            problem = label_checks.extent_problem(header.grid, [h.grid for h in image_headers])
+            if problem is not None:
+                problems.append(describe(record.id, f'field "{name}": file {path}', problem))
     if problems:
         raise ManifestError.from_problems(problems)
     channels = sum(h.components for h in image_headers)
     in_order = tuple(headers[(name, entry.path)] for name, entry in record.entries())
     return CheckedSubject(record, chosen, channels, headers=in_order)
+
+
+def _entry_transforms(record: SubjectRecord, name: str, path: Path) -> tuple:
+    return next((e.transforms for e in getattr(record, name) if e.path == path), ())
 
 
 def batch_problems(plans: Sequence[CheckedSubject], options: PlanOptions) -> list[str]:

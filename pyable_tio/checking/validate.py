@@ -2,7 +2,10 @@
 
 Every file is then read completely (``check_data=True``): truncated or damaged files,
 non-finite voxels and ROIs/label maps holding non-integer values are reported, naming subject
-and file (:func:`pyable_tio.io.integrity.check_file`).
+and file (:func:`pyable_tio.io.integrity.check_file`), and so are ROIs/label maps whose
+foreground falls outside the reference grid or that hold implausibly many values
+(:mod:`pyable_tio.checking.labels`). With ``missing="error"``/``"empty"`` subjects must also
+collate into one batch (:mod:`pyable_tio.checking.batch`).
 
 ``pyable-tio validate`` prints what :func:`validate` returns; use it from Python to gate a
 training job on a manifest.
@@ -19,15 +22,22 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ..constants import DEFAULT_NONFINITE, MISSING_KEEP, REFERENCE_FIRST
 from ..errors import ManifestError, describe
+from ..geometry.grid import Grid
+from ..io import backend
+from ..io.backend import ROLE_IMAGE, ROLE_LABELMAP
 from ..io.integrity import FileCheck, check_file, check_nonfinite_mode
-from ..manifest import Manifest, SubjectRecord
+from ..manifest import Manifest
 from .headers import SPELLING_PYTHON, CheckedSubject, PlanOptions, batch_problems, plan_source
 from ..geometry.reference import ReferenceSelector, ReferenceSpace
 from ..subjects import _FIELD_ROLE
+from ..plan import make_plan
+from . import labels as label_checks
+from .batch import collate_problems
 
 
 @dataclass
@@ -117,13 +127,17 @@ def validate(
     report.listed, report.problems, plans = planned.listed, planned.problems, planned.plans
     data_checked: dict[tuple[str, str], FileCheck] = {}  # a file listed by many subjects is read once
     for plan in plans:
-        problems = _data_problems(plan.record, nonfinite, report, data_checked) if check_data else []
+        problems = _data_problems(plan, nonfinite, report, data_checked) if check_data else []
         report.problems.extend(problems)
         if not problems:
             _summarise(report, plan)
+    # What TorchIO's collate compares (meta, extra fields), from the plans subjects are built from.
+    collated = collate_problems([make_plan(plan, steps=options.preprocess) for plan in plans])
+    if missing != MISSING_KEEP:
+        report.problems.extend(collated)
     if missing == MISSING_KEEP and len(plans) > 1:
         batch = replace(options, missing='error')
-        if batch_problems(plans, batch):
+        if batch_problems(plans, batch) or collated:
             report.notes.append(
                 'subjects differ in images, ROIs, label maps or brain masks: fine for subjects and'
                 ' datasets (batch size 1), refused by a patch queue or a batched loader (check with'
@@ -132,18 +146,44 @@ def validate(
     return report
 
 
-def _data_problems(record: SubjectRecord, nonfinite: str, report: Validation, done: dict[tuple[str, str], FileCheck]) -> list[str]:
-    """Each file of ``record`` read completely; its problems, with its notes added to ``report``."""
-    problems = []
+def _data_problems(plan: CheckedSubject, nonfinite: str, report: Validation, done: dict[tuple, FileCheck]) -> list[str]:
+    """Each file of ``plan`` read completely; its problems, with its notes added to ``report``."""
+    record, problems = plan.record, []
     for name, entry in record.entries():
         role = _FIELD_ROLE[name]
         key = (str(entry.path), role)
         if key not in done:
             done[key] = check_file(entry.path, role, nonfinite)
+        checks = [done[key]]
+        if role != ROLE_IMAGE and not done[key].problems:
+            moved = bool(record.transforms or entry.transforms)
+            label_key = (str(entry.path), role, plan.reference.grid, moved)
+            if label_key not in done:
+                done[label_key] = _label_check(entry.path, role, plan.reference.grid, moved)
+            checks.append(done[label_key])
         where = f'field "{name}": file {entry.path}'
-        problems += [describe(record.id, where, p) for p in done[key].problems]
-        report.notes += [describe(record.id, where, n) for n in done[key].notes]
+        for check in checks:
+            problems += [describe(record.id, where, p) for p in check.problems]
+            report.notes += [describe(record.id, where, n) for n in check.notes]
     return problems
+
+
+def _label_check(path: Path, role: str, grid: Grid, moved: bool) -> FileCheck:
+    """A ROI/label map against its grid: foreground lost outside it, implausibly many values."""
+    report = FileCheck()
+    try:
+        image = backend.load(path, role)
+    except (RuntimeError, ValueError) as error:  # already reported by check_file
+        return report
+    if role == ROLE_LABELMAP:
+        problem = label_checks.values_problem(image)
+        if problem is not None:
+            report.notes.append(problem)
+    if not moved and image.GetDimension() == grid.dimension:
+        level, problem = label_checks.foreground_problem(image, grid)
+        if level is not None:
+            (report.problems if level == 'error' else report.notes).append(problem)
+    return report
 
 
 def _summarise(report: Validation, plan: CheckedSubject) -> None:

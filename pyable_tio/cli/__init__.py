@@ -1,1 +1,1 @@
-"""The ``pyable-tio`` command line: ``validate``, ``cache`` and ``info``."""
+"""The ``pyable-tio`` command line: ``validate``, ``cache``, ``qa`` and ``info``."""

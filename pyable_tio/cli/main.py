@@ -1,4 +1,4 @@
-"""The ``pyable-tio`` command line: ``validate``, ``cache`` and ``info``.
+"""The ``pyable-tio`` command line: ``validate``, ``cache``, ``qa`` and ``info``.
 
 Exit codes: 0 success, 1 problems found (one line each on stderr), 2 bad command line,
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). User mistakes never print a traceback.
@@ -7,6 +7,7 @@ Example:
     $ pyable-tio validate manifest.json
     $ pyable-tio cache manifest.json --cache-dir /scratch/cache --workers 4 --max-bytes 50G
     $ pyable-tio cache manifest.json --cache-dir /scratch/cache --preprocess n4,skullstrip --shard 0/10
+    $ pyable-tio qa manifest.json --cache-dir /scratch/cache --out qa.html
     $ pyable-tio info --cache-dir /scratch/cache
 """
 
@@ -97,6 +98,18 @@ class _sigterm_as_interrupt:
         raise Terminated()
 
 
+def _subject_options(args: argparse.Namespace) -> dict:
+    """The ``subjects_from_manifest`` options of a command that loads volumes (``cache``, ``qa``)."""
+    import torch
+
+    return dict(
+        reference=args.reference, reference_space=args.reference_space, interpolator=args.interpolator,
+        default_value=args.default_value, orientation=args.orientation, axis_aligned=args.axis_aligned,
+        align=args.align, extra_fields=args.extra_field, dtype=getattr(torch, args.dtype), missing=args.missing,
+        root=args.root, nonfinite=args.nonfinite, preprocess=args.preprocess,
+    )
+
+
 def _shard(source, args: argparse.Namespace):
     """``source`` restricted to this run's shard (a :class:`Manifest`), or as given without ``--shard``."""
     if args.shard is None:
@@ -163,17 +176,8 @@ def _run_cache(args: argparse.Namespace) -> int:
     from ..cache import VolumeCache
     from ..subjects import subjects_from_manifest
 
-    import torch
-
     cache = VolumeCache(args.cache_dir, max_bytes=args.max_bytes)
-    build = functools.partial(
-        subjects_from_manifest, reference=args.reference, reference_space=args.reference_space,
-        interpolator=args.interpolator, default_value=args.default_value, orientation=args.orientation,
-        axis_aligned=args.axis_aligned, align=args.align, extra_fields=args.extra_field,
-        dtype=getattr(torch, args.dtype), missing=args.missing, root=args.root, cache_dir=cache,
-        nonfinite=args.nonfinite,
-        preprocess=args.preprocess,
-    )
+    build = functools.partial(subjects_from_manifest, **_subject_options(args), cache_dir=cache)
     jobs, problems = [], []
     for source in _sources(args):
         source = _shard(source, args)
@@ -207,6 +211,36 @@ def _run_cache(args: argparse.Namespace) -> int:
     )
     if problems:
         _print_problems(problems)
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------- qa
+
+
+def _run_qa(args: argparse.Namespace) -> int:
+    from ..constants import QA_CROSSED
+    from ..qa.report import qa_sheet
+
+    sources = _sources(args)
+    if len(sources) != 1:
+        print(f'{PROG} qa: error: one manifest per sheet (the tables of one multi-CSV manifest: --multi-csv)',
+              file=sys.stderr)
+        return EXIT_USAGE
+    source = _shard(sources[0], args)
+    if isinstance(source, Manifest) and not source.subjects:
+        print('no subject falls in this shard')
+        return EXIT_OK
+    report = qa_sheet(source, args.out, workers=args.workers, progress=not args.no_progress,
+                      cache_dir=args.cache_dir, **_subject_options(args))
+    crossed = [row for row in report.subjects if row.worst >= QA_CROSSED]
+    print(f'{report.html}: {len(report.subjects)} subject(s), worst first, {len(crossed)} crossing a threshold;'
+          f' the same scores in {report.csv.name} and {report.json.name}')
+    for row in crossed:
+        print(f'  {row.id}: {row.problem if row.problem is not None else row.worst_finding.text}')
+    failed = [f'subject "{row.id}": {row.problem}' for row in report.subjects if row.problem is not None]
+    if report.problems or failed:
+        _print_problems([f'{_label(sources[0])}: {p}' for p in report.problems] + failed)
         return EXIT_PROBLEMS
     return EXIT_OK
 
@@ -292,55 +326,70 @@ def _print_problems(problems: Sequence[str], prefix: str = '') -> None:
         print(f'{prefix}{problem}', file=sys.stderr)
 
 
+def _manifest_options(command: argparse.ArgumentParser) -> None:
+    """Options of every command that reads manifests (``validate``, ``cache``, ``qa``)."""
+    command.add_argument('manifests', nargs='+', metavar='MANIFEST', help='manifest file(s), JSON or CSV')
+    command.add_argument('--multi-csv', action='store_true',
+                         help='the MANIFEST files are the tables of ONE multi-CSV manifest')
+    command.add_argument('--reference', type=cli_args.reference, default=REFERENCE_FIRST,
+                         help='reference image of each subject: first (default), largest or an index')
+    command.add_argument('--reference-space', metavar='PATH', help='image whose grid every subject uses')
+    command.add_argument('--root', metavar='DIR', help='folder relative manifest paths resolve against')
+    command.add_argument('--missing', choices=MISSING_MODES, default=MISSING_KEEP,
+                         help='subjects that list different ROIs/label maps: keep (default; each has its'
+                              ' own), error (they must agree, as a patch queue or batch needs) or empty'
+                              ' (fill the missing ones with all-zero label maps)')
+    command.add_argument('--extra-field', action='append', default=[], metavar='NAME',
+                         help='a manifest field that is extra on purpose though close to a known one'
+                              ' (repeatable)')
+    command.add_argument('--orientation', type=cli_args.orientation, metavar='CODE',
+                         help='reorient reference grids, e.g. LPS or RAS')
+    command.add_argument('--axis-aligned', action='store_true', help='axis-aligned grids instead of oblique ones')
+    command.add_argument('--align', choices=ALIGN_MODES, help='register images onto the reference first')
+    command.add_argument('--nonfinite', choices=NONFINITE_MODES, default=DEFAULT_NONFINITE,
+                         help='NaN/Inf voxels: error (default), zero (replace by 0) or keep (as stored)')
+    command.add_argument('--preprocess', type=cli_args.steps, metavar='STEPS',
+                         help=f'steps run on every image in its native space, e.g. n4,skullstrip'
+                              f' (known: {",".join(sorted(STEPS))})')
+
+
+def _loading_options(command: argparse.ArgumentParser, cache_required: bool) -> None:
+    """Options of the commands that load every volume (``cache``, ``qa``): as training loads them."""
+    command.add_argument('--cache-dir', required=cache_required, metavar='DIR',
+                         help=None if cache_required else 'read volumes through this cache (a warm one is fast)')
+    command.add_argument('--workers', type=cli_args.workers, default=min(4, os.cpu_count() or 1), metavar='N',
+                         help='parallel processes (default: min(4, CPUs)); 0 or 1 runs in this process')
+    command.add_argument('--interpolator', choices=INTERPOLATORS, default=LINEAR)
+    command.add_argument('--dtype', choices=_DTYPES, default='float32', help='image dtype')
+    command.add_argument('--default-value', type=float, default=0.0, help='image value outside a file')
+    command.add_argument('--shard', type=cli_args.parse_shard, metavar='K/N',
+                         help='only shard K (0-based) of N: the subjects whose id hashes to K (job arrays)')
+    command.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description='Manifests of medical images for TorchIO.')
     parser.add_argument('--version', action='version', version=f'{PROG} {versions()["pyable-tio"]}')
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
-    def manifest_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument('manifests', nargs='+', metavar='MANIFEST', help='manifest file(s), JSON or CSV')
-        command.add_argument('--multi-csv', action='store_true',
-                             help='the MANIFEST files are the tables of ONE multi-CSV manifest')
-        command.add_argument('--reference', type=cli_args.reference, default=REFERENCE_FIRST,
-                             help='reference image of each subject: first (default), largest or an index')
-        command.add_argument('--reference-space', metavar='PATH', help='image whose grid every subject uses')
-        command.add_argument('--root', metavar='DIR', help='folder relative manifest paths resolve against')
-        command.add_argument('--missing', choices=MISSING_MODES, default=MISSING_KEEP,
-                             help='subjects that list different ROIs/label maps: keep (default; each has its'
-                                  ' own), error (they must agree, as a patch queue or batch needs) or empty'
-                                  ' (fill the missing ones with all-zero label maps)')
-        command.add_argument('--extra-field', action='append', default=[], metavar='NAME',
-                             help='a manifest field that is extra on purpose though close to a known one'
-                                  ' (repeatable)')
-        command.add_argument('--orientation', type=cli_args.orientation, metavar='CODE',
-                             help='reorient reference grids, e.g. LPS or RAS')
-        command.add_argument('--axis-aligned', action='store_true', help='axis-aligned grids instead of oblique ones')
-        command.add_argument('--align', choices=ALIGN_MODES, help='register images onto the reference first')
-        command.add_argument('--nonfinite', choices=NONFINITE_MODES, default=DEFAULT_NONFINITE,
-                             help='NaN/Inf voxels: error (default), zero (replace by 0) or keep (as stored)')
-        command.add_argument('--preprocess', type=cli_args.steps, metavar='STEPS',
-                             help=f'steps run on every image in its native space, e.g. n4,skullstrip'
-                                  f' (known: {",".join(sorted(STEPS))})')
-
     validate_ = commands.add_parser('validate', help='check manifests and every file, and summarise them')
-    manifest_options(validate_)
+    _manifest_options(validate_)
     validate_.add_argument('--headers-only', action='store_true',
                            help='skip reading each file completely (truncation, NaN/Inf, non-integer labels)')
     validate_.set_defaults(run=_run_validate)
 
     cache = commands.add_parser('cache', help='fill the cache of resampled volumes (resumable)')
-    manifest_options(cache)
-    cache.add_argument('--cache-dir', required=True, metavar='DIR')
-    cache.add_argument('--workers', type=cli_args.workers, default=min(4, os.cpu_count() or 1), metavar='N',
-                       help='parallel processes (default: min(4, CPUs)); 0 or 1 runs in this process')
+    _manifest_options(cache)
+    _loading_options(cache, cache_required=True)
     cache.add_argument('--max-bytes', type=cli_args.parse_size, metavar='SIZE', help='size limit, e.g. 50G (LRU eviction)')
-    cache.add_argument('--interpolator', choices=INTERPOLATORS, default=LINEAR)
-    cache.add_argument('--dtype', choices=_DTYPES, default='float32', help='image dtype')
-    cache.add_argument('--default-value', type=float, default=0.0, help='image value outside a file')
-    cache.add_argument('--shard', type=cli_args.parse_shard, metavar='K/N',
-                       help='cache only shard K (0-based) of N: the subjects whose id hashes to K (job arrays)')
-    cache.add_argument('--no-progress', action='store_true', help='no progress bar')
     cache.set_defaults(run=_run_cache)
+
+    qa = commands.add_parser('qa', help='a QA sheet of every subject (HTML, CSV, JSON), worst first')
+    _manifest_options(qa)
+    _loading_options(qa, cache_required=False)
+    qa.add_argument('--out', default='qa.html', metavar='HTML',
+                    help='the sheet (default qa.html); the same scores go to .csv and .json beside it')
+    qa.set_defaults(run=_run_qa)
 
     info = commands.add_parser('info', help='versions, backend and cache statistics')
     info.add_argument('--cache-dir', metavar='DIR')

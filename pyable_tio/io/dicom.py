@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..constants import DICOM_SLICE_GAP_TOLERANCE
+
 #: Separates the folder from the SeriesInstanceUID in a series locator (``folder#UID``).
 SERIES_SEPARATOR = '#'
 _DESCRIPTION_TAG = '0008|103e'
+_POSITION_TAG = '0020|0032'  # ImagePositionPatient
 
 
 class SeriesError(ValueError, RuntimeError):
@@ -208,12 +212,58 @@ def read_series(path: str | os.PathLike) -> sitk.Image:
     """The series ``path`` names, read whole with ``sitk.ImageSeriesReader``.
 
     Raises:
-        SeriesError: as :func:`series_files`.
+        SeriesError: as :func:`series_files`, or slices not evenly spaced (:func:`check_spacing`).
         RuntimeError: If SimpleITK cannot read the files.
     """
+    files = series_files(path)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(series_files(path)))
-    return reader.Execute()
+    reader.SetFileNames(list(files))
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's position, read with its voxels
+    image = reader.Execute()
+    check_spacing(path, files, _positions_of(reader, image, len(files)))
+    return image
+
+
+def check_spacing(path: str | os.PathLike, files: tuple[str, ...], positions: Sequence[float] | None = None) -> None:
+    """Refuse a series whose slices are not evenly spaced along their normal (a missing slice).
+
+    ITK's series reader stacks the slices at the average distance between the first and the
+    last (it only logs "missing slices"): with one slice missing of 189 at 1.5 mm, it gives
+    1.508 mm and puts slices up to 0.75 mm off. ``positions`` (mm along the slice normal, in
+    ``files`` order) are read from each file's header when not given (remembered while the
+    folder's files do not change: about 0.2 s for 189 slices).
+
+    Raises:
+        SeriesError: naming the series, the gap, the slices around it and the fix.
+
+    Example:
+        >>> check_spacing('/data/dicom', series_files('/data/dicom'))  # doctest: +SKIP
+    """
+    if len(files) < 3:
+        return
+    if positions is None:
+        positions = _slice_positions(tuple(files), _listing(os.path.dirname(files[0])))
+    positions = np.asarray(positions, dtype=float)
+    steps = np.diff(positions)
+    usual = float(np.median(np.abs(steps)))
+    if usual == 0:
+        return  # stacked at one position (e.g. a time series): ITK's own error, if any
+    off = np.abs(np.abs(steps) - usual) > DICOM_SLICE_GAP_TOLERANCE * usual
+    if not off.any():
+        return
+    k = int(np.argmax(np.abs(np.abs(steps) - usual)))
+    worst = abs(float(steps[k]))
+    what = f'a gap of {worst:.4g} mm' if worst > usual else f'slices {worst:.4g} mm apart'
+    missing = round(worst / usual) - 1 if worst > usual else 0
+    hint = f' ({missing} missing slice{"s" if missing != 1 else ""}?)' if missing else ' (an extra or duplicate slice?)'
+    raise SeriesError(
+        f'DICOM series {path}: slices are not evenly spaced: {what} between slice {k + 1}'
+        f' ({os.path.basename(files[k])}) and slice {k + 2} ({os.path.basename(files[k + 1])}),'
+        f' where the others are {usual:.4g} mm apart{hint}, in {int(off.sum())} place(s) of'
+        f' {len(files)} slices. Read evenly they would be misplaced: export the series again'
+        ' complete, or convert it with a tool that keeps slice positions (e.g. dcm2niix) and list'
+        ' the NIfTI file'
+    )
 
 
 def read_series_header(path: str | os.PathLike) -> SeriesHeader:
@@ -231,6 +281,7 @@ def read_series_header(path: str | os.PathLike) -> SeriesHeader:
         (256, 256, 176)
     """
     files = series_files(path)
+    check_spacing(path, files)
     first = _file_header(files[0])
     if len(files) == 1:  # one (possibly multi-frame) file: its own header is the series'
         return SeriesHeader(
@@ -267,6 +318,33 @@ def _listing(folder: str) -> tuple[tuple[str, int, int], ...]:
         return tuple(sorted(
             (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in entries if entry.is_file()
         ))
+
+
+def _positions_of(reader: sitk.ImageSeriesReader, image: sitk.Image, count: int) -> list[float] | None:
+    """Each slice's ImagePositionPatient along the volume's slice normal, or None when a slice lacks it."""
+    if image.GetDimension() != 3:
+        return None
+    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    positions = []
+    for i in range(count):
+        if not reader.HasMetaDataKey(i, _POSITION_TAG):
+            return None
+        try:
+            point = [float(v) for v in reader.GetMetaData(i, _POSITION_TAG).split('\\')]
+        except ValueError:
+            return None
+        if len(point) != 3:
+            return None
+        positions.append(float(normal @ np.asarray(point)))
+    return positions
+
+
+@functools.lru_cache(maxsize=256)
+def _slice_positions(files: tuple[str, ...], listing: tuple) -> tuple[float, ...]:
+    """Each slice's position along the first slice's normal, in mm (remembered per ``listing``)."""
+    first = _file_header(files[0])
+    normal = np.asarray(first.GetDirection()).reshape(3, 3)[:, 2]
+    return tuple(float(normal @ np.asarray(_file_header(f).GetOrigin())) for f in files)
 
 
 @functools.lru_cache(maxsize=64)

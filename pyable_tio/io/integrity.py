@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import backend
+from . import dicom
 from . import nifti
 from . import sources
 from ..constants import DEFAULT_NONFINITE, NONFINITE_ERROR, NONFINITE_KEEP, NONFINITE_MODES, NONFINITE_ZERO
@@ -203,7 +204,7 @@ def check_file(path: str | os.PathLike, role: str = backend.ROLE_IMAGE, nonfinit
         image = sources.read_image(path)
         if header is not None and header.compressed:
             nifti.check_stream(path, header)  # the gzip trailer and anything after the voxels
-    except nifti.TruncatedFileError as error:
+    except (nifti.TruncatedFileError, dicom.SeriesError) as error:  # complete messages
         report.problems.append(str(error))
         return report
     except RuntimeError as error:

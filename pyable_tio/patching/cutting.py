@@ -27,6 +27,7 @@ from torchio.data.sampler.uniform import UniformSampler
 from torchio.data.sampler.weighted import WeightedSampler
 
 from ..constants import ID, PATCH_ENGINE_DEFAULT, PATCH_ENGINES
+from ..checking.labels import EMPTY_MAP_ERROR, empty_map_message
 from .augment import augment_patch
 from .split import TransformPlan, plan_transform
 from .volume import Volume
@@ -81,6 +82,16 @@ class SubjectPatches(Dataset):
                 TorchIO draws, without augmentation; augmentation then draws a generator
                 from it).
         """
+        try:
+            return self._subject_patches(index, generator)
+        except RuntimeError as error:
+            if EMPTY_MAP_ERROR not in str(error):
+                raise
+            # TorchIO's message names no subject (its map is a one-image copy here).
+            subject = self.subjects_dataset.dry_iter()[int(index)]
+            raise RuntimeError(empty_map_message(subject, self.sampler)) from None
+
+    def _subject_patches(self, index: int, generator: torch.Generator | None) -> list[tio.Subject]:
         subject = self.subjects_dataset.dry_iter()[int(index)]
         num_patches = getattr(subject, NUM_SAMPLES, self.samples_per_volume)
         if not self.sampler_is_lazy() or (self.plan.volume_steps and not self.plan.patch_steps):

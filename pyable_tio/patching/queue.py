@@ -29,7 +29,7 @@ from itertools import islice
 
 import torch
 import torchio as tio
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, get_worker_info
 
 from ..constants import PATCH_ENGINE_DEFAULT
 from .augment import warm_kernels
@@ -110,6 +110,24 @@ class PatchQueue(tio.Queue):
             start_background=start_background, verbose=verbose,
         )
 
+    def __getitem__(self, index: int) -> tio.Subject:
+        if get_worker_info() is not None:
+            # A copy in a loader worker would wait forever on the futures of the parent's threads
+            # (threads do not survive fork) and would cut its own copy of the epoch.
+            raise RuntimeError(
+                'a PatchQueue is read by the main process: pass num_workers=0 to the loader'
+                ' (tio.SubjectsLoader(queue, batch_size=..., num_workers=0)); the queue\'s own'
+                f' num_workers (here {self.num_workers}) does the parallel work'
+            )
+        return super().__getitem__(index)
+
+    def __getstate__(self) -> dict:
+        # Threads, futures and loaders cannot be pickled (spawned loader workers); a copy starts
+        # without them, so it reaches the clear error of __getitem__ instead of a pickling error.
+        state = self.__dict__.copy()
+        state.update(_executor=None, _loader=None, _subjects_iterable=None)
+        return state
+
     @property
     def plan(self) -> TransformPlan:
         """Which steps of the dataset's transform run per patch and which per volume."""
@@ -179,11 +197,13 @@ class _Prefetch:
     """Iterator over the subjects' patch lists, cut ahead by a thread pool, in order."""
 
     def __init__(self, executor: ThreadPoolExecutor, patches: SubjectPatches, order: list[int], depth: int) -> None:
-        self._submit = lambda index: executor.submit(patches.patches, index, _generator())
-        self._order = iter(order)
+        # Every subject's generator drawn now, in subject order: the global stream then reads the
+        # same whatever the prefetch depth (num_workers), also when the queue shuffles patches.
+        self._submit = lambda job: executor.submit(patches.patches, *job)
+        self._order = iter([(index, _generator()) for index in order])
         self._pending: deque[Future] = deque()
-        for index in islice(self._order, depth):
-            self._pending.append(self._submit(index))
+        for job in islice(self._order, depth):
+            self._pending.append(self._submit(job))
 
     def __iter__(self) -> _Prefetch:
         return self
@@ -192,8 +212,8 @@ class _Prefetch:
         if not self._pending:
             raise StopIteration
         future = self._pending.popleft()
-        for index in islice(self._order, 1):
-            self._pending.append(self._submit(index))
+        for job in islice(self._order, 1):
+            self._pending.append(self._submit(job))
         return future.result()
 
 

@@ -40,6 +40,10 @@ class TransformPlan:
         patch_ops: Their ops (:mod:`pyable_tio.patching.ops`), in the same order.
         reason: Why the volume steps cannot run per patch (names the step); None when all
             steps run per patch.
+        batch_steps: The suffix of ``patch_steps`` that runs on the collated batch, on the
+            training device (:func:`pyable_tio.patch_loader` with ``device=``); the steps before
+            it run per patch in the loader's workers. Empty without a device.
+        device: The device the batch steps run on (None: no batch steps).
 
     Example:
         >>> plan = plan_transform(tio.Compose([tio.RandomMotion(), tio.RandomAffine()]))
@@ -51,10 +55,17 @@ class TransformPlan:
     patch_steps: tuple[tio.Transform, ...]
     reason: str | None = None
     patch_ops: tuple[PatchOp, ...] = field(default=(), compare=False, repr=False)
+    batch_steps: tuple[tio.Transform, ...] = ()
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.patch_ops) != len(self.patch_steps):  # a plan built by hand
             object.__setattr__(self, 'patch_ops', tuple(op_for(step) for step in self.patch_steps))
+
+    @property
+    def batch_ops(self) -> tuple[PatchOp, ...]:
+        """The ops of :attr:`batch_steps`."""
+        return self.patch_ops[len(self.patch_ops) - len(self.batch_steps):]
 
     @property
     def resamples(self) -> bool:
@@ -69,7 +80,9 @@ class TransformPlan:
     def table(self) -> str:
         """One line per step: ``per patch`` or ``per volume`` and the step."""
         rows = [f'per volume  {_name(step)}' for step in self.volume_steps]
-        rows += [f'per patch   {_name(step)}' for step in self.patch_steps]
+        on_patch = len(self.patch_steps) - len(self.batch_steps)
+        rows += [f'per patch   {_name(step)}' for step in self.patch_steps[:on_patch]]
+        rows += [f'on batch    {_name(step)} ({self.device})' for step in self.batch_steps]
         if self.reason:
             rows.append(f'(volume path because {self.reason})')
         return '\n'.join(rows) if rows else '(no transform)'
@@ -78,8 +91,8 @@ class TransformPlan:
         return self.table()
 
 
-def plan_transform(transform: Callable | None) -> TransformPlan:
-    """Tell which steps of ``transform`` run per patch and which on the whole volume.
+def plan_transform(transform: Callable | None, device: Any = None) -> TransformPlan:
+    """Tell which steps of ``transform`` run per patch, on the batch, and on the whole volume.
 
     ``tio.Compose`` (probability 1) is flattened; the layout guard (:class:`ToZYX`, and the
     2-D layout switch :func:`pyable_tio.transforms.layout.in_torchio_layout` wraps TorchIO
@@ -89,8 +102,16 @@ def plan_transform(transform: Callable | None) -> TransformPlan:
     statistics-based steps (``ZNormalization``, ``RescaleIntensity``) see only spatial steps
     before them (their statistics are the volume's); everything before it runs per volume.
 
+    With a ``device`` (as :func:`pyable_tio.patch_loader` takes it), the longest suffix of
+    the patch steps whose ops run on a batch (affine, flips, gamma, noise, clamp, bias field and
+    the statistics-based normalisations) is moved to the collated batch on that device; when
+    some patch steps must stay per patch (elastic, blur), the batch takes only the
+    steps after the last resampling.
+
     Args:
         transform: A TorchIO transform, any callable taking a subject, or None.
+        device: The training device of :func:`pyable_tio.patch_loader` (``"cuda"``,
+            ``"cpu"``, a ``torch.device``); None: no batch steps.
 
     Returns:
         The :class:`TransformPlan`.
@@ -116,7 +137,30 @@ def plan_transform(transform: Callable | None) -> TransformPlan:
     volume = tuple(guard_free[:start])
     if volume and any(isinstance(step, ToZYX) for step in steps):
         volume = (*volume, ToZYX())
-    return TransformPlan(volume, tuple(guard_free[start:]), reason, tuple(ops[start:]))
+    patch_ops = tuple(ops[start:])
+    batch = batch_split(patch_ops) if device is not None else len(patch_ops)
+    return TransformPlan(volume, tuple(guard_free[start:]), reason, patch_ops,
+                         tuple(op.step for op in patch_ops[batch:]), None if device is None else str(device))
+
+
+def batch_split(ops: Sequence[PatchOp]) -> int:
+    """Index of the first of ``ops`` that runs on the batch (``len(ops)``: none does).
+
+    The batch takes the longest suffix of batchable ops (:meth:`PatchOp.batchable`). When steps
+    stay per patch before it, the batch receives finished patches, not boxes: it then takes
+    only the steps after the last resampling one (flips, which only reorder voxels, stay).
+
+    Example:
+        >>> batch_split([op_for(tio.RandomElasticDeformation()), op_for(tio.RandomAffine()), op_for(tio.RandomGamma())])
+        2
+    """
+    index = len(ops)
+    while index > 0 and ops[index - 1].batchable():
+        index -= 1
+    if index > 0:
+        while index < len(ops) and any(op.kind == SPATIAL and not op.reorders_only for op in ops[index:]):
+            index += 1
+    return index
 
 
 def log_fallback(plan: TransformPlan) -> None:

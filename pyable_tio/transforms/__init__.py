@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from .adapter import CallableTransform
+from .adapter import CallableTransform, changes_labels
 from .compose import Compose
 from .intensity import IntensityNormalization
 from .layout import (
@@ -58,6 +58,7 @@ __all__ = [
     'Rotation90',
     'ToTorchIO2D',
     'ToZYX',
+    'changes_labels',
     'check_zyx',
     'in_torchio_layout',
     'is_zyx',

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torchio as tio
 
-from ..constants import ID, IMAGE_PREFIX, IMAGES, LABELMAP_PREFIX, META, META_AXIS_ORDER, ROI_PREFIX
+from ..constants import CHANGES_LABELS_ATTRIBUTE, ID, IMAGE_PREFIX, IMAGES, LABELMAP_PREFIX, META, META_AXIS_ORDER, ROI_PREFIX
 from ..errors import describe
 from ..geometry.grid import Grid, grid_from_meta, planar_grid, ras_affine_to_grid
 from ..plan import reference_grid
@@ -51,6 +51,10 @@ class CallableTransform(tio.Transform):
     Args:
         function: The seed-style callable. It must be picklable to run in DataLoader workers
             (a module-level function, not a lambda).
+        changes_labels: The function changes label values on purpose (relabels, merges
+            classes): new integer values in ROIs/label maps are kept. Default: the function's
+            own ``changes_labels`` attribute (set by :func:`changes_labels`), else False: new
+            values are refused as interpolation.
         **kwargs: See ``tio.Transform``.
 
     Raises:
@@ -67,12 +71,13 @@ class CallableTransform(tio.Transform):
         >>> flipped = transform(subject)  # doctest: +SKIP
     """
 
-    def __init__(self, function: SeedFunction, **kwargs):
+    def __init__(self, function: SeedFunction, changes_labels: bool | None = None, **kwargs):
         super().__init__(**kwargs)
         if not callable(function):
             raise TypeError(f'function must be callable, got {type(function).__name__}')
         self.function = function
-        self.args_names = ['function']
+        self.changes_labels = declares_label_changes(function) if changes_labels is None else bool(changes_labels)
+        self.args_names = ['function', 'changes_labels']
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         reference = reference_grid(subject)
@@ -88,6 +93,7 @@ class CallableTransform(tio.Transform):
         images_out, rois, labelmaps, new_meta = call_seed_function(
             self.function, stacked, [subject[k].data[0] for k in roi_keys],
             [subject[k].data[0] for k in labelmap_keys], meta, subject.get(ID), image_keys[0] if images else IMAGES,
+            changes_labels=self.changes_labels,
         )
         start = 0
         for key, data in zip(image_keys, images):
@@ -110,6 +116,7 @@ def call_seed_function(
     meta: dict[str, Any],
     subject_id: str | None,
     images_key: str = IMAGES,
+    changes_labels: bool | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], dict[str, Any] | None]:
     """Call ``function`` with the seed's arguments and check what it returns.
 
@@ -121,14 +128,18 @@ def call_seed_function(
         meta: The item's meta dict.
         subject_id: Named in errors.
         images_key: Named in errors about the images.
+        changes_labels: New integer values in ROIs/label maps are deliberate (kept); None:
+            the function's declaration (:func:`declares_label_changes`).
 
     Returns:
         ``(images, rois, labelmaps, meta)`` as tensors (label maps and ROIs in their input
-        dtypes); ``meta`` is None when the function returned three items.
+        dtypes, or a wider integer type for relabelled values that do not fit); ``meta`` is
+        None when the function returned three items.
 
     Raises:
         TypeError: not a tuple/list of 3 or 4 items, or a 4th item that is not a dict.
-        ValueError: other counts or shapes, or new values in a ROI/label map.
+        ValueError: other counts or shapes, new values in a ROI/label map (unless the function
+            changes labels), or non-integer values in one.
 
     Example:
         >>> out = call_seed_function(lambda i, r, l, m: (i * 2, r, l), torch.ones(1, 2, 3, 4), [], [], {}, 's')
@@ -136,6 +147,7 @@ def call_seed_function(
         (48.0, None)
     """
     name = f'transform {getattr(function, "__name__", type(function).__name__)}'
+    relabels = declares_label_changes(function) if changes_labels is None else changes_labels
     result = function(images, rois, labelmaps, meta)
     if not isinstance(result, (tuple, list)) or len(result) not in (3, 4):
         got = f'{len(result)} items' if isinstance(result, (tuple, list)) else type(result).__name__
@@ -168,13 +180,60 @@ def call_seed_function(
             if tuple(after.shape) != tuple(before.shape):
                 problem = f'returned shape {tuple(after.shape)}, expected {tuple(before.shape)} (D, H, W)'
                 raise ValueError(describe(subject_id, where, problem))
-            extra = set(torch.unique(after).tolist()) - set(torch.unique(before).tolist())
-            if extra:
-                problem = f'new values {sorted(extra)[:5]} in a label map: labels must not be interpolated'
-                raise ValueError(describe(subject_id, where, problem))
-            checked.append(after.to(before.dtype))
+            checked.append(_checked_labels(before, after, relabels, subject_id, where))
         outputs.append(checked)
     return images_out, outputs[0], outputs[1], new_meta
+
+
+def _checked_labels(
+    before: torch.Tensor, after: torch.Tensor, relabels: bool, subject_id: str | None, where: str
+) -> torch.Tensor:
+    """``after`` in ``before``'s dtype, when it holds no new values (or only deliberate integer ones)."""
+    extra = set(torch.unique(after).tolist()) - set(torch.unique(before).tolist())
+    if extra and not relabels:
+        problem = (
+            f'new values {sorted(extra)[:5]} in a label map: labels must not be interpolated (a function'
+            ' that relabels on purpose declares it: pyable_tio.transforms.changes_labels)'
+        )
+        raise ValueError(describe(subject_id, where, problem))
+    if not extra:
+        return after.to(before.dtype)
+    if after.is_floating_point() and not bool(torch.equal(after, after.round())):
+        problem = 'non-integer values in a label map (a function that changes labels must keep them integers)'
+        raise ValueError(describe(subject_id, where, problem))
+    low, high = int(after.min()), int(after.max())
+    for dtype in (before.dtype, torch.int16, torch.int32, torch.int64):
+        if not dtype.is_floating_point and torch.iinfo(dtype).min <= low and high <= torch.iinfo(dtype).max:
+            return after.to(dtype)  # the input's type when the new labels fit, else a wider one
+    return after.to(torch.int64)
+
+
+def changes_labels(function: SeedFunction) -> SeedFunction:
+    """Declare that a seed-style callable changes label values on purpose (relabels, merges classes).
+
+    Its new integer values in ROIs/label maps are then kept, where an undeclared callable's are
+    refused as interpolation. Sets the function's ``changes_labels`` attribute (a callable
+    object may also have ``changes_labels = True`` as a class attribute), so it stays picklable.
+
+    Example:
+        >>> @changes_labels
+        ... def merge_3_into_5(images, rois, labelmaps, meta):
+        ...     return images, rois, [torch.where(l == 3, 5, l) for l in labelmaps]
+        >>> declares_label_changes(merge_3_into_5)
+        True
+    """
+    setattr(function, CHANGES_LABELS_ATTRIBUTE, True)
+    return function
+
+
+def declares_label_changes(function: Any) -> bool:
+    """Whether ``function`` declares that it changes label values (:func:`changes_labels`).
+
+    Example:
+        >>> declares_label_changes(lambda images, rois, labelmaps, meta: (images, rois, labelmaps))
+        False
+    """
+    return getattr(function, CHANGES_LABELS_ATTRIBUTE, False) is True
 
 
 def item_meta(subject_meta: dict[str, Any], image: tio.Image, reference: Grid | None = None) -> dict[str, Any]:

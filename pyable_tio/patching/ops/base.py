@@ -126,6 +126,13 @@ class PatchOp:
         """Voxels (D, H, W) this step reads beyond a region (blur kernels); zero by default."""
         return np.zeros(3, dtype=int)
 
+    def batchable(self) -> bool:
+        """True when the step also runs on a collated batch, on the training device
+        (:mod:`pyable_tio.patching.batch`): spatial steps as a matrix of one batched sampling
+        grid, intensity steps as :meth:`~.intensity.IntensityOp.apply_batch`. False by default:
+        the step then runs per patch in the loader's workers."""
+        return False
+
 
 def uniform(generator: torch.Generator) -> Callable[[float, float], float]:
     """``RandomTransform.sample_uniform`` from ``generator``: one float32 uniform in [a, b)."""

@@ -43,6 +43,28 @@ class IntensityOp(PatchOp):
         """
         raise NotImplementedError
 
+    def batch_params(self, drawn: Drawn, name: str, context: Any) -> dict[str, Any]:
+        """What :meth:`apply_batch` needs for image ``name`` beyond ``drawn.params``, found in the
+        loader's worker (kept whole-volume statistics, a noise seed); nothing by default."""
+        return {}
+
+    def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """The step on one image of a collated batch, on the batch's device.
+
+        Args:
+            params: Per sample, ``drawn.params`` with :meth:`batch_params` for this image and
+                ``region_start`` (the region's first voxel in the volume, D, H, W); None where
+                the step did not fire or does not apply to the image.
+            tensor: The image's B x C x D x H x W float32 batch (may be changed in place).
+            name: The image's subject key.
+
+        Example:
+            >>> op = op_for(tio.Gamma(0.5))  # doctest: +SKIP
+            >>> op.apply_batch([{'per_image': {'t1': [0.5]}, 'invert': False}], torch.full((1, 1, 2, 2, 2), 4.0), 't1')[0, 0, 0, 0, 0]  # doctest: +SKIP
+            tensor(2.)
+        """
+        raise NotImplementedError
+
 
 @register
 class GammaOp(IntensityOp):
@@ -68,6 +90,21 @@ class GammaOp(IntensityOp):
         for channel, gamma in zip(tensor, gammas):
             power(channel, gamma)
         return tensor
+
+    def batchable(self) -> bool:
+        return True
+
+    def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
+        if not _fired(params):
+            return tensor
+        gamma = _per_sample(params, lambda p: p['per_image'][name], 1.0, tensor)
+        invert = _per_sample(params, lambda p: float(p['invert']), 0.0, tensor) > 0
+        # TorchIO's sign-preserving power (the plain power where nothing is negative), per sample and channel.
+        sign = tensor.sign()
+        if not invert.any():
+            return tensor.abs_().pow_(gamma).mul_(sign)
+        powered = tensor.abs().pow_(torch.where(invert, 1 - gamma, gamma)).mul_(sign)
+        return torch.where(invert, tensor * powered, powered)
 
 
 def power(tensor: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -102,6 +139,22 @@ class NoiseOp(IntensityOp):
         noise = torch.randn(tensor.shape, generator=context.generator)
         return tensor.add_(noise.mul_(std)).add_(mean)  # TorchIO's order of operations
 
+    def batchable(self) -> bool:
+        return True
+
+    def batch_params(self, drawn: Drawn, name: str, context: Any) -> dict[str, Any]:
+        # The noise itself is drawn on the device, from this seed (drawn here, from the subject's
+        # generator, so the same seed gives the same batches whatever num_workers is).
+        return {'seed': int(torch.randint(2**62, (1,), generator=context.generator).item())}
+
+    def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
+        for b in _fired(params):
+            mean, std = params[b]['per_image'][name]
+            generator = torch.Generator(device=tensor.device).manual_seed(params[b]['seed'])
+            noise = torch.randn(tensor.shape[1:], generator=generator, device=tensor.device, dtype=tensor.dtype)
+            tensor[b].add_(noise.mul_(std)).add_(mean)
+        return tensor
+
 
 @register
 class ClampOp(IntensityOp):
@@ -116,6 +169,17 @@ class ClampOp(IntensityOp):
     def apply(self, drawn: Drawn, tensor: torch.Tensor, name: str, region_start: np.ndarray,
               context: Any) -> torch.Tensor:
         return tensor.clamp_(self.step.out_min, self.step.out_max)
+
+    def batchable(self) -> bool:
+        return True
+
+    def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
+        fired = _fired(params)
+        if len(fired) == len(params):
+            return tensor.clamp_(self.step.out_min, self.step.out_max)
+        for b in fired:
+            tensor[b].clamp_(self.step.out_min, self.step.out_max)
+        return tensor
 
 
 @register
@@ -167,6 +231,34 @@ class BiasFieldOp(IntensityOp):
                            drawn.params['per_image'][name])
         return tensor * torch.as_tensor(1 / field if drawn.params['invert'] else field)
 
+    def batchable(self) -> bool:
+        return True
+
+    def batch_params(self, drawn: Drawn, name: str, context: Any) -> dict[str, Any]:
+        return {'shape': [int(n) for n in context.shape]}
+
+    def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
+        # ``region_start`` (the region's first voxel in the volume) is set per sample by the batch.
+        for b in _fired(params):
+            p = params[b]
+            axes = []
+            for n, start, size in zip(p['shape'], p['region_start'], tensor.shape[2:]):
+                full = torch.arange(int(start), int(start) + size, dtype=torch.float64, device=tensor.device)
+                full = full - n / 2 + 0.5  # bias_field's np.arange(-n / 2, n / 2) + 0.5, at these voxels
+                top = (n - 1) - n / 2 + 0.5
+                axes.append(full / top if top > 0 else full)
+            x, y, z = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+            field = torch.zeros(tensor.shape[2:], dtype=torch.float64, device=tensor.device)
+            coefficients, i = p['per_image'][name], 0
+            for x_order in range(p['order'] + 1):
+                for y_order in range(p['order'] + 1 - x_order):
+                    for z_order in range(p['order'] + 1 - (x_order + y_order)):
+                        field += coefficients[i] * x**x_order * y**y_order * z**z_order
+                        i += 1
+            field = field.exp_().float()
+            tensor[b] *= 1 / field if p['invert'] else field
+        return tensor
+
 
 def bias_field(shape: np.ndarray, start: np.ndarray, size: Sequence[int], order: int,
                coefficients: Sequence[float]) -> np.ndarray:
@@ -210,6 +302,15 @@ class StatisticsOp(IntensityOp):
         """The region normalised with the kept statistics."""
         raise NotImplementedError
 
+    def batchable(self) -> bool:
+        return True
+
+    def batch_params(self, drawn: Drawn, name: str, context: Any) -> dict[str, Any]:
+        stats = context.normalization(self, name)
+        # Checked here, where the subject is known (a batch mixes subjects): e.g. a zero std.
+        self.normalize(torch.ones(context.volumes[name].channels, 1, 1, 1), stats, name, context.subject.get('id', ''))
+        return {'stats': stats}
+
 
 @register
 class ZNormalizationOp(StatisticsOp):
@@ -226,6 +327,11 @@ class ZNormalizationOp(StatisticsOp):
             raise RuntimeError(f'subject {subject_id!r}: standard deviation is 0 for masked values in image "{name}"')
         return (tensor - stats['mean']) / stats['std']
 
+    def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
+        mean = _per_sample(params, lambda p: p['stats']['mean'], 0.0, tensor)
+        std = _per_sample(params, lambda p: p['stats']['std'], 1.0, tensor)
+        return tensor.sub_(mean).div_(std)
+
 
 @register
 class IntensityNormalizationOp(StatisticsOp):
@@ -238,6 +344,11 @@ class IntensityNormalizationOp(StatisticsOp):
 
     def normalize(self, tensor: torch.Tensor, stats: dict[str, Any], name: str, subject_id: str) -> torch.Tensor:
         return torch.stack([(channel - mean) / std for channel, (mean, std) in zip(tensor, stats['channels'])])
+
+    def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
+        mean = _per_sample(params, lambda p: [m for m, _ in p['stats']['channels']], 0.0, tensor)
+        std = _per_sample(params, lambda p: [s for _, s in p['stats']['channels']], 1.0, tensor)
+        return tensor.sub_(mean).div_(std)
 
 
 @register
@@ -269,3 +380,32 @@ class RescaleIntensityOp(StatisticsOp):
         step = self.step
         array = tensor.clamp(*stats['cutoff'])
         return (array - stats['in_min']) / (stats['in_max'] - stats['in_min']) * (step.out_max - step.out_min) + step.out_min
+
+    def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
+        active = [p if p is not None and not (p['stats'].get('empty') or p['stats'].get('flat')) else None
+                  for p in params]
+        if not _fired(active):
+            return tensor  # TorchIO leaves such images unchanged
+        low = _per_sample(active, lambda p: p['stats']['cutoff'][0], -math.inf, tensor)
+        high = _per_sample(active, lambda p: p['stats']['cutoff'][1], math.inf, tensor)
+        in_min = _per_sample(active, lambda p: p['stats']['in_min'], 0.0, tensor)
+        in_max = _per_sample(active, lambda p: p['stats']['in_max'], 1.0, tensor)
+        step = self.step
+        rescaled = (torch.clamp(tensor, low, high) - in_min) / (in_max - in_min) * (step.out_max - step.out_min) + step.out_min
+        keep = _per_sample(active, lambda p: 0.0, 1.0, tensor) > 0
+        return torch.where(keep, tensor, rescaled)
+
+
+def _fired(params: Sequence[dict[str, Any] | None]) -> list[int]:
+    """The batch indices whose step fired."""
+    return [b for b, p in enumerate(params) if p is not None]
+
+
+def _per_sample(params: Sequence[dict[str, Any] | None], value: Any, default: float,
+                tensor: torch.Tensor) -> torch.Tensor:
+    """A B x C x 1 x 1 x 1 float32 tensor on ``tensor``'s device: ``value(params[b])`` (one number,
+    or one per channel) for the samples that fired, ``default`` for the others."""
+    table = torch.full(tensor.shape[:2], float(default), dtype=torch.float64)
+    for b in _fired(params):
+        table[b] = torch.as_tensor(value(params[b]), dtype=torch.float64)
+    return table.to(device=tensor.device, dtype=tensor.dtype)[:, :, None, None, None]

@@ -131,6 +131,10 @@ class AffineOp(SpatialOp):
         transform = sitk.CompositeTransform([scaling, rotation]).GetInverse()  # as tio.Affine
         return (transform.GetInverse() if params['invert'] else transform), 0.0
 
+    def batchable(self) -> bool:
+        # The batch samples images trilinear (or nearest) and labels nearest, as the numba kernel.
+        return self.step.image_interpolation in ('linear', 'nearest') and self.step.label_interpolation == 'nearest'
+
     def pads(self, drawn: Drawn, name: str, volume: Any, context: Any) -> list[float]:
         if volume.image[TYPE] != INTENSITY:
             return [float(self.step.default_pad_label)] * volume.channels
@@ -192,6 +196,9 @@ class FlipOp(SpatialOp):
 
     def interpolation(self, label: bool) -> str:
         return 'nearest'
+
+    def batchable(self) -> bool:
+        return True  # a whole-voxel reordering: part of the batch's sampling grid
 
     def pads(self, drawn: Drawn, name: str, volume: Any, context: Any) -> list[float]:
         return [0.0] * volume.channels  # every output voxel of the patch maps onto a voxel
