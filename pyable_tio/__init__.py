@@ -1,5 +1,9 @@
 """pyable-tio: manifests of medical images as TorchIO subjects in pyable's Z,Y,X layout.
 
+The names below load on first use (PEP 562), so that ``import pyable_tio`` and the
+``pyable-tio --help`` command line start without torch, TorchIO and SimpleITK; ``pt.name``
+and ``from pyable_tio import name`` work as plain imports would.
+
 Example:
     >>> import pyable_tio as pt
     >>> subjects = pt.subjects_from_manifest('manifest.json')  # doctest: +SKIP
@@ -8,62 +12,80 @@ Example:
 
 from __future__ import annotations
 
-from . import transforms
-from .cache import VolumeCache
-from .datasets.collate import PadCollate, collate
-from .datasets.monai import monai_dataset
-from .datasets.pyable import PyableDataset
-from .errors import LoadError, ManifestError, PyableTioError
-from .inference.grid import inference_loader, predict_subject
-from .inference.native import save_prediction, to_native
-from .manifest import read_manifest
-from .patching.loader import patch_loader  # noqa: F401  (pt.patch_loader; __all__ is full: lead's call)
-from .patching.queue import PatchQueue
-from .patching.split import plan_transform
-from .preprocess import N4, SkullStrip
-from .queues import QueueSampler, dataset_from_manifest, queue_from_manifest, set_epoch
-from .subjects import subjects_from_manifest
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
 
 __version__ = '0.1.0'
 
+#: Each public name -> the module defining it (``""``: the subpackage of that name).
+_EXPORTS = {
+    'LoadError': '.errors',
+    'ManifestError': '.errors',
+    'N4': '.preprocess',
+    'PadCollate': '.datasets.collate',
+    'PatchQueue': '.patching.queue',
+    'PyableDataset': '.datasets.pyable',
+    'PyableTioError': '.errors',
+    'QueueSampler': '.queues',
+    'SkullStrip': '.preprocess',
+    'VolumeCache': '.cache',
+    'collate': '.datasets.collate',
+    'dataset_from_manifest': '.queues',
+    'inference_loader': '.inference.grid',
+    'monai_dataset': '.datasets.monai',
+    'plan_transform': '.patching.split',
+    'predict_subject': '.inference.grid',
+    'qa_sheet': '.qa.report',
+    'queue_from_manifest': '.queues',
+    'read_manifest': '.manifest',
+    'save_prediction': '.inference.native',
+    'set_epoch': '.queues',
+    'subjects_from_manifest': '.subjects',
+    'to_native': '.inference.native',
+    'transforms': '',
+    'patch_loader': '.patching.loader',  # pt.patch_loader, not in __all__ (it is full: lead's call)
+}
 
-def __getattr__(name: str):
-    # The QA sheet on first use: ``import pyable_tio`` stays free of Pillow and the sheet.
-    if name == 'qa_sheet':
-        from .qa.report import qa_sheet
+# User-level names only; everything else is importable from its module (docs/API.md).
+__all__ = sorted(set(_EXPORTS) - {'patch_loader'}, key=lambda name: (name[0].islower(), name))
 
-        return qa_sheet
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        if not name.startswith('_') and importlib.util.find_spec(f'{__name__}.{name}') is not None:
+            # A subpackage (pt.geometry.grid.Grid): load the public names first, so that the
+            # modules they use are attributes of their packages, as after an eager import.
+            for export in __all__:
+                __getattr__(export)
+            return importlib.import_module(f'.{name}', __name__)
+        raise AttributeError(f"module 'pyable_tio' has no attribute {name!r}")
+    value = importlib.import_module(f'.{name}' if module == '' else module, __name__)
+    if module != '':
+        value = getattr(value, name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {'qa_sheet'})
+    return sorted(set(globals()) | set(__all__))
 
 
-# User-level names only; everything else is importable from its module (docs/API.md).
-__all__ = [
-    'LoadError',
-    'ManifestError',
-    'N4',
-    'PadCollate',
-    'PatchQueue',
-    'PyableDataset',
-    'PyableTioError',
-    'QueueSampler',
-    'SkullStrip',
-    'VolumeCache',
-    'collate',
-    'dataset_from_manifest',
-    'inference_loader',
-    'monai_dataset',
-    'plan_transform',
-    'predict_subject',
-    'qa_sheet',
-    'queue_from_manifest',
-    'read_manifest',
-    'save_prediction',
-    'set_epoch',
-    'subjects_from_manifest',
-    'to_native',
-    'transforms',
-]
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from . import transforms
+    from .cache import VolumeCache
+    from .datasets.collate import PadCollate, collate
+    from .datasets.monai import monai_dataset
+    from .datasets.pyable import PyableDataset
+    from .errors import LoadError, ManifestError, PyableTioError
+    from .inference.grid import inference_loader, predict_subject
+    from .inference.native import save_prediction, to_native
+    from .manifest import read_manifest
+    from .patching.loader import patch_loader
+    from .patching.queue import PatchQueue
+    from .patching.split import plan_transform
+    from .qa.report import qa_sheet
+    from .preprocess import N4, SkullStrip
+    from .queues import QueueSampler, dataset_from_manifest, queue_from_manifest, set_epoch
+    from .subjects import subjects_from_manifest

@@ -21,6 +21,13 @@ FIELD_LABELMAPS = 'labelmaps'
 FIELD_REFERENCE = 'reference'
 FIELD_REFERENCE_SPACE = 'reference_space'
 FIELD_TRANSFORMS = 'transforms'
+#: Other names of the list fields, accepted in every format (JSON, dict, CSV): the single-CSV
+#: column names of earlier versions. A row giving both names of one field is refused.
+FIELD_ALIASES = {
+    'image_paths': FIELD_IMAGES,
+    'roi_paths': FIELD_ROIS,
+    'labelmap_paths': FIELD_LABELMAPS,
+}
 CSV_LIST_COLUMNS = {
     'image_paths': FIELD_IMAGES,
     'roi_paths': FIELD_ROIS,
@@ -34,6 +41,12 @@ MISSING_KEEP = 'keep'
 MISSING_ERROR = 'error'
 MISSING_EMPTY = 'empty'
 MISSING_MODES = (MISSING_KEEP, MISSING_ERROR, MISSING_EMPTY)
+
+#: ``on_error=`` of subjects_from_manifest: refuse the manifest when any subject has a problem
+#: (default), or build the good subjects and warn with the list of the skipped ones.
+ON_ERROR_RAISE = 'raise'
+ON_ERROR_SKIP = 'skip'
+ON_ERROR_MODES = (ON_ERROR_RAISE, ON_ERROR_SKIP)
 
 #: Reference selectors understood by name.
 REFERENCE_FIRST = 'first'
@@ -124,6 +137,9 @@ INTERPOLATION_SUPPORT = {'nearest': 1, 'linear': 2}
 INTERPOLATION_SUPPORT_DEFAULT = 4
 #: ``truncate`` of scipy.ndimage.gaussian_filter (TorchIO's RandomBlur): kernel radius in stds.
 BLUR_TRUNCATE = 4.0
+#: Names of the built-in preprocessing steps (``pyable_tio.preprocess.STEPS``'s keys, sorted),
+#: here so that the command line's help lists them without importing the steps.
+PREPROCESS_STEP_NAMES = ('n4', 'skullstrip')
 #: Manifest field (subject or file) listing preprocessing steps, e.g. ``["n4", "skullstrip"]``.
 FIELD_PREPROCESS = 'preprocess'
 #: Name of the brain mask a skull-strip step makes, and the subject key of it on the grid.
@@ -133,6 +149,19 @@ BRAIN_MASK_KEY = 'roi_brain'
 PREPROCESS_IMAGE = 'image'
 #: Cache sub-folder of the lock files that make one process compute a file's steps at a time.
 PREPROCESS_LOCKS_FOLDER = 'preprocess-locks'
+
+#: Most bytes one compressed byte of a deflate stream can expand to (zlib's documented limit,
+#: 1032:1), plus slack for the gzip header and trailer: a ``.nii.gz`` whose header declares more
+#: voxel bytes than its compressed size allows is truncated or crafted (a gzip bomb), refused
+#: before anything is allocated.
+DEFLATE_MAX_RATIO = 1032
+DEFLATE_SLACK_BYTES = 1 << 16
+
+#: ``pyable-tio cache`` without ``--workers``: fewer volumes than this are filled in the command's
+#: own process; worker processes (each starts in seconds: torch, TorchIO, SimpleITK) pay off
+#: only over more volumes (a 12-volume manifest filled 2x faster with 0 workers than with 2).
+CACHE_WORKERS_MIN_VOLUMES = 32
+CACHE_WORKERS_MAX = 4
 
 #: Exit codes of the ``pyable-tio`` command: success, problems found, bad command line,
 #: interrupted (Ctrl-C), terminated (SIGTERM).
@@ -194,8 +223,6 @@ QA_MAX_SPACING_RATIO = 3.0
 #: spread (IQR) against the other subjects above which it is an outlier; needs QA_MIN_SUBJECTS_Z.
 QA_MAX_ROBUST_Z = 3.5
 QA_MIN_SUBJECTS_Z = 4
-#: More distinct values than this in a label map or ROI is implausible (an image listed as labels?).
-QA_MAX_LABEL_VALUES = 255
 #: Thumbnail panel size in pixels (each channel: three panels side by side) and PNG colours.
 QA_PANEL_PIXELS = 144
 QA_PNG_COLOURS = 32

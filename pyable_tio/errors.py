@@ -60,6 +60,37 @@ class LoadError(PyableTioError, RuntimeError):
     """
 
 
+class SkippedSubjectsWarning(UserWarning):
+    """Subjects left out by ``on_error="skip"``; ``skipped`` holds their ids, ``problems`` why.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:  # doctest: +SKIP
+        ...     subjects = subjects_from_manifest('manifest.json', on_error='skip')
+        >>> caught[0].message.skipped  # doctest: +SKIP
+        ['sub-07']
+    """
+
+    def __init__(self, message: str, skipped: Iterable[str] = (), problems: Iterable[str] = ()):
+        super().__init__(message)
+        self.skipped = list(skipped)
+        self.problems = list(problems)
+
+
+def subject_of(problem: str) -> str | None:
+    """The subject a problem line made by :func:`describe` names, or None (a manifest-wide problem).
+
+    Example:
+        >>> subject_of('subject "sub-02": field "images": file t1.nii.gz: file not found')
+        'sub-02'
+    """
+    prefix = 'subject "'
+    if not problem.startswith(prefix):
+        return None
+    end = problem.find('": ', len(prefix))
+    return problem[len(prefix):end] if end > 0 else None
+
+
 def describe(subject_id: str | None, where: str | None, problem: str) -> str:
     """One line that names the subject, the field or file, and the problem."""
     parts = []

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 import torchio as tio
-from torch.utils.data import SequentialSampler
+from torch.utils.data import RandomSampler, SequentialSampler
 
 from .constants import (
     LABELMAP_PREFIX,
@@ -81,7 +82,7 @@ def queue_from_manifest(
     shuffle_patches: bool = True,
     subject_sampler: Any = None,
     distributed: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
     fast_patches: bool | None = None,
     missing: str = MISSING_ERROR,
     engine: str = PATCH_ENGINE_DEFAULT,
@@ -112,7 +113,9 @@ def queue_from_manifest(
         distributed: Shard the subjects over the ranks of the initialised
             ``torch.distributed`` process group with a ``DistributedSampler`` (shuffled with
             ``shuffle_subjects``); call :func:`set_epoch` at the start of every epoch.
-        seed: Shuffling seed of the distributed sampler (the same on every rank).
+        seed: Seed of the subject order: with ``distributed=True`` the ``DistributedSampler``'s
+            (the same on every rank; default 0); otherwise, when given, a seeded
+            ``RandomSampler`` (None: torch's global generator, as ``tio.Queue``).
         fast_patches: Return a :class:`pyable_tio.PatchQueue` (workers cut the patches and,
             when every step of ``transform`` runs per patch, read only the patch regions plus
             the augmentation's margin, e.g. from the cache's memory maps) instead of a
@@ -169,7 +172,9 @@ def queue_from_manifest(
     dataset = tio.SubjectsDataset(subjects, transform=guarded)
     patch_sampler = make_sampler(sampler, patch, label_name, subjects[0])
     if distributed:
-        subject_sampler = _distributed_sampler(dataset, subject_sampler, shuffle_subjects, seed)
+        subject_sampler = _distributed_sampler(dataset, subject_sampler, shuffle_subjects, seed or 0)
+    elif seed is not None and subject_sampler is None and shuffle_subjects:
+        subject_sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     # Steps that all run per patch read only the patch boxes, in threads (PatchQueue). A whole-volume
     # prefix keeps tio.Queue unless fast_patches=True (then: prefix in worker processes, rest per patch).
     fast = (transform is None or plan.per_patch) if fast_patches is None else fast_patches

@@ -26,9 +26,11 @@ from .constants import (
     MISSING_EMPTY,
     MISSING_ERROR,
     MISSING_KEEP,
+    ON_ERROR_MODES,
+    ON_ERROR_RAISE,
     REFERENCE_FIRST,
 )
-from .errors import ManifestError, describe
+from .errors import ManifestError, SkippedSubjectsWarning, describe, subject_of
 from .geometry.grid import Grid
 from .manifest import ManifestSource
 from .plan import SubjectPlan, attach_plan, make_plan, plan_of
@@ -76,6 +78,7 @@ def subjects_from_manifest(
     extra_fields: Sequence[str] = (),
     nonfinite: str = DEFAULT_NONFINITE,
     preprocess: Sequence[Any] | str | None = None,
+    on_error: str = ON_ERROR_RAISE,
 ) -> list[tio.Subject]:
     """Build one lazily loaded ``tio.Subject`` per manifest subject.
 
@@ -129,6 +132,12 @@ def subjects_from_manifest(
             file's own ``"preprocess"`` manifest field wins. Results are cached in
             ``cache_dir`` (pass one: without it the steps run at every load). A skull strip adds
             the ROI ``"roi_brain"`` (see docs/PREPROCESSING.md).
+        on_error: ``"raise"`` (default): any problem refuses the manifest, every problem listed.
+            ``"skip"``: build the subjects without a problem of their own and leave out the
+            others, with a :class:`~pyable_tio.errors.SkippedSubjectsWarning` listing them and
+            why (e.g. a few unreadable files among hundreds of subjects). Problems of the whole
+            manifest (subjects that cannot share a batch, an unreadable ``reference_space``),
+            or no good subject at all, still raise.
 
     Returns:
         Subjects with keys ``"id"``, ``"meta"``, the images, ``roi_i``, ``labelmap_i``,
@@ -141,9 +150,11 @@ def subjects_from_manifest(
     Example:
         >>> subjects = subjects_from_manifest('manifest.json')  # doctest: +SKIP
         >>> subjects[0]['images'].data.shape  # doctest: +SKIP
-        torch.Size([2, 48, 64, 64])
+        torch.Size([2, 20, 28, 32])
     """
     # Every option (the preprocessing steps too) is checked here, before any header is read.
+    if on_error not in ON_ERROR_MODES:
+        raise ValueError(f'on_error must be one of {ON_ERROR_MODES}, got {on_error!r}')
     options = PlanOptions(
         reference, reference_space, missing, orientation, axis_aligned, align, preprocess=preprocess
     )
@@ -169,7 +180,11 @@ def subjects_from_manifest(
     if missing != MISSING_KEEP:
         problems += collate_problems(plans)  # what TorchIO's collate compares: meta, extra fields
     if problems:
-        raise _problems_error(problems, plans, cache)
+        error = _problems_error(problems, plans, cache)
+        if on_error == ON_ERROR_RAISE or not error.subjects or None in map(subject_of, error.problems):
+            raise error
+        _warn_skipped(error, planned.listed)
+        return error.subjects
     if cache is None and any(any_steps(c.record, steps) for c in checked):
         warnings.warn(
             'preprocessing without cache_dir runs the steps every time a subject is loaded;'
@@ -189,6 +204,17 @@ def _problems_error(problems: Sequence[str], plans: Sequence[SubjectPlan], cache
     error = ManifestError.from_problems(problems)
     error.subjects = subjects  # for tools that go on without the bad subjects (pyable-tio cache)
     return error
+
+
+def _warn_skipped(error: ManifestError, listed: int) -> None:
+    """Say loudly which subjects ``on_error="skip"`` leaves out, and why."""
+    skipped = list(dict.fromkeys(subject_of(p) for p in error.problems))
+    lines = '\n'.join(f'  - {p}' for p in error.problems)
+    message = (
+        f'on_error="skip": {len(skipped)} of {listed} subjects skipped ({", ".join(skipped)});'
+        f' {len(error.subjects)} built. Their problems:\n{lines}'
+    )
+    warnings.warn(SkippedSubjectsWarning(message, skipped, error.problems), stacklevel=3)
 
 
 def subject_from_plan(plan: SubjectPlan, cache: Any = None) -> tio.Subject:

@@ -1,8 +1,9 @@
 """Entry point of the ``pyable-tio`` console script, importable without torch.
 
-Importing :mod:`pyable_tio` loads torch, TorchIO and SimpleITK, which takes seconds. A Ctrl-C
-in that time would print a Python traceback before :func:`pyable_tio.cli.main.main` could catch it,
-so the console script starts here, where the heavy import is inside a ``try``.
+Parsing the command line imports neither torch, TorchIO nor SimpleITK (``pyable_tio`` loads
+its names lazily), so ``--help``, ``--version`` and a usage error answer at once
+(benchmarks/bench_cli_start.py). A command imports what it needs when it starts, which takes
+seconds; a Ctrl-C in that time exits with 130 and one line, never a Python traceback.
 
 Example:
     $ pyable-tio --version

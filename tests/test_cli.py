@@ -72,7 +72,7 @@ def test_validate_good_manifest_prints_a_summary(manifest, capsys):
     assert '3 valid of 3 listed' in out
     assert '2 (3 subj.)' in out  # two images per subject
     assert '1 x 1 x 1.5 (9 files)' in out and '1 x 1 x 3 (3 files)' in out  # T2 slices are thicker
-    assert 'LPS (12 files)' in out
+    assert 'LPS (9 files), LPS (oblique, 15 deg) (3 files)' in out  # the T2s are rotated by 15 degrees
     assert f'{SIZE[0]} x {SIZE[1]} x {SIZE[2]} (3 subj.)' in out
     assert out.strip().endswith('OK: 3 subject(s), no problems')
 
@@ -101,7 +101,7 @@ def test_validate_reports_each_problem_on_one_line(bad_manifest, capsys):
 def test_validate_from_python(manifest, bad_manifest):
     report = validate(manifest)
     assert (report.problems, report.subjects, report.listed) == ([], 3, 3)
-    assert report.orientations == {'LPS': 12} and report.counts['images'] == {2: 3}
+    assert report.orientations == {'LPS': 9, 'LPS (oblique, 15 deg)': 3} and report.counts['images'] == {2: 3}
     bad = validate(bad_manifest, missing='empty')  # ROI counts may now differ
     assert bad.subjects == 2 and len(bad.problems) == 4
     kept = validate(bad_manifest)  # the default: each subject has its own ROIs; a note says a batch would not
@@ -324,7 +324,7 @@ def test_cache_interrupted_or_with_a_dead_worker_exits_cleanly(manifest, tmp_pat
         raise BrokenProcessPool('a child process terminated abruptly')
         yield
 
-    monkeypatch.setattr(cli, 'fill', broken)
+    monkeypatch.setattr(cache_fill, 'fill', broken)  # imported when cache runs
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert 'worker process died' in err and 'Traceback' not in err
@@ -395,12 +395,13 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f'pyable-tio {importlib.metadata.version("pyable-tio")}'
 
 
-def test_ctrl_c_during_start_up_prints_no_traceback():
-    """The console script's entry point catches Ctrl-C while torch is still being imported."""
+def test_ctrl_c_during_start_up_prints_no_traceback(tmp_path):
+    """The command line catches Ctrl-C while torch is still being imported."""
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                          os.environ.get('PYTHONPATH', '')])}
-    code = 'import sys, pyable_tio_cli; sys.exit(pyable_tio_cli.main(["info"]))'
-    process = subprocess.Popen([sys.executable, '-c', code], stderr=subprocess.PIPE, text=True, env=env)
+    # --help parses without torch (issue 20); cache imports it when it starts to work.
+    code = 'import sys, pyable_tio_cli; sys.exit(pyable_tio_cli.main(["cache", "m.json", "--cache-dir", "c"]))'
+    process = subprocess.Popen([sys.executable, '-c', code], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     time.sleep(0.8)  # the interpreter is up, torch's import (seconds) is under way
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)

@@ -263,9 +263,9 @@ def test_malformed_json(files):
 
 def test_csv_without_image_paths(files):
     path = files / 'wrong.csv'
-    path.write_text('id,images\ns1,s1_t1.nii.gz\n')
+    path.write_text('id,imagery\ns1,s1_t1.nii.gz\n')
     message = problems_of(path)
-    assert str(path) in message and 'image_paths' in message
+    assert str(path) in message and '"images" (or "image_paths") column' in message
 
 
 def test_multi_csv_inconsistent_sequences(files):

@@ -111,7 +111,7 @@ def test_an_intensity_outlier_and_an_image_listed_as_a_label_map_are_flagged(tmp
     median = by_check(rows['sub-03'], 'intensity_z', 'image 0 median')
     assert median.crossed and median.value > constants.QA_MAX_ROBUST_Z
     values = by_check(rows['sub-01'], 'label_values', 'labelmap_0')
-    assert values.crossed and values.value > constants.QA_MAX_LABEL_VALUES
+    assert values.crossed and values.value > constants.LABEL_MAX_DISTINCT_VALUES
     for other in ('sub-00', 'sub-02', 'sub-04'):
         assert rows[other].worst < constants.QA_CROSSED, rows[other].worst_finding
 

@@ -25,7 +25,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..constants import DEFAULT_NONFINITE, MISSING_KEEP, REFERENCE_FIRST
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..constants import DEFAULT_NONFINITE, LAYOUT_AXIS_TOLERANCE, MISSING_KEEP, REFERENCE_FIRST
 from ..errors import ManifestError, describe
 from ..geometry.grid import Grid
 from ..io import backend
@@ -81,6 +84,7 @@ def validate(
     nonfinite: str = DEFAULT_NONFINITE,
     check_data: bool = True,
     preprocess: Sequence[Any] | str | None = None,
+    progress: bool = False,
 ) -> Validation:
     """Check a manifest as :func:`pyable_tio.subjects_from_manifest` plans it, then each file's data.
 
@@ -102,6 +106,7 @@ def validate(
             damaged files, non-finite voxels, ROIs/label maps with non-integer values.
         preprocess: Steps for every image, as in :func:`pyable_tio.subjects_from_manifest`;
             with the manifest's own ``"preprocess"`` fields, their packages must be installed.
+        progress: tqdm bars (on stderr) while headers are read and files are checked.
 
     Returns:
         The problems (one line each) and a summary of the subjects without problems.
@@ -120,17 +125,20 @@ def validate(
     check_nonfinite_mode(nonfinite)
     report = Validation(_label(source))
     try:
-        planned = plan_source(source, options, root=root, extra_fields=extra_fields)
+        planned = plan_source(source, options, root=root, extra_fields=extra_fields, progress=progress)
     except ManifestError as error:
         report.problems.extend(error.problems)
         return report
     report.listed, report.problems, plans = planned.listed, planned.problems, planned.plans
     data_checked: dict[tuple[str, str], FileCheck] = {}  # a file listed by many subjects is read once
+    files = {(str(e.path), _FIELD_ROLE[name]) for plan in plans for name, e in plan.record.entries()}
+    bar = tqdm(total=len(files), desc='reading files', unit='file', disable=not (progress and check_data))
     for plan in plans:
-        problems = _data_problems(plan, nonfinite, report, data_checked) if check_data else []
+        problems = _data_problems(plan, nonfinite, report, data_checked, bar) if check_data else []
         report.problems.extend(problems)
         if not problems:
             _summarise(report, plan)
+    bar.close()
     # What TorchIO's collate compares (meta, extra fields), from the plans subjects are built from.
     collated = collate_problems([make_plan(plan, steps=options.preprocess) for plan in plans])
     if missing != MISSING_KEEP:
@@ -146,7 +154,8 @@ def validate(
     return report
 
 
-def _data_problems(plan: CheckedSubject, nonfinite: str, report: Validation, done: dict[tuple, FileCheck]) -> list[str]:
+def _data_problems(plan: CheckedSubject, nonfinite: str, report: Validation, done: dict[tuple, FileCheck],
+                   bar: Any = None) -> list[str]:
     """Each file of ``plan`` read completely; its problems, with its notes added to ``report``."""
     record, problems = plan.record, []
     for name, entry in record.entries():
@@ -154,6 +163,8 @@ def _data_problems(plan: CheckedSubject, nonfinite: str, report: Validation, don
         key = (str(entry.path), role)
         if key not in done:
             done[key] = check_file(entry.path, role, nonfinite)
+            if bar is not None:
+                bar.update()
         checks = [done[key]]
         if role != ROLE_IMAGE and not done[key].problems:
             moved = bool(record.transforms or entry.transforms)
@@ -173,7 +184,7 @@ def _label_check(path: Path, role: str, grid: Grid, moved: bool) -> FileCheck:
     report = FileCheck()
     try:
         image = backend.load(path, role)
-    except (RuntimeError, ValueError) as error:  # already reported by check_file
+    except (RuntimeError, ValueError):  # already reported by check_file
         return report
     if role == ROLE_LABELMAP:
         problem = label_checks.values_problem(image)
@@ -194,8 +205,24 @@ def _summarise(report: Validation, plan: CheckedSubject) -> None:
     for header in plan.headers:
         grid = header.grid
         report.spacings[' x '.join(f'{s:g}' for s in grid.spacing)] += 1
-        report.orientations[grid.orientation()] += 1
+        report.orientations[orientation_label(grid)] += 1
     report.reference_sizes[' x '.join(map(str, plan.reference.grid.size))] += 1
+
+
+def orientation_label(grid: Any) -> str:
+    """A grid's orientation code, with how far it is oblique when its axes are not the world's.
+
+    Example:
+        >>> orientation_label(oblique_t2_grid)  # doctest: +SKIP
+        'LPS (oblique, 15 deg)'
+    """
+    code = grid.orientation()
+    if grid.is_axis_aligned(LAYOUT_AXIS_TOLERANCE):
+        return code
+    # The index axis furthest from every world axis: its angle to the nearest one.
+    cosines = np.abs(np.asarray(grid.as_3d().direction_matrix)).max(axis=0)
+    angle = float(np.degrees(np.arccos(np.clip(cosines.min(), -1.0, 1.0))))
+    return f'{code} (oblique, {angle:.0f} deg)'
 
 
 def _label(source: object) -> str:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 
-from ..constants import REFERENCE_FIRST, REFERENCE_LARGEST
-from ..geometry.grid import check_orientation
-from ..preprocess import resolve_steps
+from ..constants import CACHE_WORKERS_MAX, CACHE_WORKERS_MIN_VOLUMES, REFERENCE_FIRST, REFERENCE_LARGEST
 
 _SIZE = re.compile(r'^\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]?)(i?b)?\s*$', re.IGNORECASE)
 
@@ -61,6 +60,8 @@ def steps(text: str) -> tuple:
         >>> [type(step).__name__ for step in steps('n4')]
         ['N4']
     """
+    from ..preprocess import resolve_steps  # only when --preprocess is given: it loads SimpleITK
+
     try:
         return resolve_steps(text)
     except ValueError as error:
@@ -89,6 +90,8 @@ def orientation(text: str) -> str:
         >>> orientation('RAS')
         'RAS'
     """
+    from ..geometry.grid import check_orientation  # only when --orientation is given
+
     try:
         return check_orientation(text)
     except ValueError as error:
@@ -137,3 +140,27 @@ def format_bytes(count: float) -> str:
             return f'{count:.0f} {unit}' if unit == 'B' else f'{count:.1f} {unit}'
         count /= 1024
     return f'{count:.1f} TiB'
+
+
+def cache_workers(workers: int | None, volumes: int) -> int:
+    """``--workers``, or the default from the work: worker processes only for many volumes.
+
+    Example:
+        >>> cache_workers(None, 12), cache_workers(2, 12)
+        (0, 2)
+    """
+    if workers is not None:
+        return workers
+    return 0 if volumes < CACHE_WORKERS_MIN_VOLUMES else min(CACHE_WORKERS_MAX, os.cpu_count() or 1)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 file``, ``2 files``, ``1 entry``, ``3 entries`` (abbreviations such as ``subj.`` stay).
+
+    Example:
+        >>> plural(1, 'file'), plural(12, 'file'), plural(3, 'entry')
+        ('1 file', '12 files', '3 entries')
+    """
+    if count == 1 or noun.endswith('.'):
+        return f'{count} {noun}'
+    return f'{count} {noun[:-1]}ies' if noun.endswith('y') else f'{count} {noun}s'

@@ -26,22 +26,21 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
-
-from ..io import backend
+# Only what parsing needs is imported here: --help, --version and a usage error must not wait
+# seconds for torch, TorchIO and SimpleITK (benchmarks/bench_cli_start.py). Each command
+# imports its own tools.
 from . import args as cli_args
-from .fill import fill
-from .args import format_bytes, shard_of
+from .args import format_bytes, plural, shard_of
 from ..constants import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, EXIT_TERMINATED, EXIT_USAGE
 from ..constants import ALIGN_MODES, DEFAULT_NONFINITE, INTERPOLATORS, LINEAR, MISSING_KEEP, MISSING_MODES
-from ..constants import NONFINITE_MODES, REFERENCE_FIRST
-from ..errors import ManifestError, PyableTioError
-from ..manifest import Manifest, read_manifest
-from ..checking.headers import SPELLING_CLI
-from ..preprocess import STEPS
-from ..reader import GridReader
-from ..checking.validate import Validation, _label, validate
+from ..constants import NONFINITE_MODES, ON_ERROR_MODES, ON_ERROR_RAISE, ON_ERROR_SKIP, PREPROCESS_STEP_NAMES
+from ..constants import CACHE_WORKERS_MAX, CACHE_WORKERS_MIN_VOLUMES, REFERENCE_FIRST
+from ..errors import ManifestError, PyableTioError, subject_of
+
+if TYPE_CHECKING:
+    from ..checking.validate import Validation
 
 PROG = 'pyable-tio'
 _DTYPES = ('float16', 'float32', 'float64')
@@ -112,6 +111,8 @@ def _subject_options(args: argparse.Namespace) -> dict:
 
 def _shard(source, args: argparse.Namespace):
     """``source`` restricted to this run's shard (a :class:`Manifest`), or as given without ``--shard``."""
+    from ..manifest import Manifest, read_manifest
+
     if args.shard is None:
         return source
     index, count = args.shard
@@ -124,7 +125,7 @@ def _shard(source, args: argparse.Namespace):
 
 def _print_validation(report: Validation) -> None:
     def top(counter: Counter, noun: str, limit: int = 4) -> str:
-        items = [f'{value} ({count} {noun})' for value, count in counter.most_common(limit)]
+        items = [f'{value} ({plural(count, noun)})' for value, count in counter.most_common(limit)]
         more = len(counter) - limit
         return ', '.join(items) + (f', ... {more} more' if more > 0 else '') if items else '-'
 
@@ -133,8 +134,8 @@ def _print_validation(report: Validation) -> None:
     if report.subjects:
         rows += [(f'{name} per subject', top(counter, 'subj.')) for name, counter in report.counts.items()]
         rows += [
-            ('spacings x,y,z (mm)', top(report.spacings, 'files')),
-            ('orientations', top(report.orientations, 'files')),
+            ('spacings x,y,z (mm)', top(report.spacings, 'file')),
+            ('orientations', top(report.orientations, 'file')),
             ('reference sizes x,y,z', top(report.reference_sizes, 'subj.')),
         ]
     rows.append(('problems', str(len(report.problems))))
@@ -144,11 +145,15 @@ def _print_validation(report: Validation) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
+    from ..checking.headers import SPELLING_CLI
+    from ..checking.validate import validate
+
     check = functools.partial(
         validate, reference=args.reference, reference_space=args.reference_space, root=args.root,
         missing=args.missing, orientation=args.orientation, axis_aligned=args.axis_aligned, align=args.align,
         extra_fields=args.extra_field, spelling=SPELLING_CLI, nonfinite=args.nonfinite,
         check_data=not args.headers_only, preprocess=args.preprocess,
+        progress=args.progress if args.progress is not None else sys.stderr.isatty(),
     )
     reports = [check(source) for source in _sources(args)]
     for report in reports:
@@ -173,12 +178,18 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 def _run_cache(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from ..cache import VolumeCache
+    from ..checking.validate import _label
+    from ..manifest import Manifest
+    from ..reader import GridReader
     from ..subjects import subjects_from_manifest
+    from .fill import fill
 
     cache = VolumeCache(args.cache_dir, max_bytes=args.max_bytes)
     build = functools.partial(subjects_from_manifest, **_subject_options(args), cache_dir=cache)
-    jobs, problems = [], []
+    jobs, problems, skipped, volumes = [], [], [], set()
     for source in _sources(args):
         source = _shard(source, args)
         if isinstance(source, Manifest) and not source.subjects:
@@ -188,15 +199,25 @@ def _run_cache(args: argparse.Namespace) -> int:
         except ManifestError as error:
             # One bad file should not keep the other subjects out of the cache.
             subjects = error.subjects
-            problems += [f'{_label(source)}: {p}' for p in error.problems]
+            lines = [f'{_label(source)}: {p}' for p in error.problems]
+            if args.on_error == ON_ERROR_SKIP and subjects and None not in map(subject_of, error.problems):
+                skipped += lines
+            else:
+                problems += lines
         for subject in subjects:
             for image in subject.get_images(intensity_only=False):
                 if isinstance(image.reader, GridReader):
                     paths = image.path if isinstance(image.path, list) else [image.path]
-                    jobs += [(image.reader, str(path)) for path in paths]
+                    for path in map(str, paths):
+                        # A file listed twice on one grid (two subjects, or image and ROI) is
+                        # one volume: computed once, not counted as a hit of this very run.
+                        volume = (image.reader.entry(path), image.reader.grid)
+                        if volume not in volumes:
+                            volumes.add(volume)
+                            jobs.append((image.reader, path))
     totals: Counter = Counter()
     bar = tqdm(total=len(jobs), desc='caching', unit='volume', disable=args.no_progress or not jobs)
-    for counts, problem in fill(jobs, args.workers):
+    for counts, problem in fill(jobs, cli_args.cache_workers(args.workers, len(jobs))):
         totals.update(counts)
         if problem is not None:
             problems.append(problem)
@@ -207,8 +228,11 @@ def _run_cache(args: argparse.Namespace) -> int:
     print(
         f'{len(jobs)} volume(s): {totals["hits"]} hit(s), {totals["misses"]} miss(es),'
         f' {totals["recovered"]} recovered, {format_bytes(totals["written_bytes"])} written{failed};'
-        f' cache {cache.folder}: {stats.entries} entries, {format_bytes(stats.bytes)}'
+        f' cache {cache.folder}: {plural(stats.entries, "entry")}, {format_bytes(stats.bytes)}'
     )
+    if skipped:
+        _print_problems(skipped, prefix='skipped (--on-error skip): ')
+        print(f'{PROG}: warning: {len(skipped)} problem(s) left their subjects out of the cache', file=sys.stderr)
     if problems:
         _print_problems(problems)
         return EXIT_PROBLEMS
@@ -219,7 +243,9 @@ def _run_cache(args: argparse.Namespace) -> int:
 
 
 def _run_qa(args: argparse.Namespace) -> int:
+    from ..checking.validate import _label
     from ..constants import QA_CROSSED
+    from ..manifest import Manifest
     from ..qa.report import qa_sheet
 
     sources = _sources(args)
@@ -231,7 +257,8 @@ def _run_qa(args: argparse.Namespace) -> int:
     if isinstance(source, Manifest) and not source.subjects:
         print('no subject falls in this shard')
         return EXIT_OK
-    report = qa_sheet(source, args.out, workers=args.workers, progress=not args.no_progress,
+    workers = args.workers if args.workers is not None else min(CACHE_WORKERS_MAX, os.cpu_count() or 1)
+    report = qa_sheet(source, args.out, workers=workers, progress=not args.no_progress,
                       cache_dir=args.cache_dir, **_subject_options(args))
     crossed = [row for row in report.subjects if row.worst >= QA_CROSSED]
     print(f'{report.html}: {len(report.subjects)} subject(s), worst first, {len(crossed)} crossing a threshold;'
@@ -265,6 +292,8 @@ def versions() -> dict[str, str]:
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from ..io import backend
+
     rows = list(versions().items())
     rows.append(('pyable importable', 'yes' if backend.pyable_available() else 'no'))
     rows.append(('active backend', backend.active_backend()))
@@ -350,15 +379,18 @@ def _manifest_options(command: argparse.ArgumentParser) -> None:
                          help='NaN/Inf voxels: error (default), zero (replace by 0) or keep (as stored)')
     command.add_argument('--preprocess', type=cli_args.steps, metavar='STEPS',
                          help=f'steps run on every image in its native space, e.g. n4,skullstrip'
-                              f' (known: {",".join(sorted(STEPS))})')
+                              f' (known: {",".join(PREPROCESS_STEP_NAMES)})')
 
 
 def _loading_options(command: argparse.ArgumentParser, cache_required: bool) -> None:
     """Options of the commands that load every volume (``cache``, ``qa``): as training loads them."""
     command.add_argument('--cache-dir', required=cache_required, metavar='DIR',
-                         help=None if cache_required else 'read volumes through this cache (a warm one is fast)')
-    command.add_argument('--workers', type=cli_args.workers, default=min(4, os.cpu_count() or 1), metavar='N',
-                         help='parallel processes (default: min(4, CPUs)); 0 or 1 runs in this process')
+                         help='cache folder (created if missing): the cache_dir= training will use' if cache_required
+                         else 'read volumes through this cache (a warm one is fast)')
+    command.add_argument('--workers', type=cli_args.workers, default=None, metavar='N',
+                         help='parallel processes; 0 or 1 runs in this process (default: cache: 0 below'
+                              f' {CACHE_WORKERS_MIN_VOLUMES} volumes, where starting workers costs more than'
+                              f' it saves, else min({CACHE_WORKERS_MAX}, CPUs); qa: min({CACHE_WORKERS_MAX}, CPUs))')
     command.add_argument('--interpolator', choices=INTERPOLATORS, default=LINEAR)
     command.add_argument('--dtype', choices=_DTYPES, default='float32', help='image dtype')
     command.add_argument('--default-value', type=float, default=0.0, help='image value outside a file')
@@ -374,6 +406,10 @@ def _parser() -> argparse.ArgumentParser:
 
     validate_ = commands.add_parser('validate', help='check manifests and every file, and summarise them')
     _manifest_options(validate_)
+    bars = validate_.add_mutually_exclusive_group()
+    bars.add_argument('--progress', action='store_true', default=None,
+                      help='progress bars on stderr (default: only when stderr is a terminal)')
+    bars.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
     validate_.add_argument('--headers-only', action='store_true',
                            help='skip reading each file completely (truncation, NaN/Inf, non-integer labels)')
     validate_.set_defaults(run=_run_validate)
@@ -382,6 +418,10 @@ def _parser() -> argparse.ArgumentParser:
     _manifest_options(cache)
     _loading_options(cache, cache_required=True)
     cache.add_argument('--max-bytes', type=cli_args.parse_size, metavar='SIZE', help='size limit, e.g. 50G (LRU eviction)')
+    cache.add_argument('--on-error', choices=ON_ERROR_MODES, default=ON_ERROR_RAISE,
+                       help='subjects with a problem: raise (default; they are listed and the exit code'
+                            ' is 1, the good ones are cached all the same) or skip (listed as skipped,'
+                            ' exit code 0 when nothing else failed)')
     cache.set_defaults(run=_run_cache)
 
     qa = commands.add_parser('qa', help='a QA sheet of every subject (HTML, CSV, JSON), worst first')
@@ -392,7 +432,7 @@ def _parser() -> argparse.ArgumentParser:
     qa.set_defaults(run=_run_qa)
 
     info = commands.add_parser('info', help='versions, backend and cache statistics')
-    info.add_argument('--cache-dir', metavar='DIR')
+    info.add_argument('--cache-dir', metavar='DIR', help='cache folder to summarise (and verify with --check)')
     info.add_argument('--check', action='store_true', help='verify every cache entry (reads them all)')
     info.set_defaults(run=_run_info)
     return parser

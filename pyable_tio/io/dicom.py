@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Sequence
@@ -160,6 +161,46 @@ def exists(path: str | os.PathLike) -> bool:
         True
     """
     return Path(path).exists() or split_locator(path) is not None
+
+
+def path_problem(path: str | os.PathLike) -> str | None:
+    """What keeps ``path`` from being read, or None when it exists (see :func:`exists`).
+
+    A path the operating system refuses (a name or a whole path longer than it allows) is a
+    problem of that path, said in words, not an ``OSError`` that stops every other check.
+
+    Example:
+        >>> path_problem('/tmp/' + 'x' * 300 + '.nii.gz')
+        'file name of 307 characters, longer than this file system allows (255)'
+    """
+    try:
+        return None if exists(path) else 'file not found'
+    except OSError as error:
+        return os_problem(path, error)
+
+
+def os_problem(path: str | os.PathLike, error: OSError) -> str:
+    """One line for an ``OSError`` met on ``path`` (too long, no permission, ...).
+
+    Example:
+        >>> os_problem('/data/t1.nii.gz', PermissionError(13, 'Permission denied'))
+        'cannot read it: Permission denied'
+    """
+    if error.errno == errno.ENAMETOOLONG:
+        text = os.fspath(path)
+        longest = max(Path(text).parts, key=len, default='')
+        name_max, path_max = _limit('PC_NAME_MAX', 255), _limit('PC_PATH_MAX', 4096)
+        if len(longest) > name_max:
+            return f'file name of {len(longest)} characters, longer than this file system allows ({name_max})'
+        return f'path of {len(text)} characters, longer than this file system allows ({path_max})'
+    return f'cannot read it: {error.strerror or error}'
+
+
+def _limit(name: str, default: int) -> int:
+    try:
+        return int(os.pathconf('/', name))
+    except (OSError, ValueError, AttributeError):
+        return default
 
 
 def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import DEFLATE_MAX_RATIO, DEFLATE_SLACK_BYTES
+
 #: File name endings of single-file NIfTI (``.hdr``/``.img`` pairs are left to SimpleITK).
 NIFTI_SUFFIXES = ('.nii', '.nii.gz')
 _GZIP_MAGIC = b'\x1f\x8b'
@@ -161,9 +163,11 @@ def check_length(path: str | os.PathLike, header: NiftiHeader | None = None) -> 
     """Cheap check that a NIfTI file holds every voxel its header declares.
 
     A plain file: its size against ``vox_offset`` + voxels x bytes (one ``stat``). A gzip
-    file: the trailer's ISIZE field (uncompressed length mod 2^32) against that; only when
-    they disagree (cut file, or a legal but unusual multi-member stream) is the stream
-    decompressed to decide. Other files pass.
+    file: first the most its compressed size can expand to (deflate's 1032:1 limit; a header
+    asking for more is a cut or crafted file, refused before anything is allocated), then the
+    trailer's ISIZE field (uncompressed length mod 2^32) against that; only when they disagree
+    (cut file, or a legal but unusual multi-member stream) is the stream decompressed to
+    decide. Other files pass.
 
     Raises:
         TruncatedFileError: naming what the file holds and what its header needs.
@@ -178,11 +182,40 @@ def check_length(path: str | os.PathLike, header: NiftiHeader | None = None) -> 
         if size < header.expected_bytes:
             raise TruncatedFileError(_short(size, header))
         return
+    check_ratio(path, header)
     with path.open('rb') as stream:
         stream.seek(-4, os.SEEK_END)
         isize = struct.unpack('<I', stream.read(4))[0]
     if isize != header.expected_bytes % (1 << 32):
         check_stream(path, header)
+
+
+def check_ratio(path: str | os.PathLike, header: NiftiHeader) -> None:
+    """Refuse a gzip NIfTI whose header declares more bytes than its compressed size can hold.
+
+    Deflate expands one byte to at most 1032, so a 100-byte file cannot hold 4 GiB of voxels,
+    whatever its ISIZE trailer (kept modulo 2^32) says. One ``stat``; nothing is decompressed.
+
+    Raises:
+        TruncatedFileError: naming the declared and the possible size.
+
+    Example:
+        >>> check_ratio('bomb.nii.gz', read_nifti_header('bomb.nii.gz'))  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        pyable_tio.nifti.TruncatedFileError: impossible size: the header declares 4294967648 bytes ...
+    """
+    if not header.compressed:
+        return
+    compressed = Path(path).stat().st_size
+    limit = compressed * DEFLATE_MAX_RATIO + DEFLATE_SLACK_BYTES
+    if header.expected_bytes > limit:
+        raise TruncatedFileError(
+            f'impossible size: the header declares {header.expected_bytes} bytes'
+            f' ({header.num_voxels} voxels x {header.bitpix // 8} bytes), but a {compressed}-byte'
+            f' gzip file expands to at most {limit} (deflate: 1032:1); a truncated or crafted file'
+            ' (gzip bomb), refused before reading it'
+        )
 
 
 def check_stream(path: str | os.PathLike, header: NiftiHeader | None = None) -> int:
@@ -205,14 +238,8 @@ def check_stream(path: str | os.PathLike, header: NiftiHeader | None = None) -> 
     if not header.compressed:
         size = path.stat().st_size
     else:
-        size = 0
-        try:
-            with gzip.open(path, 'rb') as stream:
-                for chunk in iter(lambda: stream.read(_CHUNK), b''):
-                    size += len(chunk)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-            problem = f'truncated or damaged file: the gzip stream fails after {size} bytes ({error})'
-            raise TruncatedFileError(f'{problem}; the header needs {header.expected_bytes}') from None
+        check_ratio(path, header)
+        size = _inflated_length(path, header)
     if size < header.expected_bytes:
         raise TruncatedFileError(_short(size, header))
     return size
@@ -237,6 +264,7 @@ def read_voxels(path: str | os.PathLike, header: NiftiHeader) -> np.ndarray:
     path = Path(path)
     end = header.vox_offset + header.data_bytes
     if header.compressed:
+        check_ratio(path, header)
         # One zlib pass over the whole member: several times faster than GzipFile's reads.
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
@@ -256,6 +284,32 @@ def read_voxels(path: str | os.PathLike, header: NiftiHeader) -> np.ndarray:
     if header.scaled:
         native = native * native.dtype.type(header.slope) + native.dtype.type(header.inter)
     return native
+
+
+def _inflated_length(path: Path, header: NiftiHeader) -> int:
+    """Decompressed length of a gzip file, counted exactly (memory bounded by ``_CHUNK``)."""
+    size = 0
+    inflater, fed = zlib.decompressobj(16 + zlib.MAX_WBITS), False
+    try:
+        with path.open('rb') as stream:
+            for block in iter(lambda: stream.read(_CHUNK), b''):
+                while block:
+                    fed = True
+                    size += len(inflater.decompress(block, _CHUNK))
+                    if inflater.eof:  # end of one member: another may follow (legal, rare)
+                        block = inflater.unused_data
+                        inflater, fed = zlib.decompressobj(16 + zlib.MAX_WBITS), False
+                    else:
+                        block = inflater.unconsumed_tail
+        if fed:
+            size += len(inflater.flush())
+            if not inflater.eof:
+                raise EOFError('the compressed stream ends before its end marker')
+    except (EOFError, zlib.error) as error:
+        where = f'after {size} bytes' if size else 'at its first byte'
+        problem = f'truncated or damaged file: the gzip stream fails {where} ({error})'
+        raise TruncatedFileError(f'{problem}; the header needs {header.expected_bytes}') from None
+    return size
 
 
 def _is_gzip(path: Path) -> bool:

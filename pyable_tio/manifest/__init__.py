@@ -16,6 +16,7 @@ from typing import Any, Union
 
 from ..constants import (
     CSV_LIST_COLUMNS,
+    FIELD_ALIASES,
     FIELD_IMAGES,
     FIELD_LABELMAPS,
     FIELD_PREPROCESS,
@@ -126,7 +127,7 @@ def parse_manifest(
     rows, default_root, name = _rows(source)
     base = Path(root) if root is not None else default_root
     spelling = _CSV_SPELLING if _is_csv(source) else {}
-    return _build(rows, base.resolve(), name, frozenset(extra_fields), spelling)
+    return _build(rows, base.resolve(), name, frozenset(extra_fields), spelling, table=_is_table(source))
 
 
 def _rows(source: Any) -> tuple[list[formats.RawRow], Path, str | None]:
@@ -169,16 +170,44 @@ def _is_csv(source: Any) -> bool:
     return False
 
 
+def _is_table(source: Any) -> bool:
+    """A single or multi-CSV manifest: a wrong column is one problem, not one per row."""
+    if _is_csv(source):
+        return True
+    return isinstance(source, Sequence) and not isinstance(source, str) and bool(source) and all(
+        isinstance(p, (str, os.PathLike)) and _is_csv(p) for p in source
+    )
+
+
+def _aliases_resolved(row: formats.RawRow) -> tuple[formats.RawRow, list[tuple[str, str]]]:
+    """``row`` with ``image_paths``/``roi_paths``/``labelmap_paths`` as their fields, and the
+    (alias, field) pairs given twice (both names in one row)."""
+    if not any(alias in row for alias in FIELD_ALIASES):
+        return row, []
+    resolved, twice = dict(row), []
+    for alias, name in FIELD_ALIASES.items():
+        if alias in resolved:
+            if name in resolved:
+                twice.append((alias, name))
+                resolved.pop(alias)
+            else:
+                resolved[name] = resolved.pop(alias)
+    return resolved, twice
+
+
 def _build(
     rows: list[formats.RawRow], root: Path, name: str | None, extra_fields: frozenset[str] = frozenset(),
-    spelling: Mapping[str, str] | None = None,
+    spelling: Mapping[str, str] | None = None, table: bool = False,
 ) -> tuple[Manifest, list[str], int]:
     problems: list[str] = []
     records: list[SubjectRecord] = []
     seen: set[str] = set()
     # Problems in a manifest file name it: "file m.csv: field "images": ...".
     prefix = f'file {name}: ' if name else ''
+    # A table's wrong column: one problem naming its rows' subjects, not one per row.
+    columns: dict[tuple[str, str], list[str]] | None = {} if table else None
     for row in rows:
+        row, twice = _aliases_resolved(row)
         subject_id = '' if cells.is_blank(row.get('id')) else str(row['id']).strip()
         if not subject_id:
             problems.append(describe(None, f'{prefix}id', f'missing subject id in row {row!r}'))
@@ -187,20 +216,34 @@ def _build(
             problems.append(describe(subject_id, f'{prefix}id', 'duplicate subject id'))
             continue
         seen.add(subject_id)
-        record, bad = _record(subject_id, row, root, problems, prefix, extra_fields, spelling or {})
+        start = len(problems)
+        for alias, field_name in twice:
+            problem = f'both "{field_name}" and "{alias}" given (two names of one field): keep one'
+            problems.append(describe(subject_id, f'{prefix}field "{field_name}"', problem))
+        record, bad = _record(subject_id, row, root, problems, prefix, extra_fields, spelling or {}, columns)
+        bad = bad or len(problems) > start
         if bad:
             # Its files are checked all the same: one pass shows every problem.
             problems += file_problems(Manifest((record,)))
         else:
             records.append(record)
+    for (key, problem), subjects in (columns or {}).items():
+        if len(subjects) == 1:
+            problems.append(describe(subjects[0], f'{prefix}field "{key}"', problem))
+        else:
+            named = ', '.join(f'"{s}"' for s in subjects[:5]) + (', ...' if len(subjects) > 5 else '')
+            where = f'{prefix}column "{key}"'
+            problems.append(describe(None, where, f'{problem} ({len(subjects)} rows: subjects {named})'))
     if not rows:
         problems.append('the manifest lists no subjects')
     return Manifest(tuple(records), name), problems, len(rows)
 
 
+
 def _record(
     subject_id: str, row: Mapping[str, Any], root: Path, problems: list[str], prefix: str = '',
     extra_fields: frozenset[str] = frozenset(), spelling: Mapping[str, str] | None = None,
+    columns: dict[tuple[str, str], list[str]] | None = None,
 ) -> tuple[SubjectRecord, bool]:
     """The record (fields that do not parse left empty) and whether it had problems."""
     start = len(problems)
@@ -229,18 +272,28 @@ def _record(
         problem = f'index {reference} out of range for {len(images)} image(s)'
         problems.append(describe(subject_id, f'{prefix}field "{FIELD_REFERENCE}"', problem))
     extra = {k: v for k, v in row.items() if k not in _KNOWN_FIELDS}
+    column_bad = False
     for key in extra:
         problem = None if key in extra_fields else unknown_field_problem(str(key), spelling)
-        if problem:
+        if problem and columns is not None:
+            columns.setdefault((str(key), problem), []).append(subject_id)
+            column_bad = True
+        elif problem:
             problems.append(describe(subject_id, f'{prefix}field "{key}"', problem))
     record = SubjectRecord(
         subject_id, images, rois, labelmaps, reference, reference_space, transforms, extra, preprocess
     )
-    return record, len(problems) > start
+    return record, len(problems) > start or column_bad
 
 
 def _entries(value: Any, root: Path) -> tuple[FileEntry, ...]:
     return tuple(cells.parse_file_entry(item, root) for item in cells.parse_list(value))
+
+
+def _shown(path: Path) -> str:
+    """A path as printed in a message: an absurdly long one is shortened in the middle."""
+    text = str(path)
+    return text if len(text) <= 200 else f'{text[:90]}...{text[-90:]}'
 
 
 def file_problems(manifest: Manifest) -> list[str]:
@@ -260,6 +313,7 @@ def file_problems(manifest: Manifest) -> list[str]:
             if isinstance(value, Path):
                 paths.append((f'field "{key}"', value))
         for where, path in paths:
-            if not dicom.exists(path):  # a file, a DICOM folder or "folder#UID"
-                problems.append(describe(record.id, f'{where}: file {path}', 'file not found'))
+            problem = dicom.path_problem(path)  # a file, a DICOM folder or "folder#UID"
+            if problem is not None:
+                problems.append(describe(record.id, f'{where}: file {_shown(path)}', problem))
     return problems

@@ -158,9 +158,16 @@ def parse_reference(value: Any, root: Path) -> ReferenceValue | None:
         return text
     path = resolve_path(text, root)
     # A bare word ("largset") is a misspelt keyword far more often than a file without suffix.
-    if not any(sep in text for sep in ('.', '/', '\\')) and not path.exists():
+    if not any(sep in text for sep in ('.', '/', '\\')) and not _exists(path):
         raise ValueError(reference_problem(text))
     return path
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name longer than the OS allows: not a file, so not a file reference
+        return False
 
 
 def parse_reference_space(value: Any, root: Path) -> Path | Grid | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..constants import CSV_LIST_COLUMNS, FIELD_IMAGES, FIELD_LABELMAPS, FIELD_PREPROCESS, FIELD_ROIS
+from ..constants import FIELD_IMAGES, FIELD_LABELMAPS, FIELD_PREPROCESS, FIELD_ROIS
 from ..errors import ManifestError, describe
 from .cells import is_blank, nesting_depth, outside_strings
 
@@ -65,22 +65,22 @@ def rows_from_json(path: Path) -> list[RawRow]:
 
 
 def rows_from_csv(path: Path) -> list[RawRow]:
-    """A single CSV: ``id,image_paths,roi_paths,labelmap_paths,reference,reference_space,transforms``.
+    """A single CSV: ``id,images,rois,labelmaps,reference,reference_space,transforms,preprocess``.
+
+    The columns are the fields of every manifest format; ``image_paths``, ``roi_paths`` and
+    ``labelmap_paths`` are accepted for ``images``, ``rois`` and ``labelmaps``.
 
     ``transforms`` holds the subject's transforms; per-file transforms go in a ``*_paths`` cell
     as a JSON list of file items ``{"path": ..., "transforms": [...]}``.
     """
     table = _read_csv(path)
-    if 'image_paths' not in table.columns:
-        found = ', '.join(table.columns)
+    if FIELD_IMAGES not in table.columns and 'image_paths' not in table.columns:
+        found = ', '.join(map(str, table.columns))
         raise ManifestError.from_problems([
-            describe(None, f'file {path}', f'needs an "image_paths" column; found: {found}')
+            describe(None, f'file {path}', f'needs an "images" (or "image_paths") column; found: {found}')
         ])
-    rows = []
-    for record in table.to_dict(orient='records'):
-        row = {CSV_LIST_COLUMNS.get(k, k): v for k, v in record.items()}
-        rows.append({k: v for k, v in row.items() if not is_blank(v)})
-    return rows
+    # Column names are the fields of every format (their aliases too: pyable_tio.manifest._build).
+    return [{k: v for k, v in record.items() if not is_blank(v)} for record in table.to_dict(orient='records')]
 
 
 def rows_from_multi_csv(paths: Sequence[Path]) -> list[RawRow]:

@@ -30,7 +30,7 @@ from torchio.constants import INTENSITY, TYPE
 from ..constants import PATCH_ENGINE_DEFAULT
 from .augment import _Context, _pads, _SpatialMap, _support, augment_patch
 from .cutting import SubjectPatches, cut_patch
-from .ops.base import SPATIAL, Drawn, PatchOp
+from .ops.base import SPATIAL, PatchOp
 from .queue import PatchQueue
 from .split import TransformPlan, batch_split, spatial_run
 from .volume import Volume

@@ -33,7 +33,7 @@ from ..constants import (
     QA_CROSSED,
     QA_FOREGROUND_MARGIN_MM,
     QA_MAX_CHANNEL_SHIFT_MM,
-    QA_MAX_LABEL_VALUES,
+    LABEL_MAX_DISTINCT_VALUES,
     QA_MAX_ROBUST_Z,
     QA_MAX_SPACING_RATIO,
     QA_MIN_IN_FOREGROUND,
@@ -233,8 +233,8 @@ def label_values(label: np.ndarray, item: str) -> Finding:
         count = int(np.count_nonzero(np.bincount(flat)))
     else:
         count = len(np.unique(flat))
-    badness = count / QA_MAX_LABEL_VALUES if count > QA_MAX_LABEL_VALUES else 0.0
-    return Finding('label_values', item, float(count), QA_MAX_LABEL_VALUES, badness,
+    badness = count / LABEL_MAX_DISTINCT_VALUES if count > LABEL_MAX_DISTINCT_VALUES else 0.0
+    return Finding('label_values', item, float(count), LABEL_MAX_DISTINCT_VALUES, badness,
                    f'{item}: {count} distinct values')
 
 

@@ -24,7 +24,7 @@ from ..io.atomic import atomic_write
 from ..constants import (
     QA_CROSSED,
     QA_MAX_CHANNEL_SHIFT_MM,
-    QA_MAX_LABEL_VALUES,
+    LABEL_MAX_DISTINCT_VALUES,
     QA_MAX_ROBUST_Z,
     QA_MAX_SPACING_RATIO,
     QA_MIN_IN_FOREGROUND,
@@ -41,7 +41,7 @@ THRESHOLDS = {
     'in_grid_min': QA_MIN_IN_GRID,
     'spacing_ratio_max': QA_MAX_SPACING_RATIO,
     'robust_z_max': QA_MAX_ROBUST_Z,
-    'label_values_max': QA_MAX_LABEL_VALUES,
+    'label_values_max': LABEL_MAX_DISTINCT_VALUES,
 }
 
 _STYLE = """
