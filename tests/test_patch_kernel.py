@@ -188,6 +188,16 @@ def test_sources_are_sampled_in_their_stored_dtype(subject):
         assert_engines_agree(ours, oracle)
 
 
+def test_big_endian_sources_are_sampled_as_native_ones():
+    """A reader may hand over big-endian arrays (NIfTI written on another machine): same values."""
+    source = np.random.default_rng(0).normal(100, 20, (1, 12, 12, 12)).astype('>f4')
+    box, shift = ((0, 0, 0), (12, 12, 12)), np.array([[1, 0, 0, .3], [0, 1, 0, .6], [0, 0, 1, .2]])
+    ours, native = np.empty((1, 8, 8, 8), np.float32), np.empty((1, 8, 8, 8), np.float32)
+    kernel.sample([source], box, shift, ours, [0.0], False)
+    kernel.sample([source.astype('<f4')], box, shift, native, [0.0], False)
+    assert np.array_equal(ours, native)
+
+
 def test_cached_memory_maps_feed_the_kernel(manifest, tmp_path):
     cached = pt.subjects_from_manifest(manifest, cache_dir=tmp_path / 'cache')[0]
     volumes = {n: Volume.of(i) for n, i in cached.get_images_dict(intensity_only=False).items()}

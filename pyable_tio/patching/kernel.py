@@ -315,7 +315,8 @@ def sample(sources: list[np.ndarray], box: tuple[np.ndarray, np.ndarray], mappin
     hi = np.asarray(box[1], dtype=np.int64)
     # C_f x voxels views (no copy for memory maps and stacked boxes), in runs of one dtype:
     # one pass per run, its files sharing the coordinates of each output voxel.
-    flats = [np.ascontiguousarray(source).reshape(source.shape[0], -1) for source in sources]
+    flats = [np.ascontiguousarray(source if source.dtype.isnative else source.astype(source.dtype.newbyteorder('=')))
+             .reshape(source.shape[0], -1) for source in sources]  # numba reads native byte order only
     runs = [[flats[0]]]
     for flat in flats[1:]:
         if flat.dtype == runs[-1][0].dtype:
