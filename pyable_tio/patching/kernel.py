@@ -315,8 +315,7 @@ def sample(sources: list[np.ndarray], box: tuple[np.ndarray, np.ndarray], mappin
     hi = np.asarray(box[1], dtype=np.int64)
     # C_f x voxels views (no copy for memory maps and stacked boxes), in runs of one dtype:
     # one pass per run, its files sharing the coordinates of each output voxel.
-    flats = [np.ascontiguousarray(source if source.dtype.isnative else source.astype(source.dtype.newbyteorder('=')))
-             .reshape(source.shape[0], -1) for source in sources]  # numba reads native byte order only
+    flats = [np.ascontiguousarray(_native(source)).reshape(source.shape[0], -1) for source in sources]
     runs = [[flats[0]]]
     for flat in flats[1:]:
         if flat.dtype == runs[-1][0].dtype:
@@ -356,6 +355,14 @@ def warm() -> None:
     for sources, dtype, nearest in (([image], np.float32, False), ([image, image], np.float32, False),
                                     ([label], np.uint8, True)):
         sample(sources, box, np.eye(4), np.empty((len(sources), 1, 1, 1), dtype), [0.0] * len(sources), nearest)
+
+
+def _native(source: np.ndarray) -> np.ndarray:
+    """``source`` in a dtype numba reads: native byte order (a copy of a big-endian file's array),
+    float16 as float32; other dtypes as they are."""
+    if source.dtype.kind == 'f' and source.dtype.itemsize == 2:
+        return source.astype(np.float32)
+    return source if source.dtype.isnative else source.astype(source.dtype.newbyteorder('='))
 
 
 def as_crop(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
