@@ -84,6 +84,13 @@ CACHE_ARRAY_SUFFIX = '.npy'
 CACHE_SIDECAR_SUFFIX = '.json'
 CACHE_TEMP_SUFFIX = '.tmp'
 CACHE_SOURCES_FOLDER = 'sources'
+#: A result derived from files that change while it is computed is not stored; it is
+#: computed again, at most this many times in all, before the load fails naming the file.
+SOURCE_READ_TRIES = 3
+#: Folders of small files (blobs) a cache keeps beside its entries, by owner (``alignment``:
+#: the ``.tfm`` files of ``align=``), and of the lock files taken to compute something once.
+CACHE_BLOB_FOLDERS = ('alignment',)
+CACHE_LOCKS_FOLDER = 'locks'
 
 #: Keys of the items of ``PyableDataset`` (the seed's dict API) and of their batches.
 ITEM_IMAGES = 'images'
@@ -148,7 +155,7 @@ BRAIN_MASK_KEY = 'roi_brain'
 #: Output of a file's preprocessing steps that is the processed image itself.
 PREPROCESS_IMAGE = 'image'
 #: Cache sub-folder of the lock files that make one process compute a file's steps at a time.
-PREPROCESS_LOCKS_FOLDER = 'preprocess-locks'
+
 
 #: Most bytes one compressed byte of a deflate stream can expand to (zlib's documented limit,
 #: 1032:1), plus slack for the gzip header and trailer: a ``.nii.gz`` whose header declares more

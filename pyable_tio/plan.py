@@ -27,9 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .cache.digest import file_digest
 from .constants import (
     BRAIN_MASK,
     BRAIN_MASK_KEY,
+    CACHE_FORMAT_VERSION,
+    CACHE_KEY_VERSION,
     DEFAULT_BACKGROUND,
     DEFAULT_NONFINITE,
     FIELD_IMAGES,
@@ -45,6 +50,8 @@ from .constants import (
     ROI_PREFIX,
 )
 from .geometry.grid import Grid, grid_from_meta
+from .geometry.registration import entries_digest
+from .io import backend
 from .manifest.records import TransformEntry
 from .preprocess import Preprocessing
 from .preprocess.selection import brain_source, file_steps, preprocessing_for
@@ -93,6 +100,63 @@ class PlanEntry:
     preprocessing: Preprocessing | None = None
     filler: bool = False
     name: str = ''
+
+    def files(self) -> tuple[str, ...]:
+        """The files its volume is read from: the source, transform files and preprocessing masks.
+
+        Example:
+            >>> PlanEntry('roi_0', 'rois', 0, 'roi', Path('/data/roi.nii.gz')).files()
+            ('/data/roi.nii.gz',)
+        """
+        files = [str(self.source)]
+        files += [str(t.source) for t in self.transforms if isinstance(t.source, (str, Path))]
+        if self.preprocessing is not None:
+            files += list(self.preprocessing.files(self.source)[1:])
+        return tuple(files)
+
+    def cache_inputs(self, grid: Grid, digest: Callable[[Path], str] = file_digest) -> dict[str, Any]:
+        """Everything its volume on ``grid`` depends on, as a JSON-serialisable dict: the cache key.
+
+        Built from data only (the entry and the grid), never from a reader; its SHA-256
+        (:func:`~pyable_tio.cache.digest.digest_of`) names the volume in the cache.
+
+        Args:
+            grid: The grid it is resampled onto.
+            digest: The content digest of a file (a cache's ``source_digest``: memoised on disk).
+
+        Returns:
+            Format and key versions, backend, source and transforms digests, grid (x,y,z order),
+            role, interpolator, dtype, default value, non-finite policy and the preprocessing.
+
+        Raises:
+            OSError: the source, a transform or a preprocessing mask file cannot be read.
+
+        Example:
+            >>> reader.entry('t2.nii.gz').cache_inputs(reader.grid)['interpolator']  # doctest: +SKIP
+            'linear'
+        """
+        is_image = self.role == backend.ROLE_IMAGE
+        inputs = {
+            'format': CACHE_FORMAT_VERSION,
+            # Same files and transforms, another meaning (e.g. the list order): another key.
+            'key_version': CACHE_KEY_VERSION,
+            'backend': backend.active_backend(),
+            'source': digest(self.source),
+            'transforms': entries_digest(self.transforms, digest),
+            # + 0.0 turns -0.0 (common in direction cosines) into 0.0: same grid, same key.
+            'grid': {name: [v + 0.0 for v in values] for name, values in grid.to_dict().items()},
+            'role': self.role,
+            # Labels are nearest-neighbour in their own type whatever the image options say.
+            'interpolator': backend.interpolator_for(self.role, self.interpolator),
+            'dtype': str(np.dtype(self.dtype)) if is_image else 'native',
+            'default_value': float(self.default_value),
+            # "zero" and "keep" give different arrays from one file with NaN/Inf voxels.
+            'nonfinite': self.nonfinite,
+        }
+        if self.preprocessing is not None:
+            # Only when steps run: keys of volumes without preprocessing stay as they were.
+            inputs['preprocess'] = self.preprocessing.describe(digest)
+        return inputs
 
 
 @dataclass(frozen=True)

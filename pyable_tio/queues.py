@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from .patching.split import log_fallback, plan_transform
 from .patching.boxes import BoxQueue
 from .patching.queue import PatchQueue, warm_in_background
 from .datasets.samplers import LabelSampler, WeightedSampler
-from .subjects import subjects_from_manifest
+from .subjects import SubjectOptions, subjects_from_manifest
 from .transforms.layout import with_layout_guard
 from .transforms.adapter import CallableTransform
 from .transforms.spatial import RandomRotation90, Rotation90
@@ -68,35 +69,13 @@ def dataset_from_manifest(
     return tio.SubjectsDataset(subjects_from_manifest(source, **kwargs), transform=with_layout_guard(transform))
 
 
-def queue_from_manifest(
-    source: ManifestSource,
-    *,
-    patch_size: int | Sequence[int],
-    samples_per_volume: int,
-    max_length: int,
-    sampler: str | tio.data.PatchSampler = 'uniform',
-    label_name: str | None = None,
-    num_workers: int = 0,
-    transform: Callable | None = None,
-    shuffle_subjects: bool = True,
-    shuffle_patches: bool = True,
-    subject_sampler: Any = None,
-    distributed: bool = False,
-    seed: int | None = None,
-    fast_patches: bool | None = None,
-    missing: str = MISSING_ERROR,
-    engine: str = PATCH_ENGINE_DEFAULT,
-    batch_device: Any = None,
-    **kwargs: Any,
-) -> tio.Queue:
-    """A ``tio.Queue`` of patches from the manifest's subjects.
+@dataclass(frozen=True)
+class QueueOptions:
+    """How :func:`queue_from_manifest` samples, orders and cuts patches (frozen, reusable).
+
+    Each option is checked when the object is made, before any header is read.
 
     Args:
-        source: Anything :func:`pyable_tio.read_manifest` accepts.
-        patch_size: Patch size in D,H,W (the tensors' Z,Y,X order); an int for cubes.
-            2-D data take ``(1, H, W)``.
-        samples_per_volume: Patches drawn from each loaded subject.
-        max_length: Patches kept in the queue.
         sampler: ``"uniform"``, ``"label"`` (centres on ``label_name`` > 0), ``"weighted"``
             (``label_name`` is the probability map), or any ``tio.data.PatchSampler``.
         label_name: Subject key of the label map or ROI for the label/weighted samplers;
@@ -104,8 +83,6 @@ def queue_from_manifest(
         num_workers: Workers loading subjects and cutting patches. They are the queue's:
             read the queue with ``tio.SubjectsLoader(queue, batch_size=..., num_workers=0)``
             (a loader with workers over the queue raises ``RuntimeError``).
-        transform: TorchIO transform applied to each subject before sampling, followed by
-            :class:`pyable_tio.transforms.ToZYX` so patches are always Z,Y,X (D, H, W).
         shuffle_subjects: Shuffle the subjects each epoch (ignored with ``subject_sampler``,
             which then sets the order).
         shuffle_patches: Shuffle the patches in the queue.
@@ -133,7 +110,66 @@ def queue_from_manifest(
         batch_device: Used by :func:`pyable_tio.patch_loader`: the queue's items are then
             boxes with the drawn parameters of the steps that run on the batch on that device
             (:class:`pyable_tio.patching.boxes.BoxQueue`), not patches.
-        **kwargs: Passed to :func:`pyable_tio.subjects_from_manifest`.
+
+    Raises:
+        ValueError: an unknown sampler, engine or ``missing`` mode.
+
+    Example:
+        >>> QueueOptions(sampler='label', num_workers=4).missing
+        'error'
+    """
+
+    sampler: str | tio.data.PatchSampler = 'uniform'
+    label_name: str | None = None
+    num_workers: int = 0
+    shuffle_subjects: bool = True
+    shuffle_patches: bool = True
+    subject_sampler: Any = None
+    distributed: bool = False
+    seed: int | None = None
+    fast_patches: bool | None = None
+    missing: str = MISSING_ERROR
+    engine: str = PATCH_ENGINE_DEFAULT
+    batch_device: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sampler, tio.data.PatchSampler) and self.sampler not in SAMPLERS:
+            raise ValueError(f'sampler must be one of {SAMPLERS} or a tio sampler, got {self.sampler!r}')
+        if self.engine not in PATCH_ENGINES:
+            raise ValueError(f'engine must be one of {PATCH_ENGINES}, got {self.engine!r}')
+        if self.missing == MISSING_KEEP:
+            raise ValueError(f'a queue batches patches of different subjects: missing must be "{MISSING_ERROR}"'
+                             f' or "{MISSING_EMPTY}", got {self.missing!r}')
+
+
+_QUEUE_FIELDS = frozenset(f.name for f in fields(QueueOptions))
+
+
+def queue_from_manifest(
+    source: ManifestSource,
+    *,
+    patch_size: int | Sequence[int],
+    samples_per_volume: int,
+    max_length: int,
+    transform: Callable | None = None,
+    queue: QueueOptions | None = None,
+    **changes: Any,
+) -> tio.Queue:
+    """A ``tio.Queue`` of patches from the manifest's subjects.
+
+    Args:
+        source: Anything :func:`pyable_tio.read_manifest` accepts.
+        patch_size: Patch size in D,H,W (the tensors' Z,Y,X order); an int for cubes.
+            2-D data take ``(1, H, W)``.
+        samples_per_volume: Patches drawn from each loaded subject.
+        max_length: Patches kept in the queue.
+        transform: TorchIO transform applied to each subject before sampling, followed by
+            :class:`pyable_tio.transforms.ToZYX` so patches are always Z,Y,X (D, H, W).
+        queue: A :class:`QueueOptions` (sampler, label name, workers, shuffling, distributed,
+            fast patches, missing, engine...; default: its defaults).
+        **changes: Options by name over ``queue`` (``sampler="label"``, ``num_workers=4``...),
+            the others are :func:`pyable_tio.subjects_from_manifest`'s (``cache_dir=``,
+            ``options=SubjectOptions(...)``...).
 
     Raises:
         ManifestError: subjects that cannot share a batch, or a subject smaller than the
@@ -151,17 +187,22 @@ def queue_from_manifest(
     """
     # Options first: a typo here must not wait for thousands of headers.
     patch = _patch_size(patch_size)
-    if not isinstance(sampler, tio.data.PatchSampler) and sampler not in SAMPLERS:
-        raise ValueError(f'sampler must be one of {SAMPLERS} or a tio sampler, got {sampler!r}')
-    if engine not in PATCH_ENGINES:
-        raise ValueError(f'engine must be one of {PATCH_ENGINES}, got {engine!r}')
-    if missing == MISSING_KEEP:
-        raise ValueError(f'a queue batches patches of different subjects: missing must be "{MISSING_ERROR}"'
-                         f' or "{MISSING_EMPTY}", got {missing!r}')
+    unknown = sorted(set(changes) - _QUEUE_FIELDS - {f.name for f in fields(SubjectOptions)} - {'options'})
+    if unknown:
+        raise TypeError(f'unknown option(s) {unknown}; the queue options are: {", ".join(sorted(_QUEUE_FIELDS))};'
+                        f' the subject options: {", ".join(f.name for f in fields(SubjectOptions))}')
+    own = {name: changes.pop(name) for name in list(changes) if name in _QUEUE_FIELDS}
+    options = replace(queue or QueueOptions(), **own)
+    kwargs = changes  # the subjects' options
+    sampler, label_name, missing = options.sampler, options.label_name, options.missing
+    shuffle_subjects, subject_sampler = options.shuffle_subjects, options.subject_sampler
+    distributed, seed, fast_patches = options.distributed, options.seed, options.fast_patches
+    engine, batch_device = options.engine, options.batch_device
     if label_name is not None and not isinstance(sampler, tio.data.PatchSampler) and sampler != 'uniform':
         # From the manifest alone (no header); its problems are reported with the others below.
         parsed, _, _ = parse_manifest(source, root=kwargs.get('root'), extra_fields=kwargs.get('extra_fields', ()))
         _check_label_name(label_name, parsed, missing)
+        source = parsed  # parsed once: it carries its problems on to the planning
     guarded = with_layout_guard(transform)  # patches stay Z,Y,X
     plan = plan_transform(guarded, batch_device)  # planned once, here; the queue is handed the split
     if engine == 'numba' and batch_device is None and plan.resamples and fast_patches is not False:
@@ -190,10 +231,10 @@ def queue_from_manifest(
         max_length=max_length,
         samples_per_volume=samples_per_volume,
         sampler=patch_sampler,
-        num_workers=num_workers,
+        num_workers=options.num_workers,
         # tio.Queue refuses both; a subject sampler (e.g. distributed) shuffles on its own.
         shuffle_subjects=shuffle_subjects and subject_sampler is None,
-        shuffle_patches=shuffle_patches,
+        shuffle_patches=options.shuffle_patches,
         subject_sampler=subject_sampler,
         **extra,
     )

@@ -22,6 +22,7 @@ from .checking import labels as label_checks
 from .constants import DEFAULT_BACKGROUND, DEFAULT_NONFINITE, LINEAR, NONFINITE_KEEP
 from .errors import LabelValuesWarning, LoadError, describe, short_error
 from .geometry.grid import Grid, reorient_grid
+from .cache.digest import SourceChanged, digest_of, source_identity
 from .manifest.records import TransformEntry
 from .plan import PlanEntry
 from .preprocess import Preprocessing
@@ -40,7 +41,8 @@ class GridReader:
         role: ``"image"``, ``"roi"`` or ``"labelmap"``; ROIs and label maps are nearest-neighbour.
         subject_id: For error messages.
         interpolator: Interpolator for images (``"linear"``, ``"bspline"``, ...).
-        transforms: Per file path, the transforms applied to it, in order.
+        transforms: Per file path, the transforms applied to it, in order (a shorthand: they
+            become ``entries``).
         dtype: NumPy dtype name for images (label maps keep their pixel type).
         default_value: Value outside the file's field of view.
         cache: Optional volume cache (``pyable_tio.cache.VolumeCache``).
@@ -50,11 +52,13 @@ class GridReader:
             voxels around it, and +-Inf stays +-Inf).
         preprocessing: Per file path, the steps run on it in its native space before the
             transforms and the resampling (:class:`~pyable_tio.preprocess.Preprocessing`);
-            their result has its own cache entry.
+            their result has its own cache entry (a shorthand: they become ``entries``).
         entries: The files' :class:`~pyable_tio.plan.PlanEntry` objects (what
-            ``subjects_from_manifest`` passes, through :meth:`for_entries`); when given, they
-            are the reader's state and ``transforms``/``preprocessing`` are views of them.
-            A path without an entry is read with the options above.
+            ``subjects_from_manifest`` passes, through :meth:`for_entries`).
+
+    ``entries`` are the reader's only state: ``transforms`` and ``preprocessing``, given or not,
+    are views of them afterwards, and a path without an entry is read with the options above.
+    Giving both ``entries`` and one of the shorthands is an error.
 
     Example:
         >>> reader = GridReader(grid, 'image', 'sub-01')  # doctest: +SKIP
@@ -77,11 +81,23 @@ class GridReader:
     def __post_init__(self) -> None:
         backend.interpolator_for(self.role, self.interpolator)
         integrity.check_nonfinite_mode(self.nonfinite)
-        if self.entries:
-            # Views of the entries, which are the reader's state, for code reading them by path.
-            object.__setattr__(self, 'transforms', {str(e.source): e.transforms for e in self.entries})
-            steps = {str(e.source): e.preprocessing for e in self.entries if e.preprocessing is not None}
-            object.__setattr__(self, 'preprocessing', steps)
+        entries = tuple(self.entries)
+        if self.transforms or self.preprocessing:
+            if entries:
+                raise ValueError('give a GridReader either entries or transforms/preprocessing, not both')
+            transforms = {str(path): tuple(chain) for path, chain in self.transforms.items()}
+            steps = {str(path): step for path, step in self.preprocessing.items()}
+            entries = tuple(
+                PlanEntry('', '', 0, self.role, Path(path), transforms.get(path, ()), self.interpolator, self.dtype,
+                          float(self.default_value), self.nonfinite, steps.get(path))
+                for path in dict.fromkeys([*transforms, *steps])
+            )
+        object.__setattr__(self, 'entries', entries)
+        # Views of the entries, for code reading them by path.
+        object.__setattr__(self, 'transforms', {str(e.source): e.transforms for e in entries})
+        object.__setattr__(self, 'preprocessing',
+                           {str(e.source): e.preprocessing for e in entries if e.preprocessing is not None})
+        object.__setattr__(self, '_by_source', {str(e.source): e for e in entries})
 
     @classmethod
     def for_entries(
@@ -98,31 +114,76 @@ class GridReader:
 
     def entry(self, path: str | Path) -> PlanEntry:
         """The plan entry of ``path``: one of ``entries``, else made from the reader's options."""
-        for entry in self.entries:
-            if str(entry.source) == str(path):
-                return entry
-        return PlanEntry(
-            '', '', 0, self.role, Path(path), tuple(self.transforms.get(str(path), ())), self.interpolator,
-            self.dtype, float(self.default_value), self.nonfinite, self.preprocessing.get(str(path)),
+        found = self._by_source.get(str(path))
+        return found if found is not None else PlanEntry(
+            '', '', 0, self.role, Path(path), (), self.interpolator, self.dtype, float(self.default_value),
+            self.nonfinite,
         )
 
     def __call__(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         entry = self.entry(path)
-        if self.cache is not None:
-            # The cache sees data (the entry and the grid) and a function: never the reader.
-            array = self.cache.get_or_compute(entry, self.grid, lambda: self.read_entry(entry))
-        else:
-            array = self.read_entry(entry)
+        try:
+            if self.cache is not None:
+                # The cache sees the key's inputs, the files and a function: never the reader.
+                array = self.cache.compute_once(lambda: self.cache_inputs(path), lambda: self.read_entry(entry),
+                                                entry.files(), self.grid.to_dict())
+            else:
+                array = self.read_entry(entry)
+        except SourceChanged as error:
+            raise LoadError(describe(self.subject_id, f'file {path}', str(error))) from None
         return array, self.grid.affine_zyx()
 
     def read(self, path: str | Path) -> np.ndarray:
         """The resampled C x D x H x W array, without the cache."""
-        return self.read_entry(self.entry(path))
+        try:
+            return self.read_entry(self.entry(path))
+        except SourceChanged as error:
+            raise LoadError(describe(self.subject_id, f'file {path}', str(error))) from None
+
+    def cache_inputs(self, path: str | Path) -> dict:
+        """What the volume of ``path`` depends on (:meth:`~pyable_tio.plan.PlanEntry.cache_inputs`),
+        with the cache's on-disk digest memo when there is a cache.
+
+        Raises:
+            OSError: a file cannot be read.
+
+        Example:
+            >>> reader.cache_inputs('t2.nii.gz')['role']  # doctest: +SKIP
+            'image'
+        """
+        digest = getattr(self.cache, 'source_digest', None)
+        entry = self.entry(path)
+        return entry.cache_inputs(self.grid) if digest is None else entry.cache_inputs(self.grid, digest)
+
+    def cache_key(self, path: str | Path) -> str:
+        """The cache key of the volume of ``path`` (SHA-256 of :meth:`cache_inputs`).
+
+        Example:
+            >>> reader.cache.get(reader.cache_key('t2.nii.gz')) is not None  # doctest: +SKIP
+            True
+        """
+        return digest_of(self.cache_inputs(path))
+
+    def files(self, path: str | Path) -> tuple[str, ...]:
+        """The files the volume of ``path`` is read from: it, its transform files and masks.
+
+        Example:
+            >>> reader.files('t2.nii.gz')  # doctest: +SKIP
+            ('t2.nii.gz', 'rigid.tfm')
+        """
+        return self.entry(path).files()
 
     def read_entry(self, entry: PlanEntry) -> np.ndarray:
         """The resampled C x D x H x W (Z,Y,X) array of one plan entry, without the cache."""
         path, role, steps = entry.source, entry.role, entry.preprocessing
         where = f'file {path}'
+        identity = None
+        if steps is not None:
+            try:
+                # Before the read: the steps' results are stored only if it still holds after.
+                identity = source_identity(steps.files(path))
+            except OSError:
+                pass  # missing: the load below says so
         try:
             # A mask made by a step (roi_brain) comes from an image file: read it as one.
             image = backend.load(path, role if steps is None else backend.ROLE_IMAGE)
@@ -139,7 +200,7 @@ class GridReader:
             image = label_checks.as_integer_labels(image)  # batches of label maps stay integer
             self._check_labels(image, entry)
         if steps is not None:
-            image = self._preprocessed(image, path, steps)
+            image = self._preprocessed(image, path, steps, identity)
         if image.GetDimension() != self.grid.dimension:
             problem = (
                 f'mismatched dimensions: the file is {image.GetDimension()}-D,'
@@ -184,10 +245,11 @@ class GridReader:
         if level == 'warning':
             warnings.warn(describe(self.subject_id, where, problem), LabelValuesWarning, stacklevel=2)
 
-    def _preprocessed(self, image: sitk.Image, path: str | Path, steps: Preprocessing) -> sitk.Image:
+    def _preprocessed(self, image: sitk.Image, path: str | Path, steps: Preprocessing,
+                      identity: tuple | None) -> sitk.Image:
         where = f'file {path}'
         try:
-            return steps.run(image, path, self.cache)
+            return steps.run(image, path, self.cache, identity)
         except (ValueError, RuntimeError) as error:
             problem = f'preprocessing failed: {short_error(error)}'
             raise LoadError(describe(self.subject_id, where, problem)) from None

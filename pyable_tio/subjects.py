@@ -6,7 +6,7 @@ import inspect
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .constants import (
     ON_ERROR_RAISE,
     REFERENCE_FIRST,
 )
+from .cache import VolumeCache
 from .errors import ManifestError, SkippedSubjectsWarning, describe, subject_of
 from .geometry.grid import Grid
 from .manifest import ManifestSource
@@ -41,7 +42,7 @@ from .reader import GridReader
 from .geometry.reference import ReferenceSelector, ReferenceSpace
 
 __all__ = [
-    'EmptyLabelReader', 'MISSING_EMPTY', 'MISSING_ERROR', 'MISSING_KEEP', 'SubjectPlan',
+    'EmptyLabelReader', 'MISSING_EMPTY', 'MISSING_ERROR', 'MISSING_KEEP', 'SubjectOptions', 'SubjectPlan',
     'plan_of', 'plan_subject', 'subject_from_plan', 'subjects_from_manifest',
 ]
 
@@ -58,35 +59,15 @@ _TIO_PATHS = {'verify_path': False}
 _FIELD_ROLE = {'images': backend.ROLE_IMAGE, 'rois': backend.ROLE_ROI, 'labelmaps': backend.ROLE_LABELMAP}
 
 
-def subjects_from_manifest(
-    source: ManifestSource,
-    *,
-    reference: ReferenceSelector = REFERENCE_FIRST,
-    reference_space: ReferenceSpace | None = None,
-    stack_channels: bool = True,
-    dtype: torch.dtype = torch.float32,
-    interpolator: str = LINEAR,
-    default_value: float = DEFAULT_BACKGROUND,
-    missing: str = MISSING_KEEP,
-    cache_dir: str | os.PathLike | None = None,
-    root: str | os.PathLike | None = None,
-    progress: bool = False,
-    cache_max_bytes: int | None = None,
-    orientation: str | None = None,
-    axis_aligned: bool = False,
-    align: str | None = None,
-    extra_fields: Sequence[str] = (),
-    nonfinite: str = DEFAULT_NONFINITE,
-    preprocess: Sequence[Any] | str | None = None,
-    on_error: str = ON_ERROR_RAISE,
-) -> list[tio.Subject]:
-    """Build one lazily loaded ``tio.Subject`` per manifest subject.
+@dataclass(frozen=True)
+class SubjectOptions:
+    """How :func:`subjects_from_manifest` builds subjects: every option but the manifest.
 
-    Only file headers are read here; voxels are read, transformed and resampled by each
-    image's reader when TorchIO loads it. Tensors are C x D x H x W in Z,Y,X order.
+    Frozen and reusable (one object for a training and a validation set, a queue, a
+    ``PyableDataset``...). Each option is checked when the object is made, before any header
+    is read.
 
     Args:
-        source: Anything :func:`pyable_tio.read_manifest` accepts.
         reference: ``"first"``, ``"largest"``, an index, or a callable given the subject's
             image headers (:class:`ImageHeader`) returning an index. A subject's own
             ``reference`` in the manifest wins.
@@ -139,6 +120,80 @@ def subjects_from_manifest(
             manifest (subjects that cannot share a batch, an unreadable ``reference_space``),
             or no good subject at all, still raise.
 
+    Raises:
+        ValueError: an unknown interpolator, ``nonfinite``, ``missing`` or ``on_error`` mode, reference,
+            orientation, alignment or preprocessing step, or a non-floating ``dtype``.
+
+    Example:
+        >>> options = SubjectOptions(missing='error', align='rigid', cache_dir='cache')  # doctest: +SKIP
+        >>> train = subjects_from_manifest('train.json', options)  # doctest: +SKIP
+        >>> valid = subjects_from_manifest('valid.json', options, align=None)  # doctest: +SKIP
+    """
+
+    reference: ReferenceSelector = REFERENCE_FIRST
+    reference_space: ReferenceSpace | None = None
+    stack_channels: bool = True
+    dtype: torch.dtype = torch.float32
+    interpolator: str = LINEAR
+    default_value: float = DEFAULT_BACKGROUND
+    missing: str = MISSING_KEEP
+    cache_dir: str | os.PathLike | VolumeCache | None = None
+    root: str | os.PathLike | None = None
+    progress: bool = False
+    cache_max_bytes: int | None = None
+    orientation: str | None = None
+    axis_aligned: bool = False
+    align: str | None = None
+    extra_fields: Sequence[str] = ()
+    nonfinite: str = DEFAULT_NONFINITE
+    preprocess: Sequence[Any] | str | None = None
+    on_error: str = ON_ERROR_RAISE
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ON_ERROR_MODES:
+            raise ValueError(f'on_error must be one of {ON_ERROR_MODES}, got {self.on_error!r}')
+        self.plan_options()
+        backend.interpolator_for(backend.ROLE_IMAGE, self.interpolator)
+        integrity.check_nonfinite_mode(self.nonfinite)
+        _numpy_dtype(self.dtype)
+
+    def plan_options(self) -> PlanOptions:
+        """The planning part (reference, space, missing, orientation, alignment, steps)."""
+        return PlanOptions(self.reference, self.reference_space, self.missing, self.orientation,
+                           self.axis_aligned, self.align, preprocess=self.preprocess)
+
+    @classmethod
+    def of(cls, options: SubjectOptions | None = None, **changes: Any) -> SubjectOptions:
+        """``options`` (default: the defaults) with ``changes``; an unknown name is a ``TypeError``.
+
+        Example:
+            >>> SubjectOptions.of(None, missing='error').missing
+            'error'
+        """
+        unknown = sorted(set(changes) - {f.name for f in fields(cls)})
+        if unknown:
+            names = ', '.join(f.name for f in fields(cls))
+            raise TypeError(f'unknown subject option(s) {unknown}; the options are: {names}')
+        base = cls() if options is None else options
+        if not isinstance(base, cls):
+            raise TypeError(f'options must be a SubjectOptions, got {type(base).__name__}')
+        return replace(base, **changes) if changes else base
+
+
+def subjects_from_manifest(
+    source: ManifestSource, options: SubjectOptions | None = None, **changes: Any
+) -> list[tio.Subject]:
+    """Build one lazily loaded ``tio.Subject`` per manifest subject.
+
+    Only file headers are read here; voxels are read, transformed and resampled by each
+    image's reader when TorchIO loads it. Tensors are C x D x H x W in Z,Y,X order.
+
+    Args:
+        source: Anything :func:`pyable_tio.read_manifest` accepts.
+        options: A :class:`SubjectOptions` (default: its defaults).
+        **changes: Options of :class:`SubjectOptions` by name, over ``options``
+            (``cache_dir=``, ``missing=``, ``align=``, ``preprocess=``...).
+
     Returns:
         Subjects with keys ``"id"``, ``"meta"``, the images, ``roi_i``, ``labelmap_i``,
         ``roi_brain`` (with a skull strip) and every extra manifest field.
@@ -153,35 +208,30 @@ def subjects_from_manifest(
         torch.Size([2, 20, 28, 32])
     """
     # Every option (the preprocessing steps too) is checked here, before any header is read.
-    if on_error not in ON_ERROR_MODES:
-        raise ValueError(f'on_error must be one of {ON_ERROR_MODES}, got {on_error!r}')
-    options = PlanOptions(
-        reference, reference_space, missing, orientation, axis_aligned, align, preprocess=preprocess
-    )
-    backend.interpolator_for(backend.ROLE_IMAGE, interpolator)
-    integrity.check_nonfinite_mode(nonfinite)
-    numpy_dtype = _numpy_dtype(dtype)
-    cache = _make_cache(cache_dir, cache_max_bytes)
+    options = SubjectOptions.of(options, **changes)
+    planning = options.plan_options()
+    numpy_dtype = _numpy_dtype(options.dtype)
+    cache = _make_cache(options.cache_dir, options.cache_max_bytes)
     # The same planning as pyable-tio validate: every problem of every subject in one error.
-    planned = plan_source(source, options, root=root, extra_fields=extra_fields,
-                          cache_folder=getattr(cache, 'folder', None), progress=progress)
-    checked, steps = planned.plans, options.preprocess
+    planned = plan_source(source, planning, root=options.root, extra_fields=options.extra_fields,
+                          cache_folder=getattr(cache, 'folder', None), progress=options.progress)
+    checked, steps = planned.plans, planning.preprocess
     fill = {}
-    if missing == MISSING_EMPTY:
+    if options.missing == MISSING_EMPTY:
         fill = {name: max((len(getattr(c.record, name)) for c in checked), default=0) for name in ('rois', 'labelmaps')}
         # A subject without a skull strip gets an all-zero roi_brain when another has one.
         fill[BRAIN_MASK_KEY] = int(any(brain_source(c.record, steps) is not None for c in checked))
     plans = [
-        make_plan(c, stack_channels=stack_channels, fill=fill, steps=steps, interpolator=interpolator,
-                  dtype=numpy_dtype, default_value=default_value, nonfinite=nonfinite)
+        make_plan(c, stack_channels=options.stack_channels, fill=fill, steps=steps, interpolator=options.interpolator,
+                  dtype=numpy_dtype, default_value=options.default_value, nonfinite=options.nonfinite)
         for c in checked
     ]
     problems = list(planned.problems)
-    if missing != MISSING_KEEP:
+    if options.missing != MISSING_KEEP:
         problems += collate_problems(plans)  # what TorchIO's collate compares: meta, extra fields
     if problems:
         error = _problems_error(problems, plans, cache)
-        if on_error == ON_ERROR_RAISE or not error.subjects or None in map(subject_of, error.problems):
+        if options.on_error == ON_ERROR_RAISE or not error.subjects or None in map(subject_of, error.problems):
             raise error
         _warn_skipped(error, planned.listed)
         return error.subjects
@@ -306,8 +356,6 @@ def _numpy_dtype(dtype: torch.dtype) -> str:
 def _make_cache(cache_dir: str | os.PathLike | None, max_bytes: int | None = None):
     if cache_dir is None:
         return None
-    from .cache import VolumeCache
-
     if isinstance(cache_dir, VolumeCache):
         if max_bytes is not None and max_bytes != cache_dir.max_bytes:
             # Silently keeping one of two size limits would be a surprise either way.

@@ -17,7 +17,7 @@ CLASS_MEMBERS: tuple[tuple[str, str, str], ...] = (
     ('torchio.data.io', 'check_uint_to_int', 'patching.volume: patch dtype as TorchIO reads it'),
     ('torchio.data.io', 'nib_to_sitk', 'patching.stats: B-spline domain and border means as TorchIO builds them'),
     ('torchio.constants', 'MIN_FLOAT_32', 'patching.cutting: weighted sampler draw'),
-    ('torchio', 'Transform._add_transform_to_subject_history', 'patching.cutting: patch history'),
+    ('torchio', 'Transform._add_transform_to_subject_history', 'patching.cutting: patch history; transforms.layout overrides it'),
     ('torchio', 'Affine._get_scaling_transform', 'patching.ops.spatial: TorchIO affine about the patch centre'),
     ('torchio', 'Affine._get_rotation_transform', 'patching.ops.spatial: TorchIO affine about the patch centre'),
     ('torchio.transforms.augmentation.spatial.random_elastic_deformation', 'SPLINE_ORDER', 'patching.ops.spatial: B-spline'),
@@ -31,6 +31,9 @@ CLASS_MEMBERS: tuple[tuple[str, str, str], ...] = (
     ('torchio', 'Queue._initialize_subjects_iterable', 'transforms.seeding: reset_queue'),
     ('torchio', 'SubjectsLoader._collate', 'patching.batch: batches as tio.SubjectsLoader collates them'),
     ('torch', 'UntypedStorage._new_shared', 'patching.volume: shared-memory patches (optional)'),
+    ('torchio', 'Transform._get_base_args', 'transforms.layout, planar, spatial: steps built by a step keep its arguments'),
+    ('torchio', 'GridAggregator._get_hann_window', 'inference.grid: SubjectGridAggregator, hann overlap weights'),
+    ('torch.utils.data._utils.collate', 'default_collate_fn_map', 'datasets.monai: registers the collate of SubjectMeta'),
 )
 #: Attributes set on instances: (what to build, attribute, where pyable-tio uses it).
 INSTANCE_MEMBERS: tuple[tuple[str, str, str], ...] = (

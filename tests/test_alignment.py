@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 
 import numpy as np
@@ -13,6 +14,7 @@ import torchio as tio
 
 import pyable_tio as pt
 from pyable_tio import synthetic
+from pyable_tio.cache import digest as hashing
 from pyable_tio.geometry import alignment
 
 SIZE = (36, 32, 28)
@@ -158,6 +160,38 @@ def test_alignment_is_cached_by_content_and_reused(pair, tmp_path, monkeypatch):
     write(moved_copy(fixed_image(), sitk.Euler3DTransform(CENTRE, 0.0, 0.05, 0.0, (0.0, 1.0, 0.0))), moving)
     pt.subjects_from_manifest(manifest, align='rigid', cache_dir=cache)
     assert len(list((cache / 'alignment').iterdir())) == 2
+
+
+def test_a_moving_image_replaced_while_it_is_aligned_never_stores_its_transform_under_the_old_key(
+        pair, tmp_path, monkeypatch):
+    """The moving file is replaced (os.replace) after the key is built and before it is read:
+    the transform found on the new version must not be kept under the old version's key."""
+    fixed, moving = pair
+    other = write(moved_copy(fixed_image(), sitk.Euler3DTransform(CENTRE, 0.0, 0.05, 0.0, (0.0, 1.0, 0.0))),
+                  tmp_path / 'other.nii.gz')
+    first_version = tmp_path / 'first.nii.gz'
+    first_version.write_bytes(open(moving, 'rb').read())
+    cache, manifest = tmp_path / 'cache', {'s': {'images': [fixed, moving]}}
+    real, done = alignment.backend.load, []
+
+    def load(source, *args, **kwargs):
+        if str(source) == moving and not done:
+            done.append(1)
+            replacement = tmp_path / 'replacement.nii.gz'
+            replacement.write_bytes(open(other, 'rb').read())
+            os.replace(replacement, moving)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(alignment.backend, 'load', load)
+    pt.subjects_from_manifest(manifest, align='rigid', cache_dir=cache)
+    assert done
+    monkeypatch.undo()
+    # The first version back, as a new process sees it: its own alignment, never the other's.
+    os.replace(first_version, moving)
+    hashing.forget_digests()
+    subject = pt.subjects_from_manifest(manifest, align='rigid', cache_dir=cache)[0]
+    stored = subject['images'].reader.transforms[moving][0].source
+    assert max_distance(sitk.ReadTransform(str(stored)), rigid_truth()) < 0.2
 
 
 def test_damaged_cached_transform_is_recomputed(pair, tmp_path):

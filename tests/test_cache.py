@@ -23,7 +23,7 @@ import torchio as tio
 import pyable_tio as pt
 from pyable_tio import synthetic
 from pyable_tio.cache import VolumeCache
-from pyable_tio.cache.volume import disk_bytes
+from pyable_tio.cache.stats import disk_bytes
 from pyable_tio.geometry.grid import Grid
 from pyable_tio.manifest.records import TransformEntry
 
@@ -299,7 +299,7 @@ def test_failed_computation_or_write_leaves_nothing(tmp_path, monkeypatch):
         raise pt.LoadError('subject "s": file a.nii.gz: unreadable image')
 
     with pytest.raises(pt.LoadError):
-        cache.get_or_compute(reader.entry(path), reader.grid, boom)
+        cache.compute_once(lambda: reader.cache_inputs(path), boom, [path])
     real_write = np.lib.format.write_array
 
     def half_write(stream, array, **kwargs):
@@ -355,7 +355,7 @@ def test_object_arrays_are_refused_and_loads_never_unpickle(tmp_path):
     sidecar = {'format': 1, 'key': 'cd' * 32, 'file_bytes': array_path.stat().st_size, 'shape': [1],
                'dtype': '|O', 'crc32': 0}
     sidecar_path.write_text(json.dumps(sidecar))
-    with pytest.warns(RuntimeWarning, match='unreadable array'):
+    with pytest.warns(RuntimeWarning, match='not a numeric dtype'):
         assert cache.get('cd' * 32) is None
     assert not array_path.exists() and not sidecar_path.exists()
 
@@ -454,7 +454,7 @@ def test_eviction_keeps_the_folder_under_its_limit_least_recently_used_first(tmp
     keys = []
     for i, path in enumerate(paths):
         reader(path)
-        keys.append(cache.key(reader.entry(path), reader.grid))
+        keys.append(reader.cache_key(path))
         if i == 1:
             for key, age in ((keys[0], 3600), (keys[1], 1800)):
                 old = time.time() - age
@@ -580,3 +580,25 @@ def test_alignment_files_are_counted_and_cleared(tmp_path):
     assert before >= disk_bytes(tfm.stat()) + disk_bytes(cache.paths('ab' * 32)[0].stat())
     cache.clear()
     assert not tfm.exists() and not alignment.exists()
+
+
+def test_the_cache_imports_nothing_above_it():
+    """cache/ is the bottom layer: keys, bytes, files, locks; never plans, readers or manifests
+    (imports under TYPE_CHECKING and inside functions count too)."""
+    import ast
+
+    allowed = ('pyable_tio.cache', 'pyable_tio.io', 'pyable_tio.constants', 'pyable_tio.errors')
+    above = []
+    for path in sorted((Path(pt.__file__).parent / 'cache').glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ('pyable_tio.cache.' + '.'.join(['x'] * (node.level - 1))) if node.level else ''
+                parts = (base.split('.')[:-node.level] if node.level else []) + ([node.module] if node.module else [])
+                names = ['.'.join(parts)] if node.module else ['.'.join(parts + [a.name]) for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            above += [f'{path.name}: {name}' for name in names
+                      if name.startswith('pyable_tio') and not name.startswith(allowed)]
+    assert not above, above

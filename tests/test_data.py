@@ -121,6 +121,30 @@ def test_bad_sampler_and_label_name(manifest, tmp_path):
         pt.queue_from_manifest([image], patch_size=4, samples_per_volume=1, max_length=1, sampler='weighted')
 
 
+def test_label_name_parses_the_manifest_once_and_keeps_its_problems(manifest, monkeypatch):
+    import json
+
+    from pyable_tio import manifest as manifest_package
+
+    real, calls = manifest_package._rows, []
+
+    def rows(source):
+        calls.append(source)
+        return real(source)
+
+    monkeypatch.setattr(manifest_package, '_rows', rows)
+    queue = pt.queue_from_manifest(manifest, patch_size=4, samples_per_volume=1, max_length=1,
+                                   sampler='label', label_name='labelmap_0', missing='error')
+    assert len(calls) == 1 and len(queue.subjects_dataset) == 3
+    # A subject with a structural problem is still reported (its problems travel with the parse).
+    bad = {**json.loads(manifest.read_text()), 'sub-bad': {'images': []}}
+    broken = manifest.with_name('broken.json')
+    broken.write_text(json.dumps(bad))
+    with pytest.raises(pt.ManifestError, match='subject "sub-bad": .*field "images": no images listed'):
+        pt.queue_from_manifest(broken, patch_size=4, samples_per_volume=1, max_length=1,
+                               sampler='label', label_name='labelmap_0', missing='error')
+
+
 def test_make_sampler_prefers_label_maps(full_subjects):
     subject = next(iter(full_subjects.values()))
     sampler = pt.queues.make_sampler('label', PATCH, None, subject)
@@ -130,3 +154,21 @@ def test_make_sampler_prefers_label_maps(full_subjects):
     custom = tio.UniformSampler(PATCH)
     assert pt.queues.make_sampler(custom, PATCH, None, subject) is custom
     np.testing.assert_array_equal(sampler.patch_size, PATCH)
+
+
+def test_queue_options_are_one_frozen_reusable_object(manifest):
+    from pyable_tio.queues import QueueOptions
+    from pyable_tio.subjects import SubjectOptions
+
+    options = QueueOptions(sampler='label', label_name='labelmap_0', shuffle_subjects=False, shuffle_patches=False)
+    sizes = dict(patch_size=4, samples_per_volume=2, max_length=6)
+    by_object = pt.queue_from_manifest(manifest, **sizes, queue=options, options=SubjectOptions(missing='error'))
+    by_name = pt.queue_from_manifest(manifest, **sizes, sampler='label', label_name='labelmap_0',
+                                     shuffle_subjects=False, shuffle_patches=False)
+    assert isinstance(by_object.sampler, type(by_name.sampler)) and by_object.sampler.probability_map_name == 'labelmap_0'
+    assert [s['id'] for s in by_object.subjects_dataset.dry_iter()] == [s['id'] for s in by_name.subjects_dataset.dry_iter()]
+    # Checked when made, before any header is read; an unknown name lists both kinds of options.
+    with pytest.raises(ValueError, match='sampler must be one of'):
+        QueueOptions(sampler='grid')
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['samplr'\]; the queue options are: .*sampler"):
+        pt.queue_from_manifest(manifest, **sizes, samplr='label')

@@ -27,8 +27,8 @@ import pyable_tio as pt
 from pyable_tio import synthetic
 from pyable_tio.cache import digest as hashing
 from pyable_tio.cache import VolumeCache, entry
-from pyable_tio.cache.keys import memo_path
-from pyable_tio.cache.volume import disk_bytes
+from pyable_tio.cache.digest import memo_path
+from pyable_tio.cache.stats import disk_bytes
 from pyable_tio.cli.main import main
 from pyable_tio.geometry.grid import Grid
 
@@ -85,7 +85,7 @@ def fresh_process() -> None:
 
 
 def entry_paths(cache: VolumeCache, served: Served, path: Path) -> tuple[str, Path, Path]:
-    key = cache.key(served.reader.entry(path), served.reader.grid)
+    key = served.reader.cache_key(path)
     return (key, *cache.paths(key))
 
 

@@ -122,11 +122,11 @@ def test_cache_is_given_data_and_a_function(tmp_path):
         calls.append(1)
         return np.zeros((1, *plan.grid.shape_zyx), np.int16)
 
-    first = cache.get_or_compute(entry, plan.grid, compute)
-    again = cache.get_or_compute(entry, plan.grid, compute)
+    first = cache.compute_once(lambda: entry.cache_inputs(plan.grid, cache.source_digest), compute, entry.files())
+    again = cache.compute_once(lambda: entry.cache_inputs(plan.grid, cache.source_digest), compute, entry.files())
     assert len(calls) == 1 and np.array_equal(first, again)
     other = PlanEntry(entry.key, entry.field, entry.index, entry.role, entry.source)  # no transform
-    assert cache.key(other, plan.grid) != cache.key(entry, plan.grid)
+    assert other.cache_inputs(plan.grid) != entry.cache_inputs(plan.grid)
     assert torch.equal(subject['labelmap_0'].data, pt.subjects_from_manifest(
         {'s': {'images': plan.source_paths()['images'], 'labelmaps': [
             {'path': str(entry.source), 'transforms': [str(entry.transforms[0].source)]}]}})[0]['labelmap_0'].data)

@@ -230,14 +230,14 @@ def test_n4_with_an_roi_mask_keys_on_the_roi_content(data, tmp_path):
     step = N4(shrink_factor=1, iterations=(5,), mask='roi_0')
     subject = pt.subjects_from_manifest(data, preprocess=[step], cache_dir=cache)[0]
     reader, path = subject['images'].reader, str(data.parent / 'sub-00_t1.nii.gz')
-    key = cache.key(reader.entry(path), reader.grid)
+    key = reader.cache_key(path)
     assert reader.preprocessing[path].mask_files == (('roi_0', str(data.parent / 'sub-00_roi.nii.gz')),)
     subject.load()
     assert np.isfinite(subject['images'].data.numpy()).all()
     roi = data.parent / 'sub-00_roi.nii.gz'
     image = sitk.ReadImage(str(roi))
     sitk.WriteImage(sitk.BinaryDilate(image, [1, 1, 1]), str(roi))
-    assert cache.key(reader.entry(path), reader.grid) != key
+    assert reader.cache_key(path) != key
     with pytest.raises(pt.ManifestError, match=r'uses mask "roi_3", but the subject has 1 ROI'):
         pt.subjects_from_manifest(data, preprocess=[N4(mask='roi_3')])
 
@@ -335,8 +335,8 @@ def test_skullstrip_of_the_mni_t1_matches_grey_plus_white_matter(mni, tmp_path):
     # A changed parameter is another entry.
     other = pt.subjects_from_manifest(manifest, preprocess=[SkullStrip(threshold=0.4)], cache_dir=cache)[0]
     reader, path = other['roi_brain'].reader, Path(mni['t1'])
-    assert cache.get(cache.key(reader.entry(path), reader.grid)) is None
-    assert cache.get(cache.key(subject['roi_brain'].reader.entry(path), reader.grid)) is not None
+    assert cache.get(reader.cache_key(path)) is None
+    assert cache.get(subject['roi_brain'].reader.cache_key(path)) is not None
 
 
 @pytest.mark.realdata

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +164,21 @@ def test_reader_with_in_memory_transform_pickles(tmp_path):
     np.testing.assert_array_equal(clone(path)[0], reader(path)[0])
     expected = sitk.Resample(sitk.ReadImage(path), grid.empty_image(), shift, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     np.testing.assert_allclose(reader(path)[0][0], sitk.GetArrayFromImage(expected), atol=1e-5)
+
+
+def test_one_state_the_per_path_shorthands_become_entries(tmp_path):
+    """transforms=/preprocessing= are a shorthand for entries: afterwards the reader has one state."""
+    path = write(reference_image(), tmp_path / 'ref.nii.gz')
+    grid = Grid.from_image(sitk.ReadImage(path))
+    chain = (pt.manifest.TransformEntry(sitk.TranslationTransform(3, (2.0, 0.0, 0.0))),)
+    reader = pt.reader.GridReader(grid, 'image', 's', transforms={Path(path): chain}, default_value=-1.0)
+    (entry,) = reader.entries
+    assert entry.source == Path(path) and entry.transforms == chain and entry.default_value == -1.0
+    assert reader.transforms == {path: chain} and reader.entry(path) is entry
+    same = pt.reader.GridReader.for_entries(grid, 's', reader.entries)
+    np.testing.assert_array_equal(same(path)[0], reader(path)[0])
+    with pytest.raises(ValueError, match='not both'):
+        pt.reader.GridReader(grid, 'image', 's', transforms={path: chain}, entries=reader.entries)
 
 
 def test_file_deleted_after_build_gives_load_error(tmp_path):

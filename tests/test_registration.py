@@ -256,11 +256,10 @@ def test_per_file_transforms_in_every_manifest_format(files):
 
 def test_cache_keys_carry_the_key_version(files, tmp_path):
     """Lists changed meaning (seed order): keys of 0.1.0 volumes must never match again."""
-    from pyable_tio.cache.keys import key_inputs
     from pyable_tio.constants import CACHE_KEY_VERSION
 
     reader = load(files, [])['images'].reader
-    inputs = key_inputs(reader.entries[0], reader.grid, 'f' * 64)
+    inputs = reader.entries[0].cache_inputs(reader.grid, lambda path: 'f' * 64)
     assert CACHE_KEY_VERSION >= 2 and inputs['key_version'] == CACHE_KEY_VERSION
 
 

@@ -341,3 +341,25 @@ def test_json_manifest_end_to_end(tmp_path):
         assert subject['images'].data.shape == (2, 10, 14, 16)
         assert set(np.unique(subject['labelmap_0'].data.numpy())) <= set(synthetic.LABEL_VALUES)
         assert subject['age'] == content[subject['id']]['age']
+
+
+def test_subject_options_are_one_frozen_reusable_object(tmp_path):
+    from dataclasses import FrozenInstanceError
+
+    from pyable_tio.subjects import SubjectOptions
+
+    manifest = synthetic.write_dataset(tmp_path / 'data', num_subjects=2, size=(12, 10, 8))
+    options = SubjectOptions(missing='error', interpolator='bspline', cache_dir=tmp_path / 'cache')
+    with pytest.raises(FrozenInstanceError):
+        options.missing = 'keep'
+    by_object = pt.subjects_from_manifest(manifest, options)
+    by_name = pt.subjects_from_manifest(manifest, missing='error', interpolator='bspline', cache_dir=tmp_path / 'cache')
+    changed = pt.subjects_from_manifest(manifest, options, interpolator='linear')
+    for a, b, c in zip(by_object, by_name, changed):
+        np.testing.assert_array_equal(a['images'].data.numpy(), b['images'].data.numpy())
+        assert a['images'].reader.interpolator == 'bspline' and c['images'].reader.interpolator == 'linear'
+    # Checked when made, before any header is read; an unknown name lists the options.
+    with pytest.raises(ValueError, match='interpolator'):
+        SubjectOptions(interpolator='cubic')
+    with pytest.raises(TypeError, match=r"unknown subject option\(s\) \['cache'\]; the options are: reference, "):
+        pt.subjects_from_manifest(manifest, cache=tmp_path)

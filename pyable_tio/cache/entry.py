@@ -34,6 +34,7 @@ import numpy as np
 from ..io.atomic import HOST as _HOST
 from ..io.atomic import temporary_path as _temporary
 from ..constants import CACHE_FORMAT_VERSION, CACHE_TEMP_SUFFIX
+from .digest import content_digest, digest_of, source_identity
 
 #: A temporary file older than this (seconds) was left by a killed writer and may be removed
 #: even when its writer's pid cannot be checked (another host, a reused pid).
@@ -174,17 +175,9 @@ def read_entry(
     """
     name = array_path.name
     key = array_path.stem if key is None else key
-    try:
-        sidecar = json.loads(sidecar_text)
-        owner = sidecar['key']
-        expected_bytes = int(sidecar['file_bytes'])
-        shape = tuple(int(n) for n in sidecar['shape'])
-        dtype = np.dtype(str(sidecar['dtype']))
-        expected_crc = int(sidecar['crc32'])
-        if int(sidecar['format']) != CACHE_FORMAT_VERSION:
-            raise ValueError(f'format {sidecar["format"]}, expected {CACHE_FORMAT_VERSION}')
-    except (ValueError, KeyError, TypeError) as error:
-        raise CacheCorruption(f'unreadable sidecar of {name}: {error}') from None
+    sidecar = parse_sidecar(sidecar_text, name)
+    owner, expected_bytes, expected_crc = sidecar['key'], sidecar['file_bytes'], sidecar['crc32']
+    shape, dtype = tuple(sidecar['shape']), np.dtype(sidecar['dtype'])
     if owner != key:
         raise CacheCorruption(f'entry {name}: its sidecar belongs to entry {str(owner)[:16]}..., not this one')
     try:
@@ -202,6 +195,13 @@ def read_entry(
     if array.shape != shape or array.dtype != dtype:
         raise CacheCorruption(f'entry {name}: array is {array.shape} {array.dtype}, sidecar says {shape} {dtype}')
     signature = _signature(key, stat)
+    try:
+        # The file mapped is the one whose stat was taken (the verified memo is keyed by it).
+        unchanged = _signature(key, array_path.stat()) == signature
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        raise CacheCorruption(f'entry {name}: replaced while it was opened')
     if checksum == 'once' and sidecar.get('array_stamp') == list(signature):
         _remember_verified(array_path, signature)  # untouched since it was written and checksummed
     if checksum == 'always' or (checksum == 'once' and not _is_verified(array_path, signature)):
@@ -209,6 +209,61 @@ def read_entry(
             raise CacheCorruption(f'entry {name}: checksum mismatch (corrupt bytes)')
         _remember_verified(array_path, signature)
     return array
+
+
+def parse_sidecar(text: str | bytes, name: str = 'entry') -> dict[str, Any]:
+    """A sidecar's fields, each checked for type and range: any damage is :class:`CacheCorruption`.
+
+    Whatever JSON the file holds (``1e999`` where a count belongs, lists nested 100,000 deep,
+    a string instead of an object), the answer is a readable sidecar or ``CacheCorruption``,
+    never another exception.
+
+    Example:
+        >>> parse_sidecar('{"crc32": 1e999}', 'ab12.npy')
+        Traceback (most recent call last):
+        ...
+        pyable_tio.cache.entry.CacheCorruption: unreadable sidecar of ab12.npy: "key" is missing or not a string
+    """
+    try:
+        sidecar = json.loads(text)
+    except (ValueError, RecursionError) as error:  # RecursionError: JSON nested thousands deep
+        raise CacheCorruption(f'unreadable sidecar of {name}: not JSON ({type(error).__name__})') from None
+    problem = _sidecar_problem(sidecar)
+    if problem is not None:
+        raise CacheCorruption(f'unreadable sidecar of {name}: {problem}')
+    return sidecar
+
+
+def _sidecar_problem(sidecar: Any) -> str | None:
+    if not isinstance(sidecar, dict):
+        return f'a JSON {type(sidecar).__name__}, not an object'
+    if not isinstance(sidecar.get('key'), str):
+        return '"key" is missing or not a string'
+    if sidecar.get('format') != CACHE_FORMAT_VERSION or isinstance(sidecar.get('format'), bool):
+        return f'format {str(sidecar.get("format"))[:20]}, expected {CACHE_FORMAT_VERSION}'
+    if not _is_count(sidecar.get('file_bytes')):
+        return '"file_bytes" is not a byte count'
+    crc = sidecar.get('crc32')
+    if not (_is_count(crc) and crc < 2**32):
+        return '"crc32" is not a 32-bit checksum'
+    shape = sidecar.get('shape')
+    if not (isinstance(shape, list) and len(shape) <= 32 and all(_is_count(n) for n in shape)):
+        return '"shape" is not a list of sizes'
+    try:
+        dtype = np.dtype(sidecar.get('dtype')) if isinstance(sidecar.get('dtype'), str) else None
+    except (TypeError, ValueError, SyntaxError, OverflowError, RecursionError):
+        dtype = None
+    if dtype is None or dtype.hasobject:
+        return '"dtype" is not a numeric dtype'
+    stamp = sidecar.get('array_stamp')
+    if stamp is not None and not (isinstance(stamp, list) and len(stamp) == 5 and isinstance(stamp[0], str)
+                                  and all(_is_count(n) for n in stamp[1:])):
+        return '"array_stamp" is not a file stamp'
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def forget_verified() -> None:
@@ -314,3 +369,39 @@ def sweep_temporaries(folder: Path, now: float | None = None) -> list[tuple[Path
         except OSError:
             continue  # removed by another process meanwhile, or a read-only folder
     return removed
+
+
+def content_problem(key: str, sidecar: dict[str, Any]) -> str | None:
+    """Whether an entry's sidecar still describes its key and its source's content; the problem or None.
+
+    For a volume entry (one that records its source's identity), the recorded inputs must
+    digest to ``key``, and a source that still has the identity recorded
+    when it was read (same size, mtime, ctime, inode, device) is hashed now: its digest must
+    be the one in the key. A source changed or gone since is not a problem (the entry still
+    holds that older content, which another copy of the file may ask for).
+
+    Example:
+        >>> content_problem(key, json.loads(sidecar_path.read_bytes()))  # doctest: +SKIP
+        'its source /data/t1.nii.gz no longer has the content its key names'
+    """
+    inputs, recorded = sidecar.get('inputs'), sidecar.get('source_identity')
+    if not isinstance(inputs, dict) or recorded is None:
+        return None  # not a volume of compute_once (another owner's entry, or an older one)
+    try:
+        if digest_of(inputs) != key:
+            return 'its recorded inputs do not give its key (edited, or of another entry)'
+    except (TypeError, ValueError, RecursionError):
+        return 'its recorded inputs are not plain JSON'
+    source, digest = sidecar.get('source'), inputs.get('source')
+    if not (isinstance(source, str) and isinstance(digest, str)):
+        return None
+    try:
+        now = json.loads(json.dumps(source_identity([source])))
+        if now != recorded:
+            return None  # changed since: the entry is of an older version
+        actual = content_digest(source)
+    except (OSError, ValueError):
+        return None
+    if actual != digest:
+        return f'its source {source} no longer has the content its key names (a wrong digest memo?)'
+    return None

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..constants import (
-    ALIGNMENT_FOLDER,
+    CACHE_BLOB_FOLDERS,
     CACHE_ARRAY_SUFFIX,
     CACHE_SIDECAR_SUFFIX,
     CACHE_SOURCES_FOLDER,
@@ -57,7 +57,7 @@ class CacheStats:
 
 def owned_files(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
     """Files a cache folder owns (entries, temporaries, source digests, alignments), never anything else."""
-    folders = [*root.glob(KEY_FOLDERS), root / CACHE_SOURCES_FOLDER, root / ALIGNMENT_FOLDER]
+    folders = [*root.glob(KEY_FOLDERS), root / CACHE_SOURCES_FOLDER, *(root / name for name in CACHE_BLOB_FOLDERS)]
     for folder in folders:
         try:
             children = list(os.scandir(folder))

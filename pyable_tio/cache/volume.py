@@ -5,31 +5,33 @@ from __future__ import annotations
 import os
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from stat import S_ISREG
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ..constants import ALIGNMENT_FOLDER, CACHE_ARRAY_SUFFIX, CACHE_SIDECAR_SUFFIX, CACHE_SOURCES_FOLDER, CACHE_TEMP_SUFFIX
-from .digest import digest_of
+from ..constants import (
+    CACHE_ARRAY_SUFFIX,
+    CACHE_LOCKS_FOLDER,
+    CACHE_SIDECAR_SUFFIX,
+    CACHE_SOURCES_FOLDER,
+    SOURCE_READ_TRIES,
+)
+from .blobs import BlobStore
+from .digest import SourceChanged, digest_of, file_digest, source_identity
 from .entry import (
     STALE_TEMP_SECONDS,
     CacheCorruption,
     folder_lock,
     read_entry,
-    stale_temporary,
     sweep_temporaries,
     write_entry,
 )
-from .keys import check_memo, key_inputs, source_digest
-from .stats import KEY_FOLDERS, CacheStats, disk_bytes, owned_files, warn_line
-
-if TYPE_CHECKING:  # the plan imports the preprocessing steps, which import the cache
-    from ..geometry.grid import Grid
-    from ..plan import PlanEntry
+from .stats import CacheStats, warn_line
+from .upkeep import CacheUpkeep
 
 __all__ = ['STALE_TEMP_SECONDS', 'CacheStats', 'VolumeCache']
 
@@ -46,16 +48,50 @@ _COUNTS_LOCK = threading.Lock()
 # What this process already warned about (warnings are once per process, not once per load):
 # cache folders whose writes failed, and entries that are damaged and cannot be removed.
 _WRITE_FAILURES_REPORTED: set[str] = set()
-_UNREMOVABLE: set[str] = set()
+# Damaged entries that could not be removed, with the stat of their files then: once either
+# file changes (removed or fixed by someone else), the entry is tried again.
+_UNREMOVABLE: dict[str, tuple[Any, ...]] = {}
 
 
-class VolumeCache:
-    """Disk cache of resampled volumes for :class:`pyable_tio.GridReader`.
+def _identity_now(files: tuple[str, ...]) -> tuple[Any, ...] | None:
+    try:
+        return source_identity(files)
+    except OSError:
+        return None
 
-    The key of an entry covers the source file's content (SHA-256, remembered per
-    size+mtime+ctime+inode and re-validated on every call), the reference grid, the
-    transforms' contents, role, interpolator, dtype, default value, the backend and
-    :data:`~pyable_tio.constants.CACHE_FORMAT_VERSION`; changing any of them misses. Hits
+
+def _file_states(*paths: Path) -> tuple[Any, ...]:
+    states = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            states.append((stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
+        except OSError:
+            states.append(None)
+    return tuple(states)
+
+
+def _still_unremovable(array_path: Path, sidecar_path: Path) -> bool:
+    """Whether this damaged entry was found unremovable and its files are unchanged since."""
+    known = _UNREMOVABLE.get(str(array_path))
+    if known is None:
+        return False
+    if known == _file_states(array_path, sidecar_path):
+        return True
+    _UNREMOVABLE.pop(str(array_path), None)
+    return False
+
+
+class VolumeCache(CacheUpkeep, BlobStore):
+    """Content-addressed disk store of arrays (resampled volumes, preprocessed volumes,
+    statistics) and small files, the bottom layer under :class:`~pyable_tio.reader.GridReader`.
+
+    It knows keys, bytes, files, locks, checksums and eviction, never plans or readers: the
+    owner of an entry builds its key's inputs (a volume's cover the source file's content, the
+    grid, the transforms' contents, role, interpolator, dtype, default value, the backend and
+    :data:`~pyable_tio.constants.CACHE_FORMAT_VERSION`, see
+    :meth:`~pyable_tio.plan.PlanEntry.cache_inputs`), and :meth:`compute_once` stores a result
+    only when the files it was read from kept their identity meanwhile. Hits
     are returned memory-mapped copy-on-write (``np.load(mmap_mode='c')``): writable for
     ``torch.from_numpy``, nothing read before it is used, and edits never reach the file.
 
@@ -134,17 +170,14 @@ class VolumeCache:
 
     # ------------------------------------------------------------------ keys
 
-    def key_inputs(self, entry: PlanEntry, grid: Grid) -> dict[str, Any]:
-        """Everything the volume of ``entry`` on ``grid`` depends on (see :func:`keys.key_inputs`)."""
-        return key_inputs(entry, grid, self.source_digest(entry.source))
-
-    def key(self, entry: PlanEntry, grid: Grid) -> str:
-        """The entry name (SHA-256 hex of :meth:`key_inputs`)."""
-        return digest_of(self.key_inputs(entry, grid))
-
     def source_digest(self, path: str | os.PathLike) -> str:
-        """SHA-256 of a source file, memoised in ``<folder>/sources/`` (:func:`keys.source_digest`)."""
-        return source_digest(path, self.folder / CACHE_SOURCES_FOLDER)
+        """SHA-256 of a source file, memoised in ``<folder>/sources/`` (:func:`~pyable_tio.cache.digest.file_digest`).
+
+        Example:
+            >>> VolumeCache('/tmp/pyable-cache').source_digest('t1.nii.gz')  # doctest: +SKIP
+            '9f86d081884c7d65...'
+        """
+        return file_digest(path, self.folder / CACHE_SOURCES_FOLDER)
 
     def paths(self, key: str) -> tuple[Path, Path]:
         """The ``.npy`` and sidecar paths of an entry."""
@@ -153,36 +186,81 @@ class VolumeCache:
 
     # ------------------------------------------------------------- get / put
 
-    def get_or_compute(self, entry: PlanEntry, grid: Grid, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        """The cached volume of ``entry`` on ``grid``, computing it on a miss.
+    def compute_once(
+        self,
+        inputs: Callable[[], dict[str, Any]],
+        compute: Callable[[], np.ndarray],
+        files: Sequence[str | os.PathLike] = (),
+        grid: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        """The entry keyed by ``inputs()``, computing and storing it on a miss.
 
-        The cache's whole interface to readers: data for the key, a function for the array.
+        The owner (the plan entry of a volume, a statistic...) says what the array depends on;
+        the cache knows only the key (SHA-256 of ``inputs()``), the bytes and the files. The
+        files' identity (:func:`~pyable_tio.cache.digest.source_identity`) is taken before
+        ``inputs()`` and again after ``compute()``: a file replaced meanwhile (an rsync during a
+        fill) would store one version's array under another's key, so the array is not stored
+        and everything is done again.
 
         Args:
-            entry: The file's :class:`~pyable_tio.plan.PlanEntry` (source, transforms, options).
-            grid: The grid it is resampled onto.
-            compute: Called on a miss; returns the C x D x H x W (Z,Y,X) array to store.
+            inputs: Builds the key's inputs (JSON-serialisable; recorded in the sidecar).
+                Raising ``OSError`` (a file vanished) computes without the cache.
+            compute: Called on a miss; returns the array to store.
+            files: The files ``inputs`` and ``compute`` read; the first is recorded as the source.
+            grid: Geometry of the array, recorded in the sidecar.
 
         Returns:
             The array; a copy-on-write memory map on a hit, ``compute()``'s array on a miss.
 
+        Raises:
+            SourceChanged: the files changed during each of
+                :data:`~pyable_tio.constants.SOURCE_READ_TRIES` computations.
+
         Example:
-            >>> array = cache.get_or_compute(entry, grid, lambda: reader.read_entry(entry))  # doctest: +SKIP
+            >>> array = cache.compute_once(lambda: entry.cache_inputs(grid, cache.source_digest),
+            ...                            lambda: reader.read_entry(entry), entry.files())  # doctest: +SKIP
         """
+        files = tuple(os.fspath(f) for f in files)
+        for _ in range(SOURCE_READ_TRIES):
+            try:
+                before = source_identity(files)
+                key_inputs = inputs()
+            except OSError:
+                return compute()  # a file vanished: the owner's compute raises the proper error
+            key = digest_of(key_inputs)
+            array = self.get(key)
+            if array is not None:
+                self._count('hits', 1)
+                return array
+            self._count('misses', 1)
+            try:
+                array = np.ascontiguousarray(compute())
+            except SourceChanged:
+                continue  # seen by a nested step (preprocessing): nothing was stored
+            if _identity_now(files) == before:
+                self.put(key, array, key_inputs, source=files[0] if files else None, grid=grid,
+                         source_identity=_identity_now(files[:1]) if files else None)
+                return array
+        raise SourceChanged(
+            f'{files[0] if files else "a file"} (or its transforms or masks) changed while it was read,'
+            f' {SOURCE_READ_TRIES} times in a row; is it being written right now?'
+        )
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold a lock named ``name`` across processes (e.g. to compute several entries once).
+
+        Example:
+            >>> with cache.exclusive(key):  # doctest: +SKIP
+            ...     outputs = cached(keys) or compute_and_put(keys)
+        """
+        lock: Path | None = self.folder / CACHE_LOCKS_FOLDER / f'{name}.lock'
         try:
-            inputs = self.key_inputs(entry, grid)
+            lock.parent.mkdir(parents=True, exist_ok=True)
         except OSError:
-            # A source or transform file vanished: the reader raises the proper LoadError.
-            return compute()
-        key = digest_of(inputs)
-        array = self.get(key)
-        if array is not None:
-            self._count('hits', 1)
-            return array
-        self._count('misses', 1)
-        array = np.ascontiguousarray(compute())
-        self.put(key, array, inputs, source=entry.source, grid=grid.to_dict())
-        return array
+            lock = None  # a read-only cache: nothing is written, so nothing to serialise
+        with folder_lock(lock):
+            yield
 
     def get(self, key: str) -> np.ndarray | None:
         """The entry ``key`` (copy-on-write memory map), or None when absent.
@@ -229,6 +307,7 @@ class VolumeCache:
         inputs: dict[str, Any],
         source: str | os.PathLike | None = None,
         grid: dict[str, Any] | None = None,
+        source_identity: tuple[Any, ...] | None = None,
     ) -> None:
         """Store ``array`` under ``key`` atomically (array first, sidecar last).
 
@@ -238,9 +317,11 @@ class VolumeCache:
             inputs: The key's inputs, recorded in the sidecar.
             source: Source file, recorded for humans.
             grid: Geometry of the array (x,y,z order), recorded in the sidecar.
+            source_identity: The identity ``source`` had when it was read; ``check`` rehashes a
+                source that still has it and compares with the key's ``inputs["source"]``.
         """
         array_path, sidecar_path = self.paths(key)
-        if str(array_path) in _UNREMOVABLE:
+        if _still_unremovable(array_path, sidecar_path):
             self._write_failed(array_path, 'a damaged entry is in the way and cannot be removed', warn=False)
             return
         sweep_temporaries(array_path.parent)  # left by killed writers of this folder
@@ -250,6 +331,8 @@ class VolumeCache:
             'source': None if source is None else os.fspath(source),
             'inputs': inputs,
         }
+        if source_identity is not None:
+            record['source_identity'] = source_identity
         try:
             write_entry(array_path, sidecar_path, array, record, lock=self._lock)
         except OSError as error:
@@ -260,136 +343,16 @@ class VolumeCache:
         if self.max_bytes is not None:
             self.evict(self.max_bytes)
 
-    # --------------------------------------------------------------- upkeep
-
-    def entries(self) -> Iterator[tuple[str, Path, Path]]:
-        """Yield ``(key, array_path, sidecar_path)`` of every entry with both files present."""
-        for array_path in sorted(self.folder.glob(f'{KEY_FOLDERS}/*{CACHE_ARRAY_SUFFIX}')):
-            sidecar_path = array_path.with_suffix(CACHE_SIDECAR_SUFFIX)
-            if sidecar_path.exists():
-                yield array_path.stem, array_path, sidecar_path
-
-    def check(self, key: str) -> str | None:
-        """Fully verify one entry (sizes, header and checksum); the problem, or None if valid."""
-        array_path, sidecar_path = self.paths(key)
-        try:
-            text = sidecar_path.read_bytes()
-            array = read_entry(array_path, text, checksum='always', key=key)
-        except (OSError, CacheCorruption) as error:
-            return str(error)
-        del array
-        return None
-
-    def check_sources(self) -> list[tuple[Path, str]]:
-        """Verify every source-digest memo against its file; remove and return the bad or stale ones.
-
-        Hashes every source file whose memo is current (this reads them all).
-
-        Example:
-            >>> VolumeCache('/tmp/pyable-cache').check_sources()  # doctest: +SKIP
-            [(PosixPath('/tmp/pyable-cache/sources/3f....json'), 'stale (its file changed)')]
-        """
-        removed = []
-        for memo in sorted((self.folder / CACHE_SOURCES_FOLDER).glob('*')):
-            if memo.name.startswith('.') or not memo.is_file():
-                continue  # temporaries are swept separately
-            problem = check_memo(memo) if memo.suffix == CACHE_SIDECAR_SUFFIX else 'stale (old memo format)'
-            if problem is not None:
-                memo.unlink(missing_ok=True)
-                removed.append((memo, problem))
-        return removed
-
-    def evict(self, max_bytes: int | None = None) -> int:
-        """Remove least-recently-used entries until the folder holds at most ``max_bytes``.
-
-        Sizes are what the files take on disk (allocated blocks), so many small files count
-        for what they really cost. Also removes temporary files whose writer is gone
-        (:func:`~pyable_tio.cache.entry.stale_temporary`). Returns the number of entries removed.
-        """
-        limit = self.max_bytes if max_bytes is None else int(max_bytes)
-        now = time.time()
-        total, candidates = 0, []
-        for path, stat in self._files():
-            if path.name.endswith(CACHE_TEMP_SUFFIX) and stale_temporary(path, stat.st_mtime, now):
-                path.unlink(missing_ok=True)
-                continue
-            total += disk_bytes(stat)
-            if path.suffix == CACHE_SIDECAR_SUFFIX and path.parent.name != CACHE_SOURCES_FOLDER:
-                try:
-                    size = disk_bytes(stat) + disk_bytes(path.with_suffix(CACHE_ARRAY_SUFFIX).stat())
-                except OSError:
-                    size = disk_bytes(stat)  # array gone meanwhile (another process evicting)
-                candidates.append((stat.st_mtime, size, path.stem))
-        removed = 0
-        if limit is None or total <= limit:
-            return removed
-        for _, size, key in sorted(candidates):
-            try:
-                self.remove(key)
-            except OSError as error:  # e.g. mapped by another process on Windows
-                warnings.warn(f'pyable-tio cache: cannot evict {key}: {error}', RuntimeWarning, stacklevel=2)
-                continue
-            removed += 1
-            total -= size
-            if total <= limit:
-                break
-        self._count('evicted', removed)
-        return removed
-
-    def remove(self, key: str) -> None:
-        """Delete an entry (sidecar first, so it stops being valid before its array goes)."""
-        array_path, sidecar_path = self.paths(key)
-        with folder_lock(self._lock):
-            sidecar_path.unlink(missing_ok=True)
-            array_path.unlink(missing_ok=True)
-
-    def clear(self) -> None:
-        """Delete every entry, temporary file, source digest and alignment ``.tfm`` (only files the cache owns)."""
-        for path, _ in self._files():
-            path.unlink(missing_ok=True)
-        for folder in [*self.folder.glob(KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER, self.folder / ALIGNMENT_FOLDER]:
-            try:
-                folder.rmdir()
-            except OSError:
-                pass  # not empty (someone else's file) or already gone
-
     @property
     def counts(self) -> dict[str, int]:
         """This process's hits, misses, writes, recovered and evicted, without scanning the folder."""
         return dict(self._counts)
 
-    def stats(self) -> CacheStats:
-        """Entries and bytes on disk now, and this process's hits, misses, writes, ...
-
-        Example:
-            >>> VolumeCache('/tmp/empty-cache').stats().entries  # doctest: +SKIP
-            0
-        """
-        total = sum(disk_bytes(stat) for _, stat in self._files())
-        return CacheStats(entries=sum(1 for _ in self.entries()), bytes=total, **self._counts)
-
     # -------------------------------------------------------------- helpers
 
-    def _files(self) -> Iterator[tuple[Path, os.stat_result]]:
-        return owned_files(self.folder)
-
-    def sweep_temporaries(self) -> list[tuple[Path, str]]:
-        """Remove temporary files whose writer is gone; returns them with the reason.
-
-        Run when the cache is opened and, per entry folder, before each write.
-
-        Example:
-            >>> VolumeCache('/tmp/pyable-cache').sweep_temporaries()  # doctest: +SKIP
-            []
-        """
-        removed = []
-        for folder in [*self.folder.glob(KEY_FOLDERS), self.folder / CACHE_SOURCES_FOLDER]:
-            removed += sweep_temporaries(folder)
-        return removed
-
     def _discard(self, key: str, problem: str, remove: bool = True) -> None:
-        array_path = self.paths(key)[0]
-        if str(array_path) in _UNREMOVABLE:
+        array_path, sidecar_path = self.paths(key)
+        if _still_unremovable(array_path, sidecar_path):
             return  # already reported in this process; the volume is served from memory
         self._count('recovered', 1)
         action = 'discarding and recomputing it'
@@ -397,7 +360,7 @@ class VolumeCache:
             try:
                 self.remove(key)
             except OSError as error:  # a read-only folder, or a directory in the way
-                _UNREMOVABLE.add(str(array_path))
+                _UNREMOVABLE[str(array_path)] = _file_states(array_path, sidecar_path)
                 action = f'it cannot be removed ({error}), so it is recomputed on every load (reported once)'
         warn_line(f'pyable-tio cache: {problem}; {action}')
 

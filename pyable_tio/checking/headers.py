@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..cache import VolumeCache
 from ..geometry import registration
 from ..geometry.alignment import Alignment, align_subject
 from ..constants import ALIGN_MODES, BRAIN_MASK_KEY, FIELD_PREPROCESS, FIELD_TRANSFORMS, MISSING_EMPTY, MISSING_ERROR, MISSING_KEEP, MISSING_MODES, REFERENCE_FIRST, REFERENCE_LARGEST
@@ -376,10 +377,11 @@ def _align(
     plans: Sequence[CheckedSubject], kind: str, folder: Path | None, progress: bool, problems: list[str]
 ) -> list[CheckedSubject]:
     """Each plan with its alignments, computed (or read from ``folder``) once per subject."""
+    cache = None if folder is None else VolumeCache(folder)
     aligned = []
     for plan in tqdm(plans, desc=f'{kind} alignment', disable=not progress, unit='subject'):
         try:
-            alignments = align_subject(plan.record, plan.reference, kind, folder)
+            alignments = align_subject(plan.record, plan.reference, kind, cache)
         except ManifestError as error:
             problems.extend(error.problems)
             continue

@@ -337,7 +337,7 @@ def _entry_source(sidecar: Path) -> str:
     """The source file a cache entry was made from, as its sidecar records it."""
     try:
         source = json.loads(sidecar.read_text(encoding='utf-8')).get('source')
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # any JSON: a damaged entry
         return 'unknown source: unreadable sidecar'
     return str(source) if source else 'unknown source'
 

@@ -12,7 +12,6 @@ manifest transforms and the registration settings, so later runs read it instead
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,11 @@ import SimpleITK as sitk
 from ..io import backend
 from ..io import integrity
 from . import registration
-from ..io.atomic import atomic_path
-from ..constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER, NONFINITE_ZERO
+from .registration import entries_digest
+from ..constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER, NONFINITE_ZERO, SOURCE_READ_TRIES
 from ..errors import ManifestError, describe, short_error
-from ..cache.digest import digest_of, entries_digest, file_digest
+from ..cache import VolumeCache
+from ..cache.digest import digest_of, source_identity
 from ..manifest.records import FileEntry, SubjectRecord, TransformEntry
 from .reference import Reference
 
@@ -158,7 +158,7 @@ def align_subject(
     record: SubjectRecord,
     reference: Reference,
     kind: str,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: VolumeCache | str | os.PathLike | None = None,
 ) -> dict[str, Alignment]:
     """Register every image of ``record`` but the reference onto the reference image.
 
@@ -170,7 +170,9 @@ def align_subject(
         record: The subject.
         reference: Its chosen reference.
         kind: ``"rigid"`` or ``"affine"``.
-        cache_dir: Folder whose ``alignment/`` sub-folder keeps the ``.tfm`` files.
+        cache_dir: The :class:`~pyable_tio.cache.VolumeCache` (or its folder) whose ``alignment/``
+            blobs keep the ``.tfm`` files, keyed by both files' contents, their transforms and
+            :data:`SETTINGS`.
 
     Returns:
         ``{str(image path): Alignment}`` for every aligned image.
@@ -183,39 +185,70 @@ def align_subject(
         >>> plan = plan_subject(read_manifest('manifest.json')[0])  # doctest: +SKIP
         >>> align_subject(plan.record, plan.reference, 'rigid')  # doctest: +SKIP
     """
+    cache = VolumeCache(cache_dir) if isinstance(cache_dir, (str, os.PathLike)) else cache_dir
     index = reference.index if reference.index is not None else 0
     fixed_entry = record.images[index]
     fixed_entries = (*fixed_entry.transforms, *record.transforms)
-    fixed_image = fixed_transform = None
     results: dict[str, Alignment] = {}
+    fixed_files = [str(fixed_entry.path), *_transform_files(fixed_entries)]
+    # The fixed image, read once per subject: (identity of fixed_files it was read at, image, F).
+    fixed: tuple[tuple, sitk.Image, sitk.Transform | None] | None = None
     for i, entry in enumerate(record.images):
         if i == index or entry.path == fixed_entry.path:
             continue
         where = f'field "images": file {entry.path}'
         moving_entries = (*entry.transforms, *record.transforms)
-        try:
-            path = _cache_path(cache_dir, kind, fixed_entry, fixed_entries, entry, moving_entries)
-            cached = _read_cached(path)
-            if cached is not None:
-                results[str(entry.path)] = _result(entry, fixed_entry, kind, cached, path, reused=True)
-                continue
-            if fixed_image is None:
-                fixed_image = _finite(backend.load(fixed_entry.path, backend.ROLE_IMAGE))
-                fixed_transform = registration.compose(fixed_entries)
-            moving_image = _finite(backend.load(entry.path, backend.ROLE_IMAGE))
-            if moving_image.GetDimension() != fixed_image.GetDimension():
-                continue  # reported by plan_subject's dimension check
-            moving_transform = registration.compose(moving_entries)
-            found = register(fixed_image, moving_image, kind, fixed_transform, moving_transform)
-        except ValueError as error:  # a manifest transform
-            raise ManifestError.from_problems([describe(record.id, where, str(error))]) from None
-        except RuntimeError as error:
-            problem = f'{kind} alignment onto {fixed_entry.path.name} failed: {short_error(error)}'
-            raise ManifestError.from_problems([describe(record.id, where, problem)]) from None
-        if path is not None and not _store(found, path):
-            path = None
-        results[str(entry.path)] = _result(entry, fixed_entry, kind, found, path)
+        # Both images and every transform file: the .tfm is stored only if none changed from
+        # before its key was built to after the registration read them.
+        files = [*fixed_files, str(entry.path), *_transform_files(moving_entries)]
+        for _ in range(SOURCE_READ_TRIES):
+            try:
+                before = source_identity(files)
+                key = _key(cache, kind, fixed_entry, fixed_entries, entry, moving_entries)
+                cached = None if key is None else cache.get_blob(ALIGNMENT_FOLDER, key, '.tfm', _read_transform)
+                path = None if key is None else cache.blob_path(ALIGNMENT_FOLDER, key, '.tfm')
+                if cached is not None:
+                    results[str(entry.path)] = _result(entry, fixed_entry, kind, cached, path, reused=True)
+                    break
+                if fixed is None or fixed[0] != before[:len(fixed_files)]:
+                    fixed = (before[:len(fixed_files)], _finite(backend.load(fixed_entry.path, backend.ROLE_IMAGE)),
+                             registration.compose(fixed_entries))
+                _, fixed_image, fixed_transform = fixed
+                moving_image = _finite(backend.load(entry.path, backend.ROLE_IMAGE))
+                if moving_image.GetDimension() != fixed_image.GetDimension():
+                    break  # reported by plan_subject's dimension check
+                moving_transform = registration.compose(moving_entries)
+                found = register(fixed_image, moving_image, kind, fixed_transform, moving_transform)
+            except OSError as error:
+                raise ManifestError.from_problems([describe(record.id, where, f'cannot be read: {error}')]) from None
+            except ValueError as error:  # a manifest transform
+                raise ManifestError.from_problems([describe(record.id, where, str(error))]) from None
+            except RuntimeError as error:
+                problem = f'{kind} alignment onto {fixed_entry.path.name} failed: {short_error(error)}'
+                raise ManifestError.from_problems([describe(record.id, where, problem)]) from None
+            if _identity_now(files) != before:
+                fixed = None
+                continue  # a file was replaced meanwhile: the result may mix two versions
+            if key is not None:
+                path = cache.put_blob(ALIGNMENT_FOLDER, key, '.tfm', lambda p: sitk.WriteTransform(found, str(p)))
+            results[str(entry.path)] = _result(entry, fixed_entry, kind, found, path)
+            break
+        else:
+            problem = (f'it, {fixed_entry.path.name} or a transform changed while they were aligned,'
+                       f' {SOURCE_READ_TRIES} times in a row; is a file being written right now?')
+            raise ManifestError.from_problems([describe(record.id, where, problem)])
     return results
+
+
+def _transform_files(entries: Sequence[TransformEntry]) -> list[str]:
+    return [str(t.source) for t in entries if isinstance(t.source, (str, Path))]
+
+
+def _identity_now(files: list[str]) -> tuple | None:
+    try:
+        return source_identity(files)
+    except OSError:
+        return None
 
 
 def _finite(image: sitk.Image) -> sitk.Image:
@@ -230,50 +263,33 @@ def _result(entry: FileEntry, fixed: FileEntry, kind: str, transform: sitk.Trans
     return Alignment(entry.path, fixed.path, kind, TransformEntry(source), summary, reused)
 
 
-def _cache_path(
-    cache_dir: str | os.PathLike | None,
+def _key(
+    cache: VolumeCache | None,
     kind: str,
     fixed: FileEntry,
     fixed_entries: Sequence[TransformEntry],
     moving: FileEntry,
     moving_entries: Sequence[TransformEntry],
-) -> Path | None:
-    """``<cache_dir>/alignment/<key>.tfm``; the key depends on contents, never on paths."""
-    if cache_dir is None:
+) -> str | None:
+    """The alignment's cache key: contents, never paths (None without a cache)."""
+    if cache is None:
         return None
+    digest = cache.source_digest
     try:
-        key = digest_of({
+        return digest_of({
             'kind': kind,
             'settings': SETTINGS,
-            'fixed': file_digest(fixed.path),
-            'fixed_transforms': entries_digest(fixed_entries),
-            'moving': file_digest(moving.path),
-            'moving_transforms': entries_digest(moving_entries),
+            'fixed': digest(fixed.path),
+            'fixed_transforms': entries_digest(fixed_entries, digest),
+            'moving': digest(moving.path),
+            'moving_transforms': entries_digest(moving_entries, digest),
         })
     except OSError as error:
         raise RuntimeError(f'cannot read a file to key the alignment: {error}') from None
-    return Path(cache_dir).expanduser() / ALIGNMENT_FOLDER / f'{key}.tfm'
 
 
-def _read_cached(path: Path | None) -> sitk.Transform | None:
-    if path is None or not path.is_file():
-        return None
-    try:
-        return sitk.ReadTransform(str(path))
-    except RuntimeError:
-        return None  # damaged: computed again and replaced
-
-
-def _store(transform: sitk.Transform, path: Path) -> bool:
-    """Write ``path`` atomically; False (with a warning) if the folder is unwritable."""
-    try:
-        with atomic_path(path, keep_suffix=True) as temporary:
-            sitk.WriteTransform(transform, str(temporary))
-    except (OSError, RuntimeError) as error:
-        problem = f'alignment not cached, {path.parent} is not writable: {short_error(error)}'
-        warnings.warn(problem, stacklevel=3)
-        return False
-    return True
+def _read_transform(path: Path) -> sitk.Transform:
+    return sitk.ReadTransform(str(path))
 
 
 def _scalar(image: sitk.Image) -> sitk.Image:

@@ -11,12 +11,16 @@ with the reference as fixed image writes. A list composes as the seed applies it
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import SimpleITK as sitk
 
+from ..cache.digest import digest_of, file_digest
 from ..errors import short_error
 from .grid import read_header
 from ..manifest.records import TransformEntry
@@ -180,3 +184,48 @@ def _where(entry: TransformEntry) -> str:
 
 def _numbers(values, digits: int = 2) -> str:
     return '(' + ', '.join(f'{v:.{digits}f}' for v in values) + ')'
+
+
+# ----------------------------------------------------------------- digests for cache keys
+
+
+def transform_digest(transform: sitk.Transform) -> str:
+    """SHA-256 of an in-memory SimpleITK transform (type, parameters, nested transforms)."""
+    return hashlib.sha256(json.dumps(_describe_transform(transform)).encode()).hexdigest()
+
+
+def entries_digest(entries: Sequence[TransformEntry], digest: Callable[[Path], str] = file_digest) -> str:
+    """SHA-256 of a list of transform entries: their contents, order and invert flags.
+
+    Example:
+        >>> entries_digest([TransformEntry(Path('rigid.tfm'))])  # doctest: +SKIP
+        'c3ab8ff13720e8ad...'
+    """
+    parts = []
+    for entry in entries:
+        if isinstance(entry.source, sitk.Transform):
+            content = transform_digest(entry.source)
+        else:
+            content = digest(entry.source)
+        parts.append({'content': content, 'invert': bool(entry.invert)})
+    return digest_of(parts)
+
+
+def _describe_transform(transform: sitk.Transform) -> dict[str, Any]:
+    if transform.GetName() == 'CompositeTransform':
+        composite = sitk.CompositeTransform(transform)
+        nested = [_describe_transform(composite.GetNthTransform(i)) for i in range(composite.GetNumberOfTransforms())]
+        return {'name': 'CompositeTransform', 'transforms': nested}
+    if transform.GetName() == 'DisplacementFieldTransform':
+        field = sitk.DisplacementFieldTransform(transform).GetDisplacementField()
+        array = sitk.GetArrayViewFromImage(field)
+        return {
+            'name': 'DisplacementFieldTransform',
+            'field': hashlib.sha256(array.tobytes()).hexdigest(),
+            'grid': [field.GetSize(), field.GetSpacing(), field.GetOrigin(), field.GetDirection()],
+        }
+    return {
+        'name': transform.GetName(),
+        'parameters': list(transform.GetParameters()),
+        'fixed': list(transform.GetFixedParameters()),
+    }

@@ -354,10 +354,14 @@ def _description(path: str) -> str:
 
 
 def _listing(folder: str) -> tuple[tuple[str, int, int], ...]:
-    """Names, sizes and mtimes of the folder's files: the memo key of its series."""
+    """Names and stat signatures of the folder's files: the memo key of its series.
+
+    The ctime and inode too: ``rsync -a`` or ``cp -p`` replaces a slice keeping its size and mtime.
+    """
     with os.scandir(folder) as entries:
         return tuple(sorted(
-            (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in entries if entry.is_file()
+            (entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+            for entry in entries if entry.is_file() for stat in (entry.stat(),)
         ))
 
 

@@ -123,7 +123,7 @@ def parse_manifest(
         (0, 1, ['subject "a": field "images": no images listed'])
     """
     if isinstance(source, Manifest):
-        return source, [], len(source)
+        return source, list(source.problems), len(source) if source.listed is None else source.listed
     rows, default_root, name = _rows(source)
     base = Path(root) if root is not None else default_root
     spelling = _CSV_SPELLING if _is_csv(source) else {}
@@ -236,7 +236,7 @@ def _build(
             problems.append(describe(None, where, f'{problem} ({len(subjects)} rows: subjects {named})'))
     if not rows:
         problems.append('the manifest lists no subjects')
-    return Manifest(tuple(records), name), problems, len(rows)
+    return Manifest(tuple(records), name, tuple(problems), len(rows)), problems, len(rows)
 
 
 

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from ..io import dicom
 from ..constants import FIELD_PREPROCESS, REFERENCE_FIRST, REFERENCE_LARGEST
 from ..geometry.grid import Grid
+from ..preprocess import resolve_steps
 from .fields import reference_problem
 from .records import FileEntry, ReferenceValue, TransformEntry
 
@@ -102,8 +103,6 @@ def parse_preprocess(value: Any, root: Path | None = None) -> tuple[Any, ...] | 
         >>> [step.name for step in parse_preprocess('n4,skullstrip')]
         ['n4', 'skullstrip']
     """
-    from ..preprocess import resolve_steps
-
     if value is None or (isinstance(value, str) and is_blank(value)):
         return None
     if isinstance(value, str) and not value.strip().startswith('['):

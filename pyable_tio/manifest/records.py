@@ -124,6 +124,11 @@ class Manifest:
 
     subjects: tuple[SubjectRecord, ...]
     source: str | None = None
+    #: What parsing found (structural problems of the subjects left out, one line each) and how
+    #: many subjects the source listed: a parsed manifest passed on is never parsed again, and
+    #: its problems are still reported.
+    problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    listed: int | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.subjects)

@@ -17,6 +17,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,28 +26,60 @@ import torch
 import torchio as tio
 from torchio.data.io import nib_to_sitk
 
-from ..cache.digest import digest_of
+from ..cache.digest import digest_of, source_identity
 from ..constants import STATISTICS_MEMO_SIZE, STATISTICS_VERSION
 
 _memo: OrderedDict[Hashable, Any] = OrderedDict()
 _lock = threading.Lock()
 
 
-def volume_key(image: tio.Image) -> Hashable | None:
-    """What identifies an unloaded image's voxels: its paths and its reader; None when loaded.
+@dataclass(frozen=True)
+class VolumeKey:
+    """What identifies an unloaded image's voxels: its paths, its reader and the identity
+    (:func:`~pyable_tio.cache.digest.source_identity`) of every file they are read from.
+
+    A file replaced, rewritten or touched gives another key, so a memo never serves the
+    statistics of an older version; :func:`remembered` re-takes the identity after computing
+    and keeps nothing when it changed meanwhile.
+    """
+
+    paths: tuple[str, ...]
+    reader: str
+    files: tuple[str, ...]
+    identity: tuple[Any, ...]
+
+    def is_current(self) -> bool:
+        """Whether the files still have the identity the key was made with."""
+        try:
+            return source_identity(self.files) == self.identity
+        except OSError:
+            return False
+
+
+def volume_key(image: tio.Image) -> VolumeKey | None:
+    """The :class:`VolumeKey` of an unloaded image; None when loaded or a file is missing.
 
     Example:
-        >>> volume_key(subject['images'])  # doctest: +SKIP
-        (('t1.nii.gz', 't2.nii.gz'), "GridReader(grid=...)")
+        >>> volume_key(subject['images']).paths  # doctest: +SKIP
+        ('t1.nii.gz', 't2.nii.gz')
     """
     if image._loaded:
         return None
-    paths = image.path if isinstance(image.path, list) else [image.path]
-    return tuple(str(p) for p in paths), repr(image.reader)
+    paths = tuple(_paths(image))
+    files_of = getattr(image.reader, 'files', None)
+    files = tuple(f for path in paths for f in (files_of(path) if callable(files_of) else (path,)))
+    try:
+        identity = source_identity(files)
+    except (OSError, ValueError):
+        return None  # computed without a memo; the reader reports the missing file
+    return VolumeKey(paths, repr(image.reader), files, identity)
 
 
 def remembered(key: Hashable | None, compute: Callable[[], Any]) -> Any:
-    """``compute()``, kept under ``key`` (bounded, thread-safe); always computed when key is None."""
+    """``compute()``, kept under ``key`` (bounded, thread-safe); always computed when key is None.
+
+    Kept only when every :class:`VolumeKey` inside ``key`` still holds after computing.
+    """
     if key is None:
         return compute()
     with _lock:
@@ -54,11 +87,31 @@ def remembered(key: Hashable | None, compute: Callable[[], Any]) -> Any:
             _memo.move_to_end(key)
             return _memo[key]
     value = compute()
+    if not all(volume.is_current() for volume in _volume_keys(key)):
+        return value  # a file changed meanwhile: the value may describe either version
     with _lock:
         _memo[key] = value
         while len(_memo) > STATISTICS_MEMO_SIZE:
             _memo.popitem(last=False)
     return value
+
+
+def forget() -> None:
+    """Forget every remembered statistic (as a fresh process would).
+
+    Example:
+        >>> forget()
+    """
+    with _lock:
+        _memo.clear()
+
+
+def _volume_keys(key: Any) -> list[VolumeKey]:
+    if isinstance(key, VolumeKey):
+        return [key]
+    if isinstance(key, tuple):
+        return [found for part in key for found in _volume_keys(part)]
+    return []
 
 
 def stored(images: Sequence[tio.Image], statistic: str, compute: Callable[[], Any]) -> Any:
@@ -67,7 +120,8 @@ def stored(images: Sequence[tio.Image], statistic: str, compute: Callable[[], An
     The entry's key is the cache keys of every file of ``images`` (source content, grid,
     transforms, preprocessing...) plus ``statistic``, so it is found again exactly when the
     volumes it describes are. It is stored as the UTF-8 bytes of its JSON (a uint8 array: the
-    cache's own atomic, checksummed format; never a pickle).
+    cache's own atomic, checksummed format; never a pickle), and only when the files' identity
+    is the same before the key and after ``compute()``.
 
     Args:
         images: The unloaded images whose voxels the statistic reads (an image and its mask).
@@ -79,12 +133,13 @@ def stored(images: Sequence[tio.Image], statistic: str, compute: Callable[[], An
         {'mean': 0.0, 'std': 1.0}
     """
     cache = getattr(images[0].reader, 'cache', None)
-    if cache is None or not hasattr(cache, 'key_inputs'):
+    if cache is None or not all(hasattr(image.reader, 'cache_inputs') for image in images):
         return compute()
     try:
-        volumes = [cache.key_inputs(image.reader.entry(path), image.reader.grid)
-                   for image in images for path in _paths(image)]
-    except (AttributeError, OSError):
+        files = tuple(f for image in images for path in _paths(image) for f in image.reader.files(path))
+        before = source_identity(files)
+        volumes = [image.reader.cache_inputs(path) for image in images for path in _paths(image)]
+    except OSError:
         return compute()  # not a GridReader, or a source vanished (its reader says so when read)
     inputs = {'statistic': statistic, 'volumes': volumes, 'statistics_version': STATISTICS_VERSION}
     key = digest_of(inputs)
@@ -92,11 +147,16 @@ def stored(images: Sequence[tio.Image], statistic: str, compute: Callable[[], An
     if array is not None:
         try:
             return json.loads(np.asarray(array).tobytes().decode())
-        except ValueError:
+        except (ValueError, RecursionError):
             pass  # not ours (cannot happen with this key): computed again and replaced
     value = compute()
-    payload = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8).copy()
-    cache.put(key, payload, inputs, source=_paths(images[0])[0])
+    try:
+        unchanged = source_identity(files) == before
+    except OSError:
+        unchanged = False
+    if unchanged:
+        payload = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8).copy()
+        cache.put(key, payload, inputs, source=_paths(images[0])[0])
     return value
 
 

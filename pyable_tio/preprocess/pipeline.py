@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +21,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io import backend
-from ..cache.entry import folder_lock
-from ..constants import CACHE_FORMAT_VERSION, PREPROCESS_IMAGE, PREPROCESS_LOCKS_FOLDER
+from ..constants import CACHE_FORMAT_VERSION, PREPROCESS_IMAGE
 from ..geometry.grid import Grid
-from ..cache.digest import digest_of, file_digest
+from ..cache.digest import SourceChanged, digest_of, file_digest, source_identity
 from .base import PreprocessStep, step_key
 
 #: Without a cache, the last outputs computed in this process, so that the image and its brain
@@ -54,25 +54,42 @@ class Preprocessing:
     output: str = PREPROCESS_IMAGE
     mask_files: tuple[tuple[str, str], ...] = ()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, digest: Callable[[str], str] = file_digest) -> dict[str, Any]:
         """What the output depends on besides the source file, for cache keys (JSON-serialisable).
+
+        Args:
+            digest: The content digest of a file (a cache's ``source_digest``: memoised on disk).
 
         Raises:
             OSError: when a mask file cannot be read.
         """
         return {
             'steps': [step_key(step) for step in self.steps],
-            'masks': {name: file_digest(path) for name, path in self.mask_files},
+            'masks': {name: digest(path) for name, path in self.mask_files},
             'output': self.output,
         }
 
-    def run(self, image: sitk.Image, path: str | os.PathLike, cache: Any = None) -> sitk.Image:
+    def files(self, path: str | os.PathLike) -> tuple[str, ...]:
+        """The files the outputs for ``path`` are made from: it and the mask files.
+
+        Example:
+            >>> Preprocessing((N4(),), mask_files=(('roi_0', 'roi.nii.gz'),)).files('t1.nii.gz')
+            ('t1.nii.gz', 'roi.nii.gz')
+        """
+        return (os.fspath(path), *(os.fspath(mask) for _, mask in self.mask_files))
+
+    def run(self, image: sitk.Image, path: str | os.PathLike, cache: Any = None,
+            identity: tuple[Any, ...] | None = None) -> sitk.Image:
         """The requested output for ``image`` read from ``path``, from the cache when it is there.
 
         Args:
             image: The file as loaded (native space, float32).
             path: The file (its content digest keys the result).
             cache: Optional :class:`~pyable_tio.VolumeCache`; the outputs are stored in it.
+            identity: :func:`~pyable_tio.cache.digest.source_identity` of :meth:`files`, taken before
+                ``image`` was read (default: now). Outputs are stored, or kept in memory, only
+                when it still holds after the key is built and the steps ran: else the key could
+                name another version of the file than the one ``image`` holds.
 
         Returns:
             The output, on ``image``'s grid.
@@ -80,18 +97,30 @@ class Preprocessing:
         Raises:
             ValueError: a step failed or returned an image on another grid.
             MissingDependencyError: a step's optional package is not installed.
+            SourceChanged: with a cache, the file changed since it was read (nothing stored).
         """
-        digest = cache.source_digest(path) if cache is not None else file_digest(path)
-        base = {'kind': 'preprocessed', 'format': CACHE_FORMAT_VERSION, 'source': digest, **self.describe()}
+        files = self.files(path)
+        if identity is None:
+            identity = source_identity(files)
+
+        def unchanged() -> bool:
+            try:
+                return source_identity(files) == identity
+            except OSError:
+                return False
+
+        digest = cache.source_digest if cache is not None else file_digest
+        base = {'kind': 'preprocessed', 'format': CACHE_FORMAT_VERSION, 'source': digest(path), **self.describe(digest)}
         base.pop('output')
         if cache is not None:
-            outputs = self._cached(image, path, cache, base)
+            outputs = self._cached(image, path, cache, base, unchanged)
         else:
             memo_key = digest_of(base)
-            outputs = _recent(memo_key)
+            outputs = _recent(memo_key) if unchanged() else None
             if outputs is None:
                 outputs = self.compute(image)
-                _remember(memo_key, outputs)
+                if unchanged():
+                    _remember(memo_key, outputs)
         if self.output not in outputs:
             raise ValueError(f'no step makes "{self.output}" (outputs: {sorted(outputs)})')
         return outputs[self.output]
@@ -118,25 +147,28 @@ class Preprocessing:
             image = result
         return {PREPROCESS_IMAGE: image, **made}
 
-    def _cached(self, image: sitk.Image, path: Any, cache: Any, base: dict[str, Any]) -> dict[str, sitk.Image]:
+    def _cached(self, image: sitk.Image, path: Any, cache: Any, base: dict[str, Any],
+                unchanged: Callable[[], bool]) -> dict[str, sitk.Image]:
         """Outputs from the cache, or computed (once across processes) and stored."""
         names = [PREPROCESS_IMAGE, *_masks_made(self.steps)]
         keys = {name: digest_of({**base, 'output': name}) for name in names}
+        changed = SourceChanged(f'{path} changed while it was preprocessed')
         found = _read(cache, keys, image)
         if found is not None:
+            if not unchanged():
+                raise changed  # the entry found is of the new version, ``image`` of the old one
             return found
         # Hold a lock per entry while computing: another worker asked for the brain mask of
         # this very file waits for these outputs instead of running the steps a second time.
-        lock = cache.folder / PREPROCESS_LOCKS_FOLDER / f'{keys[PREPROCESS_IMAGE]}.lock'
-        try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            lock = None
-        with folder_lock(lock):
+        with cache.exclusive(keys[PREPROCESS_IMAGE]):
             found = _read(cache, keys, image)
             if found is not None:
+                if not unchanged():
+                    raise changed
                 return found
             outputs = self.compute(image)
+            if not unchanged():
+                raise changed
             for name, key in keys.items():
                 output = outputs[name]
                 array = sitk.GetArrayFromImage(output)
