@@ -40,6 +40,8 @@ TRANSFORMS = {
     'random_affine': tio.RandomAffine(degrees=15, scales=0.15, translation=3),
     'affine_minimum_pad': tio.Affine((1.1, 0.9, 1.0), (8.0, -5.0, 12.0), (1.0, 0.0, -2.0), default_pad_value='minimum'),
     'affine_mean_pad_nearest': tio.RandomAffine(degrees=20, default_pad_value='mean', image_interpolation='nearest'),
+    'affine_images_only_then_flip_all': tio.Compose([tio.RandomAffine(degrees=10, include=['images']),
+                                                     tio.RandomFlip(axes=(0, 1, 2))]),
     'affine_bspline_images': tio.RandomAffine(degrees=10, image_interpolation='bspline'),  # SimpleITK on both
     'random_flip': tio.RandomFlip(axes=(0, 1, 2), flip_probability=0.7),
     'flip': tio.Flip(axes=('LR',)),
