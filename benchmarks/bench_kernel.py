@@ -7,7 +7,9 @@ In one process, one thread, interleaved, min of N (the machine may be shared: re
    trilinear (1 and 2 channels sharing the coordinates) and nearest (uint8 labels);
 2. a whole augmented patch (2 images as two files + a label map, RandomAffine + RandomFlip +
    RandomGamma) through ``augment_patch`` with ``engine="numba"`` and ``engine="sitk"``;
-3. the first call of each kernel in a fresh process (compilation, or loading numba's disk cache).
+3. CPU time per patch as the queue cuts them (``SubjectPatches.patches``), per engine, with and
+   without ``RandomElasticDeformation``;
+4. the first call of each kernel in a fresh process (compilation, or loading numba's disk cache).
 
 Usage:
     python benchmarks/bench_kernel.py [--repeat 15] [--patch 96]
@@ -140,6 +142,52 @@ def whole_patch(repeat: int, patch: int) -> dict:
     return {f'{engine} engine': {'ms': round(1e3 * value, 1)} for engine, value in rows.items()}
 
 
+def queue_patches(repeat: int, patch: int) -> dict:
+    """CPU ms per patch as the queue cuts them (``SubjectPatches.patches``: draw, read, augment,
+    build the patch subject), 8 patches of one subject, per engine, with and without elastic."""
+    import tempfile
+    from pathlib import Path
+
+    import SimpleITK as sitk
+    import torch
+    import torchio as tio
+
+    import pyable_tio as pt
+    from pyable_tio import synthetic
+    from pyable_tio.patching.cutting import SubjectPatches
+
+    torch.set_num_threads(1)
+    folder = Path(tempfile.mkdtemp(prefix='bench_kernel_queue_'))
+    t1 = synthetic.phantom((int(patch * 1.7),) * 2 + (int(patch * 1.05),), (1.0, 1.0, 1.2), seed=1)
+    sitk.WriteImage(t1, str(folder / 't1.nii.gz'))
+    sitk.WriteImage(t1 * 0.7 + 5.0, str(folder / 't2.nii.gz'))
+    sitk.WriteImage(synthetic.label_map(t1), str(folder / 'labels.nii.gz'))
+    manifest = {'s': {'images': [str(folder / 't1.nii.gz'), str(folder / 't2.nii.gz')],
+                      'labelmaps': [str(folder / 'labels.nii.gz')]}}
+    subjects = pt.subjects_from_manifest(manifest, cache_dir=folder / 'cache')
+    recipes = {
+        'affine+flip+gamma': [tio.RandomAffine(degrees=10, scales=0.1), tio.RandomFlip(axes=('LR',)), tio.RandomGamma()],
+        'affine+elastic+flip+gamma': [tio.RandomAffine(degrees=10, scales=0.1),
+                                      tio.RandomElasticDeformation(max_displacement=5),
+                                      tio.RandomFlip(axes=('LR',)), tio.RandomGamma()],
+    }
+    rows = {}
+    for recipe, steps in recipes.items():
+        dataset = tio.SubjectsDataset(subjects, transform=tio.Compose(steps))
+        cutters = {engine: SubjectPatches(dataset, tio.UniformSampler(patch), 8, engine=engine) for engine in ('sitk', 'numba')}
+        for cutter in cutters.values():
+            cutter.patches(0, torch.Generator().manual_seed(0))
+        best = {}
+        for round_ in range(max(2, repeat // 4)):
+            for engine, cutter in cutters.items():
+                tick = time.process_time()
+                cutter.patches(0, torch.Generator().manual_seed(round_))
+                best[engine] = min(best.get(engine, float('inf')), (time.process_time() - tick) / 8)
+        for engine, value in best.items():
+            rows[f'{recipe}, {engine}'] = {'cpu_ms_per_patch': round(1e3 * value, 1)}
+    return rows
+
+
 FIRST_CALL = '''
 import time, numpy as np
 tick = time.perf_counter()
@@ -167,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--patch', type=int, default=96)
     args = parser.parse_args(argv)
     results = {'interpolation': interpolation(args.repeat, args.patch), 'patch': whole_patch(args.repeat, args.patch),
-               'start-up': first_call()}
+               'queue patches': queue_patches(args.repeat, args.patch), 'start-up': first_call()}
     for section, rows in results.items():
         print(f'\n{section}')
         for key, value in rows.items():
@@ -177,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
           f' 2 channels {inter["sitk linear, 2 channels"]["ms"] / inter["numba linear, 2 channels (one file)"]["ms"]:.2f}x,'
           f' nearest {inter["sitk nearest, uint8 labels"]["ms"] / inter["numba nearest, uint8 labels"]["ms"]:.2f}x,'
           f' whole patch {whole["sitk engine"]["ms"] / whole["numba engine"]["ms"]:.2f}x')
+    for recipe in ('affine+flip+gamma', 'affine+elastic+flip+gamma'):
+        queue = results['queue patches']
+        ratio = queue[f'{recipe}, sitk']['cpu_ms_per_patch'] / queue[f'{recipe}, numba']['cpu_ms_per_patch']
+        print(f'queue patches, {recipe}: sitk / numba {ratio:.2f}x in CPU per patch')
     print(json.dumps(results))
     return 0
 

@@ -24,7 +24,7 @@ from .plan import reference_grid
 from .manifest import ManifestSource, parse_manifest
 from .patching.split import log_fallback, plan_transform
 from .patching.boxes import BoxQueue
-from .patching.queue import PatchQueue
+from .patching.queue import PatchQueue, warm_in_background
 from .datasets.samplers import LabelSampler, WeightedSampler
 from .subjects import SubjectOptions, subjects_from_manifest
 from .transforms.layout import with_layout_guard
@@ -203,17 +203,19 @@ def queue_from_manifest(
         parsed, _, _ = parse_manifest(source, root=kwargs.get('root'), extra_fields=kwargs.get('extra_fields', ()))
         _check_label_name(label_name, parsed, missing)
         source = parsed  # parsed once: it carries its problems on to the planning
+    guarded = with_layout_guard(transform)  # patches stay Z,Y,X
+    plan = plan_transform(guarded, batch_device)  # planned once, here; the queue is handed the split
+    if engine == 'numba' and batch_device is None and plan.resamples and fast_patches is not False:
+        warm_in_background()  # numba's first call overlaps the header reads
     subjects = subjects_from_manifest(source, missing=missing, **kwargs)
     if may_resize(transform) is False:
         _check_patch_fits(subjects, patch)
-    guarded = with_layout_guard(transform)  # patches stay Z,Y,X
     dataset = tio.SubjectsDataset(subjects, transform=guarded)
     patch_sampler = make_sampler(sampler, patch, label_name, subjects[0])
     if distributed:
         subject_sampler = _distributed_sampler(dataset, subject_sampler, shuffle_subjects, seed or 0)
     elif seed is not None and subject_sampler is None and shuffle_subjects:
         subject_sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    plan = plan_transform(guarded, batch_device)  # planned once, here; the queue is handed the split
     # Steps that all run per patch read only the patch boxes, in threads (PatchQueue). A whole-volume
     # prefix keeps tio.Queue unless fast_patches=True (then: prefix in worker processes, rest per patch).
     fast = (transform is None or plan.per_patch) if fast_patches is None else fast_patches

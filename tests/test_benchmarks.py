@@ -60,3 +60,14 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def test_bench_kernel_runs_and_checks_the_engines_agree():
+    """bench_kernel.py asserts numba == SimpleITK before timing; tiny sizes, no timing asserted."""
+    script = SCRIPT.parent / 'bench_kernel.py'
+    process = subprocess.run([sys.executable, str(script), '--repeat', '1', '--patch', '16'],
+                             capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = json.loads(process.stdout.strip().splitlines()[-1])
+    assert set(results) == {'interpolation', 'patch', 'queue patches', 'start-up'}
+    assert all(row['cpu_ms_per_patch'] > 0 for row in results['queue patches'].values())

@@ -40,6 +40,8 @@ TRANSFORMS = {
     'random_affine': tio.RandomAffine(degrees=15, scales=0.15, translation=3),
     'affine_minimum_pad': tio.Affine((1.1, 0.9, 1.0), (8.0, -5.0, 12.0), (1.0, 0.0, -2.0), default_pad_value='minimum'),
     'affine_mean_pad_nearest': tio.RandomAffine(degrees=20, default_pad_value='mean', image_interpolation='nearest'),
+    'affine_images_only_then_flip_all': tio.Compose([tio.RandomAffine(degrees=10, include=['images']),
+                                                     tio.RandomFlip(axes=(0, 1, 2))]),
     'affine_bspline_images': tio.RandomAffine(degrees=10, image_interpolation='bspline'),  # SimpleITK on both
     'random_flip': tio.RandomFlip(axes=(0, 1, 2), flip_probability=0.7),
     'flip': tio.Flip(axes=('LR',)),
@@ -58,6 +60,7 @@ TRANSFORMS = {
     'rescale': tio.RescaleIntensity(out_min_max=(-1, 1), percentiles=(2, 98)),
     'pyable_normalization': pt.transforms.IntensityNormalization(),
     'affine_flip_gamma': tio.Compose([tio.RandomAffine(degrees=10, scales=0.1), tio.RandomFlip(), tio.RandomGamma()]),
+    'two_elastic': tio.Compose([tio.RandomElasticDeformation(**ELASTIC), tio.RandomElasticDeformation(**ELASTIC)]),
     'all_spatial': tio.Compose([tio.RandomAffine(degrees=10, scales=0.1), tio.RandomElasticDeformation(**ELASTIC),
                                 tio.RandomFlip(axes=(0, 1, 2))]),
     'statistics_spatial_intensity_late_flip': tio.Compose([
@@ -164,6 +167,14 @@ def test_identity_draws_are_crops_without_interpolation(subject, monkeypatch):
                 assert torch.equal(ours[name], oracle[name])
 
 
+def test_one_elastic_step_is_evaluated_by_the_kernel(subject, monkeypatch):
+    """The B-spline of a single elastic step is the kernel's own (ITK's cubic B-spline), not
+    SimpleITK's displacement field (1 s per 96^3 patch); it is proved equal above."""
+    monkeypatch.setattr(sitk, 'TransformToDisplacementField', lambda *a, **k: pytest.fail('SimpleITK field'))
+    ours, applied = patch(subject, TRANSFORMS['all_spatial'], (4, 6, 9), 0, 'numba')
+    assert tio.RandomElasticDeformation in {type(s) for s in applied}
+
+
 def test_sources_are_sampled_in_their_stored_dtype(subject):
     """An int16 image and a uint16 label map (widened to int32, as TorchIO reads it), sampled as stored."""
     loaded = copy.deepcopy(subject)
@@ -177,6 +188,16 @@ def test_sources_are_sampled_in_their_stored_dtype(subject):
         oracle, _ = patch(converted, transform, (4, 6, 9), seed, 'sitk')
         assert ours['labelmap_0'].dtype == torch.int32
         assert_engines_agree(ours, oracle)
+
+
+def test_big_endian_sources_are_sampled_as_native_ones():
+    """A reader may hand over big-endian arrays (NIfTI written on another machine): same values."""
+    source = np.random.default_rng(0).normal(100, 20, (1, 12, 12, 12)).astype('>f4')
+    box, shift = ((0, 0, 0), (12, 12, 12)), np.array([[1, 0, 0, .3], [0, 1, 0, .6], [0, 0, 1, .2]])
+    ours, native = np.empty((1, 8, 8, 8), np.float32), np.empty((1, 8, 8, 8), np.float32)
+    kernel.sample([source], box, shift, ours, [0.0], False)
+    kernel.sample([source.astype('<f4')], box, shift, native, [0.0], False)
+    assert np.array_equal(ours, native)
 
 
 def test_cached_memory_maps_feed_the_kernel(manifest, tmp_path):

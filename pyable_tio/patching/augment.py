@@ -19,7 +19,7 @@ mirrors last) reverse the finished patch. Statistics (``ZNormalization``,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -198,6 +198,9 @@ class _SpatialMap:
             numba engine's when an elastic step makes the map a field.
         bound: Its linear part (the elastic steps left out), to bound the preimage.
         displacement: The elastic steps' largest displacement (mm), scaled by later maps.
+        bspline: One elastic step as the kernel's data (index maps before and after it, its
+            control grid and coefficients); None: no elastic step, or several (SimpleITK's field).
+        fields: Coordinate fields already computed, by region (images on one map share them).
     """
 
     engine: str
@@ -205,6 +208,8 @@ class _SpatialMap:
     transform: sitk.Transform | None = None
     bound: sitk.Transform | None = None
     displacement: float = 0.0
+    bspline: tuple | None = None
+    fields: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, spatial: list[Drawn], volume: Volume, start: np.ndarray, size: np.ndarray, shape: np.ndarray,
@@ -234,7 +239,11 @@ class _SpatialMap:
         bound = _as_affine(sitk.CompositeTransform(bounds)) if bounds else sitk.Transform(3, sitk.sitkIdentity)
         # Linear maps only: one AffineTransform, which ITK resamples on its fast (scan-line) path.
         transform = bound if displacement == 0 else sitk.CompositeTransform(maps)
-        return cls(engine, transform=transform, bound=bound, displacement=displacement)
+        mapped = cls(engine, transform=transform, bound=bound, displacement=displacement)
+        elastic = [i for i, d in enumerate(spatial) if not d.op.linear]
+        if engine == 'numba' and len(elastic) == 1:
+            mapped.bspline = _bspline_parts(spatial, elastic[0], volume, start, size, shape)
+        return mapped
 
     def preimage(self, affine: np.ndarray, out_start: np.ndarray, out_stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Continuous source index bounds (D, H, W) of the output region's preimage."""
@@ -272,24 +281,61 @@ class _SpatialMap:
             crop = kernel.as_crop(mapping)
             if crop is not None and kernel.crop(box.arrays, bounds, *crop, out) is not None:
                 return torch.from_numpy(out)  # flips and whole-voxel shifts: no interpolation
-        else:
-            mapping = self._coordinates(volume, box.origin, out_start, out_stop)
+        else:  # one coordinate field per region, shared by the images on this map
+            key = (box.origin.tobytes(), np.asarray(out_start).tobytes(), np.asarray(out_stop).tobytes())
+            if key not in self.fields:
+                self.fields[key] = self._coordinates(volume, box.origin, out_start, out_stop)
+            mapping = self.fields[key]
         return torch.from_numpy(kernel.sample(box.arrays, bounds, mapping, out, pads, nearest=interpolation == 'nearest'))
 
     def _coordinates(self, volume: Volume, origin: np.ndarray, out_start: np.ndarray,
                      out_stop: np.ndarray) -> np.ndarray:
-        """Source index (from ``origin``) of every output voxel (3 x d x h x w), from SimpleITK's displacement field."""
+        """Source index (from ``origin``) of every output voxel (3 x d x h x w): the kernel's B-spline for
+        one elastic step, else SimpleITK's displacement field of the composed transform."""
+        if self.bspline is not None:
+            before, to_grid, coefficients, linear_inverse, after = self.bspline
+            to_arrays, from_out = np.eye(4), np.eye(4)
+            to_arrays[:3, 3] = -np.asarray(origin)
+            from_out[:3, 3] = out_start
+            return _kernels().bspline_coordinates(to_arrays @ before, to_grid, coefficients, linear_inverse,
+                                                  after @ from_out, tuple(int(n) for n in out_stop - out_start))
         lps = lps_affine(volume.affine)
         grid = ras_affine_to_grid(sitk_engine.shifted(volume.affine, out_start), out_stop - out_start)
-        field = sitk.TransformToDisplacementField(self.transform, sitk.sitkVectorFloat64, grid.size, grid.origin,
+        vectors = sitk.TransformToDisplacementField(self.transform, sitk.sitkVectorFloat64, grid.size, grid.origin,
                                                   grid.spacing, grid.direction)
-        displacement = sitk.GetArrayViewFromImage(field)  # d x h x w x 3 (LPS x, y, z)
+        displacement = sitk.GetArrayViewFromImage(vectors)  # d x h x w x 3 (LPS x, y, z)
         index = np.stack(np.meshgrid(*(np.arange(a, b, dtype=np.float64) for a, b in zip(out_start, out_stop)),
                                      indexing='ij'))
         # Output point + displacement, back to source indices: index + A^-1 displacement.
         inverse = np.linalg.inv(lps[:3, :3])
         coordinates = index + np.einsum('ij,dhwj->idhw', inverse, displacement)
         return coordinates - np.asarray(origin, np.float64)[:, None, None, None]
+
+
+def _bspline_parts(spatial: list[Drawn], index: int, volume: Volume, start: np.ndarray, size: np.ndarray,
+                   shape: np.ndarray) -> tuple:
+    """The elastic step ``spatial[index]`` as data for the kernel's B-spline, between the index
+    maps of the steps before and after it (4 x 4 each)."""
+    def composed(steps: list[Drawn]) -> np.ndarray:
+        matrix = np.eye(4)
+        for d in steps:
+            step_map = d.op.index_map(d, volume, start, size, shape)
+            if step_map is not None:
+                matrix = matrix @ step_map
+        return matrix
+
+    d = spatial[index]
+    bspline, _ = d.op.transform(d, volume, start, size, shape)
+    fixed = np.asarray(bspline.GetFixedParameters(), dtype=np.float64)
+    grid_size = fixed[:3].astype(int)
+    grid = np.eye(4)
+    grid[:3, :3] = fixed[9:18].reshape(3, 3) @ np.diag(fixed[6:9])  # direction @ spacing
+    grid[:3, 3] = fixed[3:6]
+    coefficients = np.asarray(bspline.GetParameters(), dtype=np.float64).reshape(3, *grid_size[::-1])
+    coefficients = coefficients.transpose(0, 3, 2, 1)  # ITK's x fastest: (component, x, y, z)
+    lps = lps_affine(volume.affine)
+    to_grid = np.linalg.inv(grid) @ lps
+    return composed(spatial[:index]), to_grid, coefficients, np.linalg.inv(lps[:3, :3]), composed(spatial[index + 1:])
 
 
 def _kernels() -> ModuleType:

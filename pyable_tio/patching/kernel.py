@@ -58,61 +58,13 @@ _jit = numba.njit(cache=True, nogil=True, error_model='numpy')
 
 
 @_jit
-def _linear_at(src, lo, hi, out, n, z, y, x, pads):
-    """Trilinear sample of every channel of ``src`` (C x voxels, flat) at (z, y, x), as ITK does.
-
-    The box is ``lo <= index < hi`` (inside: within half a voxel of it; the neighbours clamp
-    to its edge). ``out`` is C x voxels (flat), ``n`` the output voxel.
-    """
-    if not (lo[0] - 0.5 <= z < hi[0] - 0.5 and lo[1] - 0.5 <= y < hi[1] - 0.5 and lo[2] - 0.5 <= x < hi[2] - 0.5):
-        for c in range(out.shape[0]):
-            out[c, n] = pads[c]
-        return
-    zf, yf, xf = math.floor(z), math.floor(y), math.floor(x)
-    z0, y0, x0 = int(zf), int(yf), int(xf)
-    fz, fy, fx = z - zf, y - yf, x - xf
-    if z0 < lo[0]:
-        z0, fz = lo[0], 0.0
-    if y0 < lo[1]:
-        y0, fy = lo[1], 0.0
-    if x0 < lo[2]:
-        x0, fx = lo[2], 0.0
-    plane, row = lo[3], lo[4]  # strides of the flat source (H * W, W)
-    sz = plane if z0 < hi[0] - 1 else 0
-    sy = row if y0 < hi[1] - 1 else 0
-    sx = 1 if x0 < hi[2] - 1 else 0
-    base = z0 * plane + y0 * row + x0
-    for c in range(out.shape[0]):
-        v000, v001 = float(src[c, base]), float(src[c, base + sx])
-        v010, v011 = float(src[c, base + sy]), float(src[c, base + sy + sx])
-        v100, v101 = float(src[c, base + sz]), float(src[c, base + sz + sx])
-        v110, v111 = float(src[c, base + sz + sy]), float(src[c, base + sz + sy + sx])
-        a = v000 + (v001 - v000) * fx
-        b = v010 + (v011 - v010) * fx
-        e = v100 + (v101 - v100) * fx
-        f = v110 + (v111 - v110) * fx
-        near = a + (b - a) * fy
-        out[c, n] = near + (e + (f - e) * fy - near) * fz
-
-
-@_jit
-def _nearest_at(src, lo, hi, out, n, z, y, x, pads):
-    """Nearest sample (rounding half up, as ITK) of every channel of ``src`` at (z, y, x)."""
-    if not (lo[0] - 0.5 <= z < hi[0] - 0.5 and lo[1] - 0.5 <= y < hi[1] - 0.5 and lo[2] - 0.5 <= x < hi[2] - 0.5):
-        for c in range(out.shape[0]):
-            out[c, n] = pads[c]
-        return
-    base = int(math.floor(z + 0.5)) * lo[3] + int(math.floor(y + 0.5)) * lo[4] + int(math.floor(x + 0.5))
-    for c in range(out.shape[0]):
-        out[c, n] = src[c, base]
-
-
-@_jit
 def _affine_linear(sources, lo, hi, m, out, shape, pads):
     """Trilinear ``sources`` (a tuple of C_f x voxels arrays) at ``m @ (i, j, k, 1)`` for every output voxel.
 
-    The body of :func:`_linear_at`, written out with the matrix in scalars and unsigned flat
-    indices (no negative-index checks): numba does not inline the call, which costs 2-5x.
+    Written out in one loop, with the matrix in scalars and unsigned flat indices (no
+    negative-index checks): a helper called per voxel is not inlined and costs 2-5x. The
+    sampling rules are ITK's: inside when ``lo - 0.5 <= index < hi - 0.5`` on every axis (``lo``
+    also carries the flat strides), neighbours clamped to the box's edge.
     """
     one, zero = numba.uint64(1), numba.uint64(0)
     plane, row = numba.uint64(lo[3]), numba.uint64(lo[4])
@@ -167,7 +119,7 @@ def _affine_linear(sources, lo, hi, m, out, shape, pads):
 
 @_jit
 def _affine_nearest(src, lo, hi, m, out, shape, pads):
-    """Nearest ``src`` at ``m @ (i, j, k, 1)`` for every output voxel (:func:`_nearest_at`, written out)."""
+    """Nearest ``src`` at ``m @ (i, j, k, 1)`` for every output voxel (rounding half up, as ITK)."""
     one = numba.uint64(1)
     plane, row = numba.uint64(lo[3]), numba.uint64(lo[4])
     z_lo, y_lo, x_lo = lo[0] - 0.5, lo[1] - 0.5, lo[2] - 0.5
@@ -194,12 +146,141 @@ def _affine_nearest(src, lo, hi, m, out, shape, pads):
 
 
 @_jit
-def _field(src, lo, hi, coordinates, out, pads, nearest):
+def _field_linear(sources, lo, hi, coordinates, out, pads):
+    """Trilinear ``sources`` (a tuple of C_f x voxels arrays) at ``coordinates[:, n]`` for every output voxel n.
+
+    The body of :func:`_affine_linear`, with the coordinates read instead of computed.
+    """
+    one, zero = numba.uint64(1), numba.uint64(0)
+    plane, row = numba.uint64(lo[3]), numba.uint64(lo[4])
+    z_lo, y_lo, x_lo = lo[0] - 0.5, lo[1] - 0.5, lo[2] - 0.5
+    z_hi, y_hi, x_hi = hi[0] - 0.5, hi[1] - 0.5, hi[2] - 0.5
+    z_last, y_last, x_last = hi[0] - 1, hi[1] - 1, hi[2] - 1
+    channels = out.shape[0]
     for n in range(out.shape[1]):
-        if nearest:
-            _nearest_at(src, lo, hi, out, n, coordinates[0, n], coordinates[1, n], coordinates[2, n], pads)
+        z, y, x = coordinates[0, n], coordinates[1, n], coordinates[2, n]
+        if not (z_lo <= z < z_hi and y_lo <= y < y_hi and x_lo <= x < x_hi):
+            for c in range(channels):
+                out[c, n] = pads[c]
+            continue
+        zf, yf, xf = math.floor(z), math.floor(y), math.floor(x)
+        z0, y0, x0 = int(zf), int(yf), int(xf)
+        fz, fy, fx = z - zf, y - yf, x - xf
+        if z0 < lo[0]:
+            z0, fz = lo[0], 0.0
+        if y0 < lo[1]:
+            y0, fy = lo[1], 0.0
+        if x0 < lo[2]:
+            x0, fx = lo[2], 0.0
+        sz = plane if z0 < z_last else zero
+        sy = row if y0 < y_last else zero
+        sx = one if x0 < x_last else zero
+        base = numba.uint64(z0) * plane + numba.uint64(y0) * row + numba.uint64(x0)
+        c = zero
+        for source in literal_unroll(sources):
+            for channel in range(source.shape[0]):
+                s = source[channel]
+                v000, v001 = float(s[base]), float(s[base + sx])
+                v010, v011 = float(s[base + sy]), float(s[base + sy + sx])
+                v100, v101 = float(s[base + sz]), float(s[base + sz + sx])
+                v110, v111 = float(s[base + sz + sy]), float(s[base + sz + sy + sx])
+                a = v000 + (v001 - v000) * fx
+                b = v010 + (v011 - v010) * fx
+                e = v100 + (v101 - v100) * fx
+                f = v110 + (v111 - v110) * fx
+                near = a + (b - a) * fy
+                out[c, n] = near + (e + (f - e) * fy - near) * fz
+                c += one
+
+
+@_jit
+def _field_nearest(src, lo, hi, coordinates, out, pads):
+    """Nearest ``src`` at ``coordinates[:, n]`` for every output voxel n."""
+    plane, row = numba.uint64(lo[3]), numba.uint64(lo[4])
+    z_lo, y_lo, x_lo = lo[0] - 0.5, lo[1] - 0.5, lo[2] - 0.5
+    z_hi, y_hi, x_hi = hi[0] - 0.5, hi[1] - 0.5, hi[2] - 0.5
+    channels = out.shape[0]
+    for n in range(out.shape[1]):
+        z, y, x = coordinates[0, n], coordinates[1, n], coordinates[2, n]
+        if z_lo <= z < z_hi and y_lo <= y < y_hi and x_lo <= x < x_hi:
+            base = (numba.uint64(math.floor(z + 0.5)) * plane + numba.uint64(math.floor(y + 0.5)) * row
+                    + numba.uint64(math.floor(x + 0.5)))
+            for c in range(channels):
+                out[c, n] = src[c][base]
         else:
-            _linear_at(src, lo, hi, out, n, coordinates[0, n], coordinates[1, n], coordinates[2, n], pads)
+            for c in range(channels):
+                out[c, n] = pads[c]
+
+
+@_jit
+def _cubic_weights(c, weights):
+    """Cubic B-spline weights of the 4 coefficients from ``floor(c) - 1`` at ``c``."""
+    f = c - math.floor(c)
+    g = 1.0 - f
+    weights[0] = g * g * g / 6.0
+    weights[1] = (3.0 * f * f * f - 6.0 * f * f + 4.0) / 6.0
+    weights[2] = (-3.0 * f * f * f + 3.0 * f * f + 3.0 * f + 1.0) / 6.0
+    weights[3] = f * f * f / 6.0
+
+
+@_jit
+def _bspline_coordinates(before, to_grid, coefficients, linear_inverse, after, shape, out):
+    """Source index of every output voxel through [``before`` maps, a cubic B-spline, ``after`` maps].
+
+    ``after`` (3 x 4) takes the output index to the volume index q the B-spline sees (the steps
+    after it); ``to_grid`` (3 x 4) takes q to the control grid's continuous index c; the
+    displacement (LPS mm) is ITK's ``BSplineTransform``: the 4 x 4 x 4 coefficients from
+    ``floor(c) - 1`` weighted by the cubic B-spline, zero outside its valid region
+    ``1 <= c < size - 2``; ``linear_inverse`` takes it back to voxel indices, and ``before``
+    (3 x 4) maps the result through the steps before the B-spline.
+    """
+    size_x, size_y, size_z = coefficients.shape[1], coefficients.shape[2], coefficients.shape[3]
+    wx, wy, wz = np.empty(4), np.empty(4), np.empty(4)
+    n = 0
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            for k in range(shape[2]):
+                q0 = after[0, 0] * i + after[0, 1] * j + after[0, 2] * k + after[0, 3]
+                q1 = after[1, 0] * i + after[1, 1] * j + after[1, 2] * k + after[1, 3]
+                q2 = after[2, 0] * i + after[2, 1] * j + after[2, 2] * k + after[2, 3]
+                c0 = to_grid[0, 0] * q0 + to_grid[0, 1] * q1 + to_grid[0, 2] * q2 + to_grid[0, 3]
+                c1 = to_grid[1, 0] * q0 + to_grid[1, 1] * q1 + to_grid[1, 2] * q2 + to_grid[1, 3]
+                c2 = to_grid[2, 0] * q0 + to_grid[2, 1] * q1 + to_grid[2, 2] * q2 + to_grid[2, 3]
+                d0 = d1 = d2 = 0.0
+                if 1.0 <= c0 < size_x - 2.0 and 1.0 <= c1 < size_y - 2.0 and 1.0 <= c2 < size_z - 2.0:
+                    _cubic_weights(c0, wx)
+                    _cubic_weights(c1, wy)
+                    _cubic_weights(c2, wz)
+                    x0 = numba.uint64(math.floor(c0) - 1)
+                    y0 = numba.uint64(math.floor(c1) - 1)
+                    z0 = numba.uint64(math.floor(c2) - 1)
+                    for a in range(4):
+                        for b in range(4):
+                            wab = wx[a] * wy[b]
+                            x, y = x0 + numba.uint64(a), y0 + numba.uint64(b)
+                            for e in range(4):
+                                w = wab * wz[e]
+                                z = z0 + numba.uint64(e)
+                                d0 += w * coefficients[0, x, y, z]
+                                d1 += w * coefficients[1, x, y, z]
+                                d2 += w * coefficients[2, x, y, z]
+                r0 = q0 + linear_inverse[0, 0] * d0 + linear_inverse[0, 1] * d1 + linear_inverse[0, 2] * d2
+                r1 = q1 + linear_inverse[1, 0] * d0 + linear_inverse[1, 1] * d1 + linear_inverse[1, 2] * d2
+                r2 = q2 + linear_inverse[2, 0] * d0 + linear_inverse[2, 1] * d1 + linear_inverse[2, 2] * d2
+                out[0, n] = before[0, 0] * r0 + before[0, 1] * r1 + before[0, 2] * r2 + before[0, 3]
+                out[1, n] = before[1, 0] * r0 + before[1, 1] * r1 + before[1, 2] * r2 + before[1, 3]
+                out[2, n] = before[2, 0] * r0 + before[2, 1] * r1 + before[2, 2] * r2 + before[2, 3]
+                n += 1
+
+
+def bspline_coordinates(before: np.ndarray, to_grid: np.ndarray, coefficients: np.ndarray,
+                        linear_inverse: np.ndarray, after: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """The 3 x d x h x w coordinate field of :func:`_bspline_coordinates` (see there)."""
+    out = np.empty((3, int(np.prod(shape))), dtype=np.float64)
+    _bspline_coordinates(np.ascontiguousarray(before[:3], np.float64), np.ascontiguousarray(to_grid[:3], np.float64),
+                         np.ascontiguousarray(coefficients, np.float64), np.ascontiguousarray(linear_inverse, np.float64),
+                         np.ascontiguousarray(after[:3], np.float64), np.asarray(shape, np.int64), out)
+    return out.reshape(3, *shape)
 
 
 def sample(sources: list[np.ndarray], box: tuple[np.ndarray, np.ndarray], mapping: np.ndarray, out: np.ndarray,
@@ -234,7 +315,7 @@ def sample(sources: list[np.ndarray], box: tuple[np.ndarray, np.ndarray], mappin
     hi = np.asarray(box[1], dtype=np.int64)
     # C_f x voxels views (no copy for memory maps and stacked boxes), in runs of one dtype:
     # one pass per run, its files sharing the coordinates of each output voxel.
-    flats = [np.ascontiguousarray(source).reshape(source.shape[0], -1) for source in sources]
+    flats = [np.ascontiguousarray(_native(source)).reshape(source.shape[0], -1) for source in sources]
     runs = [[flats[0]]]
     for flat in flats[1:]:
         if flat.dtype == runs[-1][0].dtype:
@@ -246,15 +327,18 @@ def sample(sources: list[np.ndarray], box: tuple[np.ndarray, np.ndarray], mappin
         count = sum(flat.shape[0] for flat in run)
         part, part_pads = flat_out[channel:channel + count], pad_values[channel:channel + count]
         channel += count
-        if not field and not nearest:
-            _affine_linear(tuple(run), lo, hi, mapping, part, shape, part_pads)  # one pass for the run
+        if not nearest:  # one pass for the run
+            if field:
+                _field_linear(tuple(run), lo, hi, mapping, part, part_pads)
+            else:
+                _affine_linear(tuple(run), lo, hi, mapping, part, shape, part_pads)
             continue
         offset = 0
-        for flat in run:  # labels are one file each, as a rule; elastic fields are dominated by SimpleITK's field
+        for flat in run:  # labels are one file each, as a rule
             size = flat.shape[0]
             section, section_pads = part[offset:offset + size], part_pads[offset:offset + size]
             if field:
-                _field(flat, lo, hi, mapping, section, section_pads, nearest)
+                _field_nearest(flat, lo, hi, mapping, section, section_pads)
             else:
                 _affine_nearest(flat, lo, hi, mapping, section, shape, section_pads)
             offset += size
@@ -271,6 +355,14 @@ def warm() -> None:
     for sources, dtype, nearest in (([image], np.float32, False), ([image, image], np.float32, False),
                                     ([label], np.uint8, True)):
         sample(sources, box, np.eye(4), np.empty((len(sources), 1, 1, 1), dtype), [0.0] * len(sources), nearest)
+
+
+def _native(source: np.ndarray) -> np.ndarray:
+    """``source`` in a dtype numba reads: native byte order (a copy of a big-endian file's array),
+    float16 as float32; other dtypes as they are."""
+    if source.dtype.kind == 'f' and source.dtype.itemsize == 2:
+        return source.astype(np.float32)
+    return source if source.dtype.isnative else source.astype(source.dtype.newbyteorder('='))
 
 
 def as_crop(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -103,7 +103,7 @@ class PatchQueue(tio.Queue):
         if self.threads and engine == 'numba' and self._patches.reads_lazily() and self._patches.plan.resamples:
             # numba's first call (~0.3 s) overlaps the first reads instead of delaying the first
             # batch. Threads only: a fork while numba holds its lock could hang a worker process.
-            _warm_in_background()
+            warm_in_background()
         super().__init__(
             subjects_dataset, max_length, samples_per_volume, sampler, subject_sampler=subject_sampler,
             num_workers=num_workers, shuffle_subjects=shuffle_subjects, shuffle_patches=shuffle_patches,
@@ -230,9 +230,19 @@ class _InThread:
 
 
 _warming: list[threading.Thread] = []
+_warm_started = threading.Event()
 
 
-def _warm_in_background() -> None:
+def warm_in_background() -> None:
+    """Load (or compile) the numba kernels in a background thread, once per process.
+
+    numba's first call costs ~0.2-0.3 s even with the kernels cached on disk; started while the
+    headers are read (:func:`pyable_tio.queue_from_manifest`) or the first boxes are cut, it
+    does not delay the first batch. A fork waits for it (:func:`_finish_warming`).
+    """
+    if _warm_started.is_set():
+        return
+    _warm_started.set()
     thread = threading.Thread(target=warm_kernels, name='pyable-tio-kernels', daemon=True)
     thread.start()
     _warming.append(thread)
