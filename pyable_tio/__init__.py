@@ -24,16 +24,15 @@ _EXPORTS = {
     'ManifestError': '.errors',
     'N4': '.preprocess',
     'PadCollate': '.datasets.collate',
-    'PatchQueue': '.patching.queue',
     'PyableDataset': '.datasets.pyable',
     'PyableTioError': '.errors',
-    'QueueSampler': '.queues',
     'SkullStrip': '.preprocess',
     'VolumeCache': '.cache',
     'collate': '.datasets.collate',
     'dataset_from_manifest': '.queues',
     'inference_loader': '.inference.grid',
     'monai_dataset': '.datasets.monai',
+    'patch_loader': '.patching.loader',
     'plan_transform': '.patching.split',
     'predict_subject': '.inference.grid',
     'qa_sheet': '.qa.report',
@@ -44,11 +43,10 @@ _EXPORTS = {
     'subjects_from_manifest': '.subjects',
     'to_native': '.inference.native',
     'transforms': '',
-    'patch_loader': '.patching.loader',  # pt.patch_loader, not in __all__ (it is full: lead's call)
 }
 
 # User-level names only; everything else is importable from its module (docs/API.md).
-__all__ = sorted(set(_EXPORTS) - {'patch_loader'}, key=lambda name: (name[0].islower(), name))
+__all__ = sorted(_EXPORTS, key=lambda name: (name[0].islower(), name))
 
 
 def __getattr__(name: str) -> Any:
@@ -83,9 +81,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .inference.native import save_prediction, to_native
     from .manifest import read_manifest
     from .patching.loader import patch_loader
-    from .patching.queue import PatchQueue
     from .patching.split import plan_transform
     from .qa.report import qa_sheet
     from .preprocess import N4, SkullStrip
-    from .queues import QueueSampler, dataset_from_manifest, queue_from_manifest, set_epoch
+    from .queues import dataset_from_manifest, queue_from_manifest, set_epoch
     from .subjects import subjects_from_manifest

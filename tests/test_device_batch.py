@@ -254,7 +254,7 @@ def test_batches_keep_the_geometry_to_native_needs(manifest, tmp_path):
 
 def test_device_none_is_the_per_patch_path_and_cuda_needs_a_gpu(manifest):
     loader = pt.patch_loader(manifest, patch_size=PATCH, samples_per_volume=2, batch_size=2, transform=RECIPE)
-    assert isinstance(loader, tio.SubjectsLoader) and isinstance(loader.queue, pt.PatchQueue)
+    assert isinstance(loader, tio.SubjectsLoader) and isinstance(loader.queue, pt.patching.queue.PatchQueue)
     assert next(iter(loader))['images'][tio.DATA].shape == (2, 1, *PATCH)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match='no CUDA device'):

@@ -28,7 +28,7 @@ def _rank_main(rank: int, init_file: str, manifest: str, out_dir: str) -> None:
                 manifest, patch_size=4, samples_per_volume=1, max_length=2,
                 shuffle_patches=False, distributed=True, seed=SEED, fast_patches=fast,
             )
-            loader = tio.SubjectsLoader(queue, batch_size=1, sampler=pt.QueueSampler(queue))
+            loader = tio.SubjectsLoader(queue, batch_size=1, sampler=pt.queues.QueueSampler(queue))
             epochs = []
             for epoch in range(EPOCHS):
                 if epoch % 2:
@@ -91,4 +91,4 @@ def test_set_epoch_needs_a_distributed_queue(manifest):
     queue = pt.queue_from_manifest(manifest, patch_size=4, samples_per_volume=1, max_length=2)
     with pytest.raises(ValueError, match='distributed=True'):
         pt.set_epoch(queue, 1)
-    pt.QueueSampler(queue).set_epoch(1)  # a no-op, so single-process Lightning runs work
+    pt.queues.QueueSampler(queue).set_epoch(1)  # a no-op, so single-process Lightning runs work

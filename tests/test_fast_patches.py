@@ -22,14 +22,14 @@ SHAPE = (12, 18, 20)  # D, H, W of the synthetic T1
 
 def test_queue_from_manifest_chooses_the_fast_queue_without_whole_volume_steps(manifest):
     kwargs = dict(patch_size=PATCH, samples_per_volume=1, max_length=2)
-    assert isinstance(pt.queue_from_manifest(manifest, **kwargs), pt.PatchQueue)
+    assert isinstance(pt.queue_from_manifest(manifest, **kwargs), pt.patching.queue.PatchQueue)
     flipped = pt.queue_from_manifest(manifest, transform=tio.RandomFlip(), **kwargs)
-    assert isinstance(flipped, pt.PatchQueue) and flipped.threads  # a flip runs per patch
+    assert isinstance(flipped, pt.patching.queue.PatchQueue) and flipped.threads  # a flip runs per patch
     moved = pt.queue_from_manifest(manifest, transform=tio.RandomMotion(), **kwargs)
     assert type(moved) is tio.Queue  # nothing of it runs per patch
     assert type(pt.queue_from_manifest(manifest, fast_patches=False, **kwargs)) is tio.Queue
     assert isinstance(pt.queue_from_manifest(manifest, transform=tio.RandomMotion(), fast_patches=True, **kwargs),
-                      pt.PatchQueue)
+                      pt.patching.queue.PatchQueue)
 
 
 @pytest.mark.parametrize('sampler', ['uniform', 'label'])
@@ -82,7 +82,7 @@ def test_patch_queue_with_workers(manifest, full_subjects, sampler):
         manifest, patch_size=PATCH, samples_per_volume=3, max_length=4, sampler=sampler,
         label_name=None if sampler == 'uniform' else 'labelmap_0', num_workers=2, shuffle_patches=False,
     )
-    assert isinstance(queue, pt.PatchQueue) and len(queue) == 9
+    assert isinstance(queue, pt.patching.queue.PatchQueue) and len(queue) == 9
     counts = {}
     for batch in tio.SubjectsLoader(queue, batch_size=3):
         images, labels = batch['images'][tio.DATA], batch['labelmap_0'][tio.DATA]
@@ -104,7 +104,7 @@ def test_two_epochs_and_num_samples_attribute(manifest):
     subjects = pt.subjects_from_manifest(manifest)
     subjects[1]['num_samples'] = 1  # tio.Queue's per-subject override
     subjects[1].update_attributes()
-    queue = pt.PatchQueue(tio.SubjectsDataset(subjects), 5, 2, tio.UniformSampler(PATCH), num_workers=2)
+    queue = pt.patching.queue.PatchQueue(tio.SubjectsDataset(subjects), 5, 2, tio.UniformSampler(PATCH), num_workers=2)
     assert len(queue) == 5
     loader = tio.SubjectsLoader(queue, batch_size=1)
     for _ in range(2):
@@ -119,7 +119,7 @@ def test_transform_loads_the_subject_in_the_worker(manifest):
         manifest, patch_size=PATCH, samples_per_volume=2, max_length=6, num_workers=2,
         transform=transform, fast_patches=True,
     )
-    assert isinstance(queue, pt.PatchQueue) and not queue.threads  # worker processes load + transform
+    assert isinstance(queue, pt.patching.queue.PatchQueue) and not queue.threads  # worker processes load + transform
     batches = list(tio.SubjectsLoader(queue, batch_size=2))
     assert len(batches) == 3
     for batch in batches:
@@ -176,7 +176,7 @@ def test_images_on_different_grids_are_refused(tmp_path):
 def test_threads_and_processes_give_the_same_crops(manifest, full_subjects, threads):
     """Lazy patches cut by threads, or by worker processes (shared-memory tensors)."""
     subjects = pt.subjects_from_manifest(manifest)
-    queue = pt.PatchQueue(tio.SubjectsDataset(subjects), 6, 2, tio.LabelSampler(PATCH, 'labelmap_0'),
+    queue = pt.patching.queue.PatchQueue(tio.SubjectsDataset(subjects), 6, 2, tio.LabelSampler(PATCH, 'labelmap_0'),
                           num_workers=2, threads=threads)
     assert queue.threads is threads
     seen = 0
@@ -195,7 +195,7 @@ def test_threads_and_processes_give_the_same_crops(manifest, full_subjects, thre
 def test_a_seed_gives_the_same_patches(manifest, threads):
     def locations():
         torch.manual_seed(7)
-        queue = pt.PatchQueue(tio.SubjectsDataset(pt.subjects_from_manifest(manifest)), 9, 3,
+        queue = pt.patching.queue.PatchQueue(tio.SubjectsDataset(pt.subjects_from_manifest(manifest)), 9, 3,
                               tio.UniformSampler(PATCH), num_workers=2, threads=threads)
         return [(b['id'][0], b[tio.LOCATION][0].tolist()) for b in tio.SubjectsLoader(queue, batch_size=1)]
 
@@ -208,7 +208,7 @@ def test_cached_volumes_are_cut_from_their_memory_maps(manifest, full_subjects, 
                   label_name='labelmap_0', num_workers=2, cache_dir=tmp_path / 'cache')
     for epoch in ('cold', 'warm'):
         queue = pt.queue_from_manifest(manifest, **kwargs)
-        assert isinstance(queue, pt.PatchQueue) and queue.threads
+        assert isinstance(queue, pt.patching.queue.PatchQueue) and queue.threads
         seen = 0
         for batch in tio.SubjectsLoader(queue, batch_size=3):
             for i, subject_id in enumerate(batch['id']):
@@ -263,14 +263,14 @@ def test_a_worker_thread_error_reaches_the_training_loop(tmp_path):
     manifest = synthetic.write_dataset(tmp_path, num_subjects=2, size=(20, 18, 12))
     subjects = pt.subjects_from_manifest(manifest)
     (tmp_path / 'sub-01_t2.nii.gz').write_bytes(b'not an image')  # broken after the headers were read
-    queue = pt.PatchQueue(tio.SubjectsDataset(subjects), 4, 2, tio.UniformSampler(PATCH), num_workers=2)
+    queue = pt.patching.queue.PatchQueue(tio.SubjectsDataset(subjects), 4, 2, tio.UniformSampler(PATCH), num_workers=2)
     with pytest.raises(pt.LoadError, match=r'sub-01.*sub-01_t2\.nii\.gz.*unreadable'):
         list(tio.SubjectsLoader(queue, batch_size=2))
 
 
 def test_more_patches_per_subject_than_the_queue_holds(manifest):
     subjects = pt.subjects_from_manifest(manifest)
-    queue = pt.PatchQueue(tio.SubjectsDataset(subjects), 3, 7, tio.UniformSampler(PATCH), num_workers=2,
+    queue = pt.patching.queue.PatchQueue(tio.SubjectsDataset(subjects), 3, 7, tio.UniformSampler(PATCH), num_workers=2,
                           shuffle_subjects=False, shuffle_patches=False)
     assert len(queue) == 21
     for _ in range(2):

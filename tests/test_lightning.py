@@ -54,7 +54,7 @@ def test_fast_dev_run_trains_on_patches_and_validates_on_whole_volumes(manifest)
     trainer(fast_dev_run=2).fit(model, datamodule=data)
     assert [shape for shape, _ in model.seen['train']] == [(2, 2, *PATCH)] * 2
     assert [shape for shape, _ in model.seen['val']] == [(1, 2, 12, 18, 20)] * 2  # whole volumes, Z,Y,X
-    assert isinstance(data.train_dataloader().sampler, pt.QueueSampler)
+    assert isinstance(data.train_dataloader().sampler, pt.queues.QueueSampler)
     assert not data.distributed
 
 

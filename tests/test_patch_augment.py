@@ -269,7 +269,7 @@ def _epoch(manifest, num_workers):
     queue = pt.queue_from_manifest(manifest, patch_size=PATCH, samples_per_volume=3, max_length=6,
                                    transform=tio.Compose(RECIPE), num_workers=num_workers, shuffle_patches=False,
                                    engine=ENGINE)
-    assert isinstance(queue, pt.PatchQueue) and queue.threads and queue.engine == ENGINE
+    assert isinstance(queue, pt.patching.queue.PatchQueue) and queue.threads and queue.engine == ENGINE
     return [batch for batch in tio.SubjectsLoader(queue, batch_size=3)]
 
 
@@ -340,7 +340,7 @@ def test_whole_volume_prefix_then_statistics_per_patch(oblique_manifest):
                                    transform=transform, num_workers=0, fast_patches=True)
     assert type(pt.queue_from_manifest(oblique_manifest, patch_size=PATCH, samples_per_volume=1, max_length=1,
                                        transform=transform)) is tio.Queue  # the default keeps tio.Queue
-    assert isinstance(queue, pt.PatchQueue) and not queue.threads
+    assert isinstance(queue, pt.patching.queue.PatchQueue) and not queue.threads
     patches = queue._patches.patches(0)
     assert [name for name, _ in patches[0].applied_transforms] == ['Motion', 'ZNormalization', 'Crop']
     means = [float(p['images'].data.mean()) for p in patches]

@@ -25,7 +25,7 @@ def test_loader_with_workers_over_patch_queue_fails_at_once(tmp_path, context):
         if __name__ == '__main__':
             queue = pt.queue_from_manifest({str(manifest)!r}, patch_size=(4, 8, 8), samples_per_volume=2,
                                            max_length=4, sampler='label', num_workers=2)
-            assert isinstance(queue, pt.PatchQueue)
+            assert isinstance(queue, pt.patching.queue.PatchQueue)
             loader = tio.SubjectsLoader(queue, batch_size=2, num_workers=2, multiprocessing_context={context!r})
             next(iter(loader))
     ''')

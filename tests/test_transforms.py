@@ -457,7 +457,7 @@ def test_same_seed_same_patches_with_workers(manifest, augment):
     other = patches_of_one_epoch(build())
     assert any(not torch.equal(a[1], b[1]) for a, b in zip(first, other))
     # Replays tio.Queue's worker processes and PatchQueue's worker threads alike.
-    assert isinstance(first_queue, pt.PatchQueue) != augment
+    assert isinstance(first_queue, pt.patching.queue.PatchQueue) != augment
     assert_same_patches(patches_of_one_epoch(T.reset_queue(first_queue, 0)), first)
     assert_same_patches(patches_of_one_epoch(T.reset_queue(first_queue, 0)), first)
 
@@ -467,14 +467,14 @@ def test_reset_queue_refuses_a_patch_queue_with_worker_processes(manifest):
         manifest, patch_size=PATCH, samples_per_volume=2, max_length=4, num_workers=2,
         transform=T.RandomRotation90(), fast_patches=True,  # a whole-volume step: processes
     )
-    assert isinstance(queue, pt.PatchQueue) and not queue.threads
+    assert isinstance(queue, pt.patching.queue.PatchQueue) and not queue.threads
     with pytest.raises(ValueError, match='build a new queue'):
         T.reset_queue(queue, 0)
 
 
 def test_reset_queue_replays_a_patch_queue_without_workers(manifest):
     queue = pt.queue_from_manifest(manifest, patch_size=PATCH, samples_per_volume=2, max_length=4, sampler='label')
-    assert isinstance(queue, pt.PatchQueue)
+    assert isinstance(queue, pt.patching.queue.PatchQueue)
     first = patches_of_one_epoch(T.reset_queue(queue, 3))
     assert_same_patches(patches_of_one_epoch(T.reset_queue(queue, 3)), first)
     assert_same_patches(patches_of_one_epoch(T.reset_queue(queue, 3)), first)

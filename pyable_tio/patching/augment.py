@@ -83,20 +83,20 @@ def augment_patch(steps: Sequence[tio.Transform | PatchOp], subject: tio.Subject
         key = (tuple(name in d.names for d in spatial), np.asarray(volume.affine).tobytes())
         if key not in composed:
             steps_of = [d for d in spatial if name in d.names]
-            composed[key] = _SpatialMap.of(steps_of, volume, start, size, shape, engine)
+            composed[key] = SpatialMap.of(steps_of, volume, start, size, shape, engine)
         if composed[key] is not None:
             maps[name] = composed[key]
     box_start, box_stop = out_start.copy(), out_stop.copy()
     for name, mapped in maps.items():
         lo, hi = mapped.preimage(volumes[name].affine, out_start, out_stop)
-        support = _support(spatial, name, volumes[name])
+        support = interpolation_support(spatial, name, volumes[name])
         box_start = np.minimum(box_start, np.floor(lo).astype(int) - support)
         box_stop = np.maximum(box_stop, np.ceil(hi).astype(int) + support + 1)
     pre_margin = _margin(pre, first.affine)
     box_start = np.clip(box_start - pre_margin, 0, shape - 1)
     box_stop = np.maximum(np.clip(box_stop + pre_margin, 0, shape), box_start + 1)
 
-    context = _Context(subject, volumes, shape, generator)
+    context = PatchContext(subject, volumes, shape, generator)
     if pre:
         boxes = {name: volume.crop(tuple(box_start), tuple(box_stop)) for name, volume in volumes.items()}
         for d in pre:
@@ -112,7 +112,7 @@ def augment_patch(steps: Sequence[tio.Transform | PatchOp], subject: tio.Subject
         if name not in maps:
             tensors[name] = unmoved(name)
             continue
-        interpolation, pads = _pads(spatial, name, volume, context)
+        interpolation, pads = pad_values(spatial, name, volume, context)
         tensors[name] = maps[name].resample(box_of(name), volume, out_start, out_stop, interpolation, pads)
     for d in post:
         _apply(d, tensors, out_start, context)
@@ -127,7 +127,7 @@ def augment_patch(steps: Sequence[tio.Transform | PatchOp], subject: tio.Subject
     return patches, [d.step for d in drawn]
 
 
-def _apply(d: Drawn, tensors: dict[str, torch.Tensor], region_start: np.ndarray, context: _Context) -> None:
+def _apply(d: Drawn, tensors: dict[str, torch.Tensor], region_start: np.ndarray, context: PatchContext) -> None:
     op: IntensityOp = d.op
     for name in d.names:
         tensors[name] = op.apply(d, tensors[name].float(), name, region_start, context)
@@ -138,7 +138,7 @@ def _margin(drawn: list[Drawn], affine: np.ndarray) -> np.ndarray:
     return np.sum([d.op.margin(d, affine) for d in drawn] or [np.zeros(3, int)], axis=0).astype(int)
 
 
-class _Context:
+class PatchContext:
     """What statistics-based steps need: the volumes, their grid shape and the generator."""
 
     def __init__(self, subject: tio.Subject, volumes: dict[str, Volume], shape: np.ndarray,
@@ -146,10 +146,12 @@ class _Context:
         self.subject, self.volumes, self.shape, self.generator = subject, volumes, shape, generator
 
     def minima(self, name: str) -> list[float]:
+        """Each channel's whole-volume minimum of image ``name`` (kept once computed)."""
         volume = self.volumes[name]
         return self._kept(volume, 'min', lambda: stats.channel_minima(volume.read()))
 
     def border_means(self, name: str, otsu: bool) -> list[float]:
+        """Each channel's whole-volume border mean (Otsu's background mean with ``otsu``), kept."""
         volume = self.volumes[name]
         return self._kept(volume, 'otsu' if otsu else 'mean',
                           lambda: stats.border_means(volume.read(), volume.affine, otsu))
@@ -188,7 +190,7 @@ class _Context:
 
 
 @dataclass
-class _SpatialMap:
+class SpatialMap:
     """The composed output-to-input map of one image's spatial steps, for one engine.
 
     Attributes:
@@ -213,7 +215,7 @@ class _SpatialMap:
 
     @classmethod
     def of(cls, spatial: list[Drawn], volume: Volume, start: np.ndarray, size: np.ndarray, shape: np.ndarray,
-           engine: str) -> _SpatialMap | None:
+           engine: str) -> SpatialMap | None:
         """The map of ``spatial`` (the steps applied to this image); None when it is the identity."""
         if engine == 'numba' and all(d.op.linear for d in spatial):
             matrix = None
@@ -368,12 +370,13 @@ def _norm(transform: sitk.Transform) -> float:
     return float(np.linalg.norm(matrix_of(transform)[:3, :3], 2))
 
 
-def _support(spatial: list[Drawn], name: str, volume: Volume) -> int:
+def interpolation_support(spatial: list[Drawn], name: str, volume: Volume) -> int:
+    """Voxels an interpolator reads around a point of ``name`` (its box's margin), at least 1."""
     label = volume.image[TYPE] != INTENSITY
     return max([d.op.support(label) for d in spatial if name in d.names] or [1])
 
 
-def _pads(spatial: list[Drawn], name: str, volume: Volume, context: _Context) -> tuple[str, list[float]]:
+def pad_values(spatial: list[Drawn], name: str, volume: Volume, context: PatchContext) -> tuple[str, list[float]]:
     """Interpolator name and per-channel pad value, from the first step that resamples ``name``."""
     label = volume.image[TYPE] != INTENSITY
     for d in spatial:

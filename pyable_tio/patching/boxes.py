@@ -28,7 +28,7 @@ import torchio as tio
 from torchio.constants import INTENSITY, TYPE
 
 from ..constants import PATCH_ENGINE_DEFAULT
-from .augment import _Context, _pads, _SpatialMap, _support, augment_patch
+from .augment import PatchContext, pad_values, SpatialMap, interpolation_support, augment_patch
 from .cutting import SubjectPatches, cut_patch
 from .ops.base import SPATIAL, PatchOp
 from .queue import PatchQueue
@@ -106,15 +106,15 @@ def box_sample(ops: Sequence[PatchOp], batch_ops: Sequence[PatchOp], subject: ti
     lo, hi = spatial_run([op.kind for op in batch_ops])
     spatial = [d for d in drawn[lo:hi] if d is not None]
     late = [d for d in drawn[hi:] if d is not None and d.kind == SPATIAL]  # flips (plan_transform)
-    context = _Context(subject, volumes, shape, generator)
+    context = PatchContext(subject, volumes, shape, generator)
 
-    maps: dict[str, _SpatialMap | None] = {}
+    maps: dict[str, SpatialMap | None] = {}
     box_start, box_stop = start.copy(), start + size
     for name, volume in volumes.items():
-        maps[name] = _SpatialMap.of([d for d in spatial if name in d.names], volume, start, size, shape, 'numba')
+        maps[name] = SpatialMap.of([d for d in spatial if name in d.names], volume, start, size, shape, 'numba')
         if maps[name] is not None:
             low, high = maps[name].preimage(volume.affine, start, start + size)
-            support = _support(spatial, name, volume)
+            support = interpolation_support(spatial, name, volume)
             box_start = np.minimum(box_start, np.floor(low).astype(int) - support)
             box_stop = np.maximum(box_stop, np.ceil(high).astype(int) + support + 1)
     if tensors is None:
@@ -132,7 +132,7 @@ def box_sample(ops: Sequence[PatchOp], batch_ops: Sequence[PatchOp], subject: ti
                 flip = d.op.index_map(d, volume, start, size, shape)
                 matrix = matrix if flip is None else matrix @ flip
         matrices[name] = matrix @ from_patch
-        modes[name], pads[name] = _pads(spatial, name, volume, context)
+        modes[name], pads[name] = pad_values(spatial, name, volume, context)
     params = []
     for op, d in zip(batch_ops, drawn):
         if d is None or op.kind == SPATIAL:
