@@ -61,10 +61,12 @@ _jit = numba.njit(cache=True, nogil=True, error_model='numpy')
 def _affine_linear(sources, lo, hi, m, out, shape, pads):
     """Trilinear ``sources`` (a tuple of C_f x voxels arrays) at ``m @ (i, j, k, 1)`` for every output voxel.
 
-    Written out in one loop, with the matrix in scalars and unsigned flat indices (no
-    negative-index checks): a helper called per voxel is not inlined and costs 2-5x. The
-    sampling rules are ITK's: inside when ``lo - 0.5 <= index < hi - 0.5`` on every axis (``lo``
-    also carries the flat strides), neighbours clamped to the box's edge.
+    Row by row: the map is evaluated once per output voxel of a row into small buffers (flat
+    index, neighbour strides, fractions), then each channel walks the row from them in a tight
+    loop (1.4x faster than one loop doing both). The matrix is in scalars and the flat indices are
+    unsigned (no negative-index checks); a helper called per voxel is not inlined and costs 2-5x.
+    The sampling rules are ITK's: inside when ``lo - 0.5 <= index < hi - 0.5`` on every axis
+    (``lo`` also carries the flat strides), neighbours clamped to the box's edge.
     """
     one, zero = numba.uint64(1), numba.uint64(0)
     plane, row = numba.uint64(lo[3]), numba.uint64(lo[4])
@@ -74,17 +76,19 @@ def _affine_linear(sources, lo, hi, m, out, shape, pads):
     m00, m01, m02, m03 = m[0, 0], m[0, 1], m[0, 2], m[0, 3]
     m10, m11, m12, m13 = m[1, 0], m[1, 1], m[1, 2], m[1, 3]
     m20, m21, m22, m23 = m[2, 0], m[2, 1], m[2, 2], m[2, 3]
-    channels = out.shape[0]
-    n = zero
+    width = shape[2]
+    bases = np.empty(width, np.uint64)
+    strides = np.empty((3, width), np.uint64)
+    fractions = np.empty((3, width), np.float64)
+    inside = np.empty(width, np.bool_)
+    row_start = zero
     for i in range(shape[0]):
         for j in range(shape[1]):
             z_row, y_row, x_row = m00 * i + m01 * j + m03, m10 * i + m11 * j + m13, m20 * i + m21 * j + m23
-            for k in range(shape[2]):
+            for k in range(width):
                 z, y, x = z_row + m02 * k, y_row + m12 * k, x_row + m22 * k
-                if not (z_lo <= z < z_hi and y_lo <= y < y_hi and x_lo <= x < x_hi):
-                    for c in range(channels):
-                        out[c, n] = pads[c]
-                    n += one
+                inside[k] = z_lo <= z < z_hi and y_lo <= y < y_hi and x_lo <= x < x_hi
+                if not inside[k]:
                     continue
                 zf, yf, xf = math.floor(z), math.floor(y), math.floor(x)
                 z0, y0, x0 = int(zf), int(yf), int(xf)
@@ -95,26 +99,35 @@ def _affine_linear(sources, lo, hi, m, out, shape, pads):
                     y0, fy = lo[1], 0.0
                 if x0 < lo[2]:
                     x0, fx = lo[2], 0.0
-                sz = plane if z0 < z_last else zero
-                sy = row if y0 < y_last else zero
-                sx = one if x0 < x_last else zero
-                base = numba.uint64(z0) * plane + numba.uint64(y0) * row + numba.uint64(x0)
-                c = zero  # unsigned: no negative-index check on out
-                for source in literal_unroll(sources):  # the files of an image share the coordinates
-                    for channel in range(source.shape[0]):
-                        s = source[channel]
-                        v000, v001 = float(s[base]), float(s[base + sx])
-                        v010, v011 = float(s[base + sy]), float(s[base + sy + sx])
-                        v100, v101 = float(s[base + sz]), float(s[base + sz + sx])
-                        v110, v111 = float(s[base + sz + sy]), float(s[base + sz + sy + sx])
-                        a = v000 + (v001 - v000) * fx
-                        b = v010 + (v011 - v010) * fx
-                        e = v100 + (v101 - v100) * fx
-                        f = v110 + (v111 - v110) * fx
-                        near = a + (b - a) * fy
-                        out[c, n] = near + (e + (f - e) * fy - near) * fz
-                        c += one
-                n += one
+                strides[0, k] = plane if z0 < z_last else zero
+                strides[1, k] = row if y0 < y_last else zero
+                strides[2, k] = one if x0 < x_last else zero
+                fractions[0, k], fractions[1, k], fractions[2, k] = fz, fy, fx
+                bases[k] = numba.uint64(z0) * plane + numba.uint64(y0) * row + numba.uint64(x0)
+            c = zero  # unsigned: no negative-index check on out
+            for source in literal_unroll(sources):  # the files of an image share the coordinates
+                for channel in range(source.shape[0]):
+                    s, o, pad = source[channel], out[c], pads[c]
+                    n = row_start
+                    for k in range(width):
+                        if not inside[k]:
+                            o[n] = pad
+                        else:
+                            base, sz, sy, sx = bases[k], strides[0, k], strides[1, k], strides[2, k]
+                            fz, fy, fx = fractions[0, k], fractions[1, k], fractions[2, k]
+                            v000, v001 = float(s[base]), float(s[base + sx])
+                            v010, v011 = float(s[base + sy]), float(s[base + sy + sx])
+                            v100, v101 = float(s[base + sz]), float(s[base + sz + sx])
+                            v110, v111 = float(s[base + sz + sy]), float(s[base + sz + sy + sx])
+                            a = v000 + (v001 - v000) * fx
+                            b = v010 + (v011 - v010) * fx
+                            e = v100 + (v101 - v100) * fx
+                            f = v110 + (v111 - v110) * fx
+                            near = a + (b - a) * fy
+                            o[n] = near + (e + (f - e) * fy - near) * fz
+                        n += one
+                    c += one
+            row_start += numba.uint64(width)
 
 
 @_jit
