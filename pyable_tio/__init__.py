@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 from typing import TYPE_CHECKING, Any
 
 __version__ = '0.1.0'
@@ -48,9 +49,46 @@ _EXPORTS = {
 # User-level names only; everything else is importable from its module (docs/API.md).
 __all__ = sorted(_EXPORTS, key=lambda name: (name[0].islower(), name))
 
+#: Names exported at the top level before the package was grouped by stage -> their module.
+#: ``pt.name`` still works for them, with a DeprecationWarning naming the import to use.
+_MOVED = {
+    'Alignment': '.geometry.alignment',
+    'align_subject': '.geometry.alignment',
+    'CacheStats': '.cache',
+    'EmptyLabelReader': '.subjects',
+    'FileEntry': '.manifest',
+    'Manifest': '.manifest',
+    'SubjectRecord': '.manifest',
+    'TransformEntry': '.manifest',
+    'Grid': '.geometry.grid',
+    'axis_aligned_grid': '.geometry.grid',
+    'reorient_grid': '.geometry.grid',
+    'GridInference': '.inference.grid',
+    'SubjectGridAggregator': '.inference.grid',
+    'GridReader': '.reader',
+    'ImageHeader': '.geometry.reference',
+    'NativeSpaceError': '.inference.native',
+    'native_grid': '.inference.native',
+    'PatchQueue': '.patching.queue',
+    'PlanEntry': '.plan',
+    'SubjectPlan': '.plan',
+    'plan_of': '.plan',
+    'PreprocessStep': '.preprocess',
+    'QueueSampler': '.queues',
+    'ToZYX': '.transforms',
+    'TransformPlan': '.patching.split',
+    'make_sampler': '.queues',
+    'active_backend': '.io.backend',
+    'pyable_available': '.io.backend',
+}
+
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
+    if module is None and name in _MOVED:
+        warnings.warn(f'pyable_tio.{name} is deprecated: use "from pyable_tio{_MOVED[name]} import {name}"'
+                      ' (pyable_tio.__all__ lists the user-level names)', DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name], __name__), name)
     if module is None:
         if not name.startswith('_') and importlib.util.find_spec(f'{__name__}.{name}') is not None:
             # A subpackage (pt.geometry.grid.Grid): load the public names first, so that the

@@ -7,7 +7,10 @@ third-party dependencies imported lazily (MONAI, numba, deepbet, ...) are outsid
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 import pyable_tio as pt
 
@@ -118,3 +121,26 @@ def test_stages_are_packages():
     assert stages <= {p.name for p in PACKAGE.iterdir() if (p / '__init__.py').is_file()}
     top_level = sorted(p.stem for p in PACKAGE.glob('*.py') if p.stem not in ('__init__', '__main__'))
     assert len(top_level) <= 14, top_level
+
+
+def test_names_exported_before_the_layout_still_resolve_with_a_deprecation_warning():
+    from pyable_tio.geometry.grid import Grid
+    from pyable_tio.reader import GridReader
+
+    with pytest.warns(DeprecationWarning, match=r'from pyable_tio\.geometry\.grid import Grid'):
+        assert pt.Grid is Grid
+    with pytest.warns(DeprecationWarning, match=r'from pyable_tio\.reader import GridReader'):
+        assert pt.GridReader is GridReader
+    assert 'Grid' not in pt.__all__ and 'Grid' not in dir(pt)
+    for name, module in pt._MOVED.items():
+        with pytest.warns(DeprecationWarning):
+            assert getattr(pt, name) is getattr(importlib.import_module(f'pyable_tio{module}'), name)
+
+
+def test_old_module_names_that_became_packages_keep_their_names():
+    from pyable_tio.geometry import Grid, read_header
+    from pyable_tio.geometry.grid import Grid as grid_class
+    from pyable_tio.inference import inference_loader
+    from pyable_tio.inference.grid import inference_loader as loader_function
+
+    assert Grid is grid_class and callable(read_header) and inference_loader is loader_function
