@@ -148,3 +148,19 @@ def test_identity_affine_label_map_of_an_mni_image_is_refused(tmp_path):
     assert len(problems) == 1
     assert problems[0].startswith(f'subject "identity": field "labelmaps": file {tmp_path / "identity.nii.gz"}:'
                                   " its field of view barely overlaps its images'")
+
+
+def test_foreground_lost_maps_the_file_through_its_transform_inverted():
+    """One measure for validate, the reader and the QA sheet's in_grid, transforms included."""
+    from pyable_tio.checking.labels import foreground_lost
+    from pyable_tio.geometry.grid import Grid
+
+    label = sitk.GetImageFromArray(np.ones((10, 10, 10), np.uint8))
+    grid = Grid.from_image(label)
+    assert foreground_lost(label, grid) == (0.0, 1000)
+    # Resampling reads grid point p at p + 5 mm in x: the file's voxels land 5 mm lower, half outside.
+    lost, count = foreground_lost(label, grid, sitk.TranslationTransform(3, (5.0, 0.0, 0.0)))
+    assert count == 1000 and lost == pytest.approx(0.5, abs=0.01)
+    assert foreground_lost(label, grid, sitk.TranslationTransform(3, (0.2, 0.0, 0.0)))[0] == 0.0
+    without_inverse = sitk.DisplacementFieldTransform(sitk.Image(4, 4, 4, sitk.sitkVectorFloat64))
+    assert np.isnan(foreground_lost(label, grid, without_inverse)[0])  # GetInverse raises

@@ -50,11 +50,15 @@ def _inside(index: np.ndarray, source: Grid, grid: Grid) -> np.ndarray:
     """Which continuous x,y,z indices of ``source`` (N x dim) fall in ``grid``'s field of view."""
     to_world = source.direction_matrix * np.asarray(source.spacing)
     to_grid = np.linalg.inv(grid.direction_matrix * np.asarray(grid.spacing))
-    matrix = to_grid @ to_world  # source index -> grid index, one small affine
-    offset = to_grid @ (np.asarray(source.origin) - np.asarray(grid.origin))
-    inside = np.ones(len(index), bool)
+    # source index -> grid index, one small affine
+    return _within(index, to_grid @ to_world, to_grid @ (np.asarray(source.origin) - np.asarray(grid.origin)), grid)
+
+
+def _within(coordinates: np.ndarray, matrix: np.ndarray, offset: np.ndarray, grid: Grid) -> np.ndarray:
+    """Which ``coordinates`` (N x dim) fall in ``grid`` once mapped to its index by ``matrix``, ``offset``."""
+    inside = np.ones(len(coordinates), bool)
     for axis in range(grid.dimension):  # column by column: no BLAS call on a tall, thin matrix
-        coordinate = offset[axis] + sum(matrix[axis, k] * index[:, k] for k in range(source.dimension))
+        coordinate = offset[axis] + sum(matrix[axis, k] * coordinates[:, k] for k in range(coordinates.shape[1]))
         inside &= (coordinate >= -0.5) & (coordinate <= grid.size[axis] - 0.5)
     return inside
 
@@ -104,8 +108,18 @@ def extent_problem(source: Grid, images: Sequence[Grid]) -> str | None:
     )
 
 
-def foreground_lost(image: sitk.Image, reference: Grid) -> tuple[float, int]:
+def foreground_lost(image: sitk.Image, reference: Grid, transform: sitk.Transform | None = None) -> tuple[float, int]:
     """Share of ``image``'s non-zero voxels whose centres fall outside ``reference``, and their count.
+
+    The one measure of "foreground outside the grid": ``validate`` and the reader warn or
+    refuse on it, the QA sheet's ``in_grid`` is its complement.
+
+    Args:
+        image: The ROI/label map as read from its file.
+        reference: The grid it is resampled onto.
+        transform: The file's transform as resampling uses it (grid point to file point):
+            its sampled voxels are mapped through the inverse, point by point. The share is
+            NaN when it has no inverse.
 
     Example:
         >>> image = sitk.Image(4, 4, 4, sitk.sitkUInt8); image[0, 0, 0] = 1
@@ -117,8 +131,14 @@ def foreground_lost(image: sitk.Image, reference: Grid) -> tuple[float, int]:
         view = view.any(axis=-1)
     count = int(np.count_nonzero(view))
     source = Grid.from_image(image)
-    if count == 0 or source.matches(reference):
+    if count == 0 or (transform is None and source.matches(reference)):
         return 0.0, count
+    inverse = None
+    if transform is not None:
+        try:
+            inverse = transform.GetInverse()
+        except RuntimeError:
+            return float('nan'), count
     # Every step-th voxel, step a prime (no aliasing with the row and slice lengths): about
     # LABEL_FOREGROUND_SAMPLES foreground voxels without listing them all.
     step = _prime_at_least(count // LABEL_FOREGROUND_SAMPLES) if count > LABEL_FOREGROUND_SAMPLES else 1
@@ -126,7 +146,13 @@ def foreground_lost(image: sitk.Image, reference: Grid) -> tuple[float, int]:
     if sample.size == 0:
         sample = np.flatnonzero(view)
     index_xyz = np.stack(np.unravel_index(sample, view.shape)[::-1], axis=1).astype(float)
-    return 1.0 - float(_inside(index_xyz, source, reference).mean()), count
+    if inverse is None:
+        return 1.0 - float(_inside(index_xyz, source, reference).mean()), count
+    points = np.asarray(source.origin) + index_xyz * np.asarray(source.spacing) @ source.direction_matrix.T
+    points = np.array([inverse.TransformPoint(tuple(p)) for p in points])
+    to_grid = np.linalg.inv(reference.direction_matrix * np.asarray(reference.spacing))
+    inside = _within(points, to_grid, -to_grid @ np.asarray(reference.origin), reference)
+    return 1.0 - float(inside.mean()), count
 
 
 def _prime_at_least(n: int) -> int:

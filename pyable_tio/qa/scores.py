@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from ..constants import (
@@ -41,14 +40,12 @@ from ..constants import (
     QA_MIN_SUBJECTS_Z,
     QA_NOTICE,
 )
+from ..checking import labels as label_checks
 from ..geometry import registration
 from ..geometry.grid import Grid, read_header
 from ..io import backend
 from ..plan import PlanEntry
 
-#: Largest number of foreground voxels of a file mapped into the grid (evenly subsampled),
-#: and when the file has a transform (mapped point by point).
-_MAX_POINTS, _MAX_POINTS_TRANSFORMED = 400_000, 20_000
 #: Voxels sampled for a channel's intensity statistics.
 _MAX_STAT_VOXELS = 200_000
 
@@ -179,39 +176,20 @@ def in_foreground(label: np.ndarray, image_foreground: np.ndarray, item: str) ->
 def share_in_grid(entry: PlanEntry, grid: Grid) -> float:
     """Share of a label file's non-zero voxels whose centres fall inside ``grid``, in physical space.
 
-    The file's own voxels are mapped through its transforms (inverted) into the grid, so a
-    label map shifted out of the grid, which loads as zeros there, is measured where it is.
-    NaN for an empty file or a transform without an inverse.
+    The complement of :func:`pyable_tio.checking.labels.foreground_lost` (``validate``'s and
+    the reader's measure), with the file's transforms: a label map shifted out of the grid,
+    which loads as zeros there, is measured where it is. NaN for an empty file, a dimension
+    other than the grid's or a transform without an inverse.
 
     Example:
         >>> share_in_grid(subject.plan.entry_of_key('labelmap_0'), subject.plan.grid)  # doctest: +SKIP
         1.0
     """
     image = backend.load(entry.source, entry.role)
-    array = sitk.GetArrayViewFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        array = np.any(array != 0, axis=-1)
-    index = np.argwhere(array != 0)[:, ::-1].astype(float)  # x, y(, z)
-    if index.size == 0:
+    if image.GetDimension() != grid.dimension:
         return float('nan')
-    source = Grid.from_image(image)
-    transform = registration.compose(entry.transforms)
-    limit = _MAX_POINTS if transform is None else _MAX_POINTS_TRANSFORMED
-    index = index[:: len(index) // limit + 1]
-    points = source.origin + index * source.spacing @ source.direction_matrix.T
-    if transform is not None:
-        try:
-            inverse = transform.GetInverse()
-        except RuntimeError:
-            return float('nan')
-        points = np.array([inverse.TransformPoint(tuple(p)) for p in points])
-    target = grid if grid.dimension == points.shape[1] else None
-    if target is None:
-        return float('nan')
-    matrix = target.direction_matrix * np.asarray(target.spacing)
-    continuous = np.linalg.solve(matrix, (points - target.origin).T).T
-    inside = np.all((continuous >= -0.5) & (continuous <= np.asarray(target.size) - 0.5), axis=1)
-    return float(inside.mean())
+    lost, count = label_checks.foreground_lost(image, grid, registration.compose(entry.transforms))
+    return 1.0 - lost if count else float('nan')
 
 
 def in_grid_finding(item: str, share: float) -> Finding:
