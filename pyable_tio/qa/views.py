@@ -3,13 +3,16 @@ patient directions (L/R, A/P, S/I) of its edges computed from the volume's affin
 
 A tensor of the loader is C x D x H x W with a voxel-to-RAS affine whose columns follow D, H,
 W (:meth:`pyable_tio.geometry.Grid.affine_zyx`). Each tensor axis is matched to the world
-axis it runs closest to; a panel is then a transpose and flips of a tensor slice (never an
-interpolation), shown with anterior up (axial) or superior up (coronal, sagittal) and the
-patient's right on the viewer's left (radiological convention, as ITK-SNAP and Slicer).
-The letters are read back from the affine, so an oblique grid gets its closest letters.
+axis it runs closest to (:func:`pyable_tio.geometry.grid.affine_orientation`); a panel is
+then a transpose and flips of a tensor slice (never an interpolation), shown with anterior
+up (axial) or superior up (coronal, sagittal) and the patient's right on the viewer's left
+(radiological convention, as ITK-SNAP and Slicer), whatever the grid: an oblique grid is
+shown in its closest orientation.
 
 Example:
     >>> import numpy as np
+
+from ..geometry.grid import affine_orientation
     >>> from pyable_tio.geometry import Grid
     >>> grid = Grid((4, 5, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     >>> axial = views_of(grid.affine_zyx(), (3, 2, 2))[0]
@@ -19,11 +22,12 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..geometry.grid import affine_orientation
 
 #: Letter of the positive and negative direction of each RAS world axis.
 _POSITIVE, _NEGATIVE = 'RAS', 'LPI'
@@ -37,26 +41,8 @@ PANELS = (
 )
 
 
-def letter(vector: Sequence[float]) -> str:
-    """The patient direction (one of R, L, A, P, S, I) closest to a RAS vector.
-
-    Example:
-        >>> letter((0.1, -0.9, 0.2))
-        'P'
-    """
-    vector = np.asarray(vector, dtype=float)
-    axis = int(np.argmax(np.abs(vector)))
-    return _POSITIVE[axis] if vector[axis] > 0 else _NEGATIVE[axis]
-
-
-def opposite(code: str) -> str:
-    """The letter of the opposite direction.
-
-    Example:
-        >>> opposite('L')
-        'R'
-    """
-    return {**dict(zip(_POSITIVE, _NEGATIVE)), **dict(zip(_NEGATIVE, _POSITIVE))}[code]
+def _letter(axis: int, sign: float) -> str:
+    return _POSITIVE[axis] if sign > 0 else _NEGATIVE[axis]
 
 
 @dataclass(frozen=True)
@@ -100,23 +86,20 @@ class View:
         return panel
 
 
-def world_axes(affine: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
-    """For each RAS world axis, the tensor spatial axis running closest to it, and its direction.
+def world_axes(affine: np.ndarray) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """For each RAS world axis, the tensor spatial axis running closest to it; each tensor axis's sign.
 
     Returns:
-        ``(axis_of_world, direction)``: ``axis_of_world[w]`` is a tensor axis (0 = D, 1 = H,
-        2 = W) and ``direction[:, t]`` the unit RAS vector of tensor axis ``t``.
+        ``(axis_of_world, sign)``: ``axis_of_world[w]`` is a tensor axis (0 = D, 1 = H, 2 = W),
+        ``sign[t]`` is +1 when tensor axis ``t`` runs towards R, A or S, else -1.
 
     Example:
-        >>> world_axes(np.diag([1.0, 2.0, 3.0, 1.0])[:, [2, 1, 0, 3]])[0]
-        (2, 1, 0)
+        >>> world_axes(np.diag([1.0, 2.0, -3.0, 1.0])[:, [2, 1, 0, 3]])
+        ((2, 1, 0), (-1.0, 1.0, 1.0))
     """
-    matrix = np.asarray(affine, dtype=float)[:3, :3]
-    direction = matrix / np.linalg.norm(matrix, axis=0)
-    # The one-to-one matching with the largest cosines (6 candidates): an oblique grid at
-    # 45 degrees still gets three distinct panels.
-    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(direction[w, p[w]]) for w in range(3)))
-    return tuple(best), direction
+    code = affine_orientation(affine)  # one-to-one, so an oblique grid still gets three panels
+    world = [_POSITIVE.index(c) if c in _POSITIVE else _NEGATIVE.index(c) for c in code]
+    return tuple(world.index(w) for w in range(3)), tuple(1.0 if c in _POSITIVE else -1.0 for c in code)
 
 
 def views_of(affine: np.ndarray, centre: Sequence[int]) -> list[View]:
@@ -130,18 +113,15 @@ def views_of(affine: np.ndarray, centre: Sequence[int]) -> list[View]:
         >>> [v.name for v in views_of(np.eye(4), (0, 0, 0))]
         ['axial', 'coronal', 'sagittal']
     """
-    axis_of_world, direction = world_axes(affine)
+    axis_of_world, sign = world_axes(affine)
     spacing = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
     views = []
     for name, normal, (row_world, row_sign), (col_world, col_sign) in PANELS:
         row_axis, col_axis = axis_of_world[row_world], axis_of_world[col_world]
-        flip_rows = np.sign(direction[row_world, row_axis]) != row_sign
-        flip_cols = np.sign(direction[col_world, col_axis]) != col_sign
-        down = direction[:, row_axis] * (-1 if flip_rows else 1)
-        right = direction[:, col_axis] * (-1 if flip_cols else 1)
-        letters = {'top': opposite(letter(down)), 'bottom': letter(down),
-                   'left': opposite(letter(right)), 'right': letter(right)}
+        letters = {'top': _letter(row_world, -row_sign), 'bottom': _letter(row_world, row_sign),
+                   'left': _letter(col_world, -col_sign), 'right': _letter(col_world, col_sign)}
         normal_axis = axis_of_world[normal]
-        views.append(View(name, normal_axis, int(centre[normal_axis]), row_axis, col_axis, bool(flip_rows),
-                          bool(flip_cols), (float(spacing[row_axis]), float(spacing[col_axis])), letters))
+        views.append(View(name, normal_axis, int(centre[normal_axis]), row_axis, col_axis,
+                          sign[row_axis] != row_sign, sign[col_axis] != col_sign,
+                          (float(spacing[row_axis]), float(spacing[col_axis])), letters))
     return views
