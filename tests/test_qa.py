@@ -318,3 +318,21 @@ def test_on_the_mni_template_a_shifted_label_map_and_a_misaligned_channel_are_on
     assert 12.0 <= by_check(rows["mni-shifted-labels"], "label_shift", "labelmap_0").value <= 18.0
     assert all(row.worst < constants.QA_CROSSED for row in report.subjects[2:])
     assert by_check(rows['mni-a'], 'channel_shift', 'GM').value < 1.5
+
+
+def test_direction_noise_is_not_an_oblique_file_as_in_validate(tmp_path):
+    """The oblique notice uses validate's tolerance: 1e-4 of converter noise is axis-aligned in both."""
+    from pyable_tio.checking.validate import orientation_label
+    from pyable_tio.geometry.grid import Grid
+    from pyable_tio.qa.scores import header_findings
+
+    noisy = synthetic.oblique_direction(0.01, 'z')  # cosines 1 - 1.5e-8, sines 1.7e-4
+    for direction, oblique in ((noisy, False), (synthetic.oblique_direction(12.0, 'z'), True)):
+        image = synthetic.phantom((16, 16, 16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+        image.SetDirection(direction)
+        path = tmp_path / f'{oblique}.nii.gz'
+        sitk.WriteImage(image, str(path))
+        entry = pt.subjects_from_manifest([str(path)])[0].plan.entries[0]
+        found = [f.check for f in header_findings(entry, 'T1')]
+        assert ('oblique' in found) is oblique
+        assert ('oblique' in orientation_label(Grid.from_image(image))) is oblique

@@ -33,6 +33,7 @@ from ..constants import (
     QA_FOREGROUND_MARGIN_MM,
     QA_MAX_CHANNEL_SHIFT_MM,
     LABEL_MAX_DISTINCT_VALUES,
+    LAYOUT_AXIS_TOLERANCE,
     QA_MAX_ROBUST_Z,
     QA_MAX_SPACING_RATIO,
     QA_MIN_IN_FOREGROUND,
@@ -228,7 +229,8 @@ def header_findings(entry: PlanEntry, item: str) -> list[Finding]:
     """
     grid = Grid.from_image(read_header(entry.source))
     findings = []
-    if not grid.is_axis_aligned():
+    # validate's tolerance (orientation_label): direction noise from a converter is not oblique.
+    if not grid.is_axis_aligned(LAYOUT_AXIS_TOLERANCE):
         cosines = np.abs(grid.direction_matrix).max(axis=0).clip(-1, 1)
         degrees = float(np.degrees(np.arccos(cosines.min())))
         findings.append(Finding('oblique', item, degrees, 0.0, QA_NOTICE,

@@ -1,7 +1,7 @@
 """The QA sheet's files: one self-contained HTML page (PNG thumbnails embedded as base64), and
 the same scores in the same order as CSV and JSON beside it, for scripts that filter subjects.
 
-Every file is written atomically (:func:`pyable_tio.atomic.atomic_write`).
+Every file is written atomically (:func:`pyable_tio.io.atomic.atomic_write`).
 
 Example:
     >>> html, csv_path, json_path = write_sheet(rows, [], Path('qa.html'), source='manifest.json')  # doctest: +SKIP
