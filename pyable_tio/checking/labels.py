@@ -185,14 +185,17 @@ def foreground_problem(image: sitk.Image, reference: Grid) -> tuple[str | None, 
     return level, message
 
 
-def distinct_values(image: sitk.Image) -> int:
+def distinct_values(image: sitk.Image | np.ndarray) -> int:
     """Number of distinct voxel values, among at most ``LABEL_VALUES_SAMPLES`` evenly strided voxels.
+
+    ``image`` is a file's image (``validate``, the reader) or an array (the QA sheet's volume
+    on the grid).
 
     Example:
         >>> distinct_values(sitk.GetImageFromArray(np.arange(6, dtype=np.uint8).reshape(2, 3)))
         6
     """
-    view = sitk.GetArrayViewFromImage(image).reshape(-1)
+    view = np.asarray(image if isinstance(image, np.ndarray) else sitk.GetArrayViewFromImage(image)).reshape(-1)
     view = view[:: max(1, view.size // LABEL_VALUES_SAMPLES)]
     if view.dtype.kind in 'ui' and view.dtype.itemsize <= 2:
         # A table of every possible value: no sort (the bits as unsigned: as many distinct values).

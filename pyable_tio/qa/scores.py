@@ -203,15 +203,14 @@ def in_grid_finding(item: str, share: float) -> Finding:
 def label_values(label: np.ndarray, item: str) -> Finding:
     """The number of distinct values of a label map/ROI (on the grid) against the plausible maximum.
 
+    Counted as ``validate`` counts them in the file
+    (:func:`pyable_tio.checking.labels.distinct_values`).
+
     Example:
         >>> label_values(np.arange(10) % 3, 'labelmap_0').value
         3.0
     """
-    flat = label.ravel()
-    if np.issubdtype(flat.dtype, np.integer) and flat.size and 0 <= flat.min() and flat.max() < 2**20:
-        count = int(np.count_nonzero(np.bincount(flat)))
-    else:
-        count = len(np.unique(flat))
+    count = label_checks.distinct_values(label)  # as validate counts them
     badness = count / LABEL_MAX_DISTINCT_VALUES if count > LABEL_MAX_DISTINCT_VALUES else 0.0
     return Finding('label_values', item, float(count), LABEL_MAX_DISTINCT_VALUES, badness,
                    f'{item}: {count} distinct values')
