@@ -14,7 +14,6 @@ from .constants import (
     LABELMAP_PREFIX,
     MISSING_EMPTY,
     MISSING_ERROR,
-    MISSING_KEEP,
     PATCH_ENGINE_DEFAULT,
     PATCH_ENGINES,
     ROI_PREFIX,
@@ -101,9 +100,10 @@ class QueueOptions:
             logged once, naming the step). ``True`` with a whole-volume prefix: the prefix runs
             in worker processes, the per-patch rest on each patch.
         missing: Patches of different subjects share batches, so subjects must agree:
-            ``"error"`` (default) refuses subjects with different numbers of ROIs/label maps
-            (or image channels), naming them, before training starts; ``"empty"`` fills the
-            missing ROIs/label maps with all-zero ones.
+            ``"error"`` refuses subjects with different numbers of ROIs/label maps (or image
+            channels), naming them, before training starts; ``"empty"`` fills the missing
+            ROIs/label maps with all-zero ones. None (default): the ``missing`` of the subject
+            options passed (``options=SubjectOptions(missing="empty")``), else ``"error"``.
         engine: How a :class:`pyable_tio.PatchQueue` resamples augmented patches: ``"numba"``
             (default: all spatial steps of a patch in one compiled pass per image) or
             ``"sitk"`` (SimpleITK's ``Resample``, the oracle the kernels are tested against).
@@ -115,8 +115,8 @@ class QueueOptions:
         ValueError: an unknown sampler, engine or ``missing`` mode.
 
     Example:
-        >>> QueueOptions(sampler='label', num_workers=4).missing
-        'error'
+        >>> QueueOptions(sampler='label', missing='empty').missing
+        'empty'
     """
 
     sampler: str | tio.data.PatchSampler = 'uniform'
@@ -128,7 +128,7 @@ class QueueOptions:
     distributed: bool = False
     seed: int | None = None
     fast_patches: bool | None = None
-    missing: str = MISSING_ERROR
+    missing: str | None = None
     engine: str = PATCH_ENGINE_DEFAULT
     batch_device: Any = None
 
@@ -137,7 +137,7 @@ class QueueOptions:
             raise ValueError(f'sampler must be one of {SAMPLERS} or a tio sampler, got {self.sampler!r}')
         if self.engine not in PATCH_ENGINES:
             raise ValueError(f'engine must be one of {PATCH_ENGINES}, got {self.engine!r}')
-        if self.missing == MISSING_KEEP:
+        if self.missing is not None and self.missing not in (MISSING_ERROR, MISSING_EMPTY):
             raise ValueError(f'a queue batches patches of different subjects: missing must be "{MISSING_ERROR}"'
                              f' or "{MISSING_EMPTY}", got {self.missing!r}')
 
@@ -194,7 +194,7 @@ def queue_from_manifest(
     own = {name: changes.pop(name) for name in list(changes) if name in _QUEUE_FIELDS}
     options = replace(queue or QueueOptions(), **own)
     kwargs = changes  # the subjects' options
-    sampler, label_name, missing = options.sampler, options.label_name, options.missing
+    sampler, label_name, missing = options.sampler, options.label_name, _queue_missing(options, kwargs)
     shuffle_subjects, subject_sampler = options.shuffle_subjects, options.subject_sampler
     distributed, seed, fast_patches = options.distributed, options.seed, options.fast_patches
     engine, batch_device = options.engine, options.batch_device
@@ -238,6 +238,14 @@ def queue_from_manifest(
         subject_sampler=subject_sampler,
         **extra,
     )
+
+
+def _queue_missing(options: QueueOptions, changes: dict[str, Any]) -> str:
+    """The queue's ``missing``, else the subject options' when a batch can take it, else ``"error"``."""
+    if options.missing is not None:
+        return options.missing
+    subject = getattr(changes.get('options'), 'missing', None)
+    return subject if subject in (MISSING_ERROR, MISSING_EMPTY) else MISSING_ERROR
 
 
 def set_epoch(queue: tio.Queue, epoch: int) -> None:

@@ -172,3 +172,30 @@ def test_queue_options_are_one_frozen_reusable_object(manifest):
         QueueOptions(sampler='grid')
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['samplr'\]; the queue options are: .*sampler"):
         pt.queue_from_manifest(manifest, **sizes, samplr='label')
+
+
+
+def test_queue_takes_missing_from_the_subject_options(manifest):
+    """``options=SubjectOptions(missing="empty")`` fills the missing ROIs; the queue's own option wins."""
+    import json
+    import os
+
+    from pyable_tio.errors import ManifestError
+    from pyable_tio.queues import QueueOptions
+    from pyable_tio.subjects import SubjectOptions
+
+    with open(manifest) as file:
+        data = json.load(file)
+    first, second = sorted(data)[:2]
+    data = {first: data[first], second: {**data[second], 'rois': []}}  # 1 and 0 ROIs
+    sizes = dict(patch_size=4, samples_per_volume=2, max_length=4)
+    options = SubjectOptions(missing='empty', root=os.path.dirname(manifest))
+    queue = pt.queue_from_manifest(data, **sizes, options=options)
+    assert [sorted(k for k in s if k.startswith('roi_')) for s in queue.subjects_dataset.dry_iter()] == [['roi_0']] * 2
+    with pytest.raises(ManifestError, match='different numbers of rois'):
+        pt.queue_from_manifest(data, **sizes, options=options, missing='error')
+    assert QueueOptions().missing is None  # None: the subject options', else "error"
+    with pytest.raises(ManifestError, match='different numbers of rois'):
+        pt.queue_from_manifest(data, **sizes, root=os.path.dirname(manifest))
+    with pytest.raises(ValueError, match='missing must be "error" or "empty"'):
+        QueueOptions(missing='keep')

@@ -177,3 +177,24 @@ def test_a_loader_over_subjects_that_differ_names_the_key_and_the_fix(uneven):
     batch = next(iter(tio.SubjectsLoader(pt.dataset_from_manifest(uneven, transform=tio.CropOrPad((6, 8, 8)),
                                                                   missing='empty'), batch_size=2)))
     assert batch['roi_0'][tio.DATA].shape == (2, 1, 6, 8, 8)
+
+
+def test_each_listed_file_is_looked_up_once(uneven, monkeypatch, tmp_path):
+    """A missing file leaves its subject out; the others' files are not looked up again."""
+    from collections import Counter
+
+    from pyable_tio.checking.headers import check_source
+    from pyable_tio.io import dicom
+
+    lookups, real = Counter(), dicom.path_problem
+
+    def counted(path):
+        lookups[str(path)] += 1
+        return real(path)
+
+    monkeypatch.setattr('pyable_tio.manifest.dicom.path_problem', counted)
+    manifest = {**uneven, 'gone': {'images': [str(tmp_path / 'gone.nii.gz')]}}
+    planned = check_source(manifest, CheckOptions())
+    assert [p.record.id for p in planned.plans] == ['full', 'bare']
+    assert len(planned.problems) == 1 and 'gone.nii.gz' in planned.problems[0]
+    assert max(lookups.values()) == 1 and len(lookups) == 5

@@ -154,10 +154,11 @@ def check_source(
         (3, 3, [])
     """
     manifest, problems, listed = parse_manifest(source, root=root, extra_fields=extra_fields)
-    missing_files = file_problems(manifest)
-    problems += missing_files
-    if missing_files:
-        complete = [record for record in manifest if not file_problems(Manifest((record,)))]
+    # Each file looked up once (a network file system makes every lookup count).
+    missing_files = {record.id: file_problems(Manifest((record,))) for record in manifest}
+    problems += [problem for found in missing_files.values() for problem in found]
+    if any(missing_files.values()):
+        complete = [record for record in manifest if not missing_files[record.id]]
         manifest = Manifest(tuple(complete), manifest.source)
     plans, planning_problems = check_manifest(manifest, options, cache_folder=cache_folder, progress=progress)
     return Checked(plans, problems + planning_problems, listed)

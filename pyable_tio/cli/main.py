@@ -97,15 +97,22 @@ class _sigterm_as_interrupt:
         raise Terminated()
 
 
+def _manifest_kwargs(args: argparse.Namespace) -> dict:
+    """The :func:`_manifest_options` values, named as ``validate`` and ``subjects_from_manifest`` take them."""
+    return dict(
+        reference=args.reference, reference_space=args.reference_space, root=args.root, missing=args.missing,
+        orientation=args.orientation, axis_aligned=args.axis_aligned, align=args.align,
+        extra_fields=args.extra_field, nonfinite=args.nonfinite, preprocess=args.preprocess,
+    )
+
+
 def _subject_options(args: argparse.Namespace) -> dict:
     """The ``subjects_from_manifest`` options of a command that loads volumes (``cache``, ``qa``)."""
     import torch
 
     return dict(
-        reference=args.reference, reference_space=args.reference_space, interpolator=args.interpolator,
-        default_value=args.default_value, orientation=args.orientation, axis_aligned=args.axis_aligned,
-        align=args.align, extra_fields=args.extra_field, dtype=getattr(torch, args.dtype), missing=args.missing,
-        root=args.root, nonfinite=args.nonfinite, preprocess=args.preprocess,
+        _manifest_kwargs(args), interpolator=args.interpolator, default_value=args.default_value,
+        dtype=getattr(torch, args.dtype),
     )
 
 
@@ -149,10 +156,7 @@ def _run_validate(args: argparse.Namespace) -> int:
     from ..checking.validate import validate
 
     check = functools.partial(
-        validate, reference=args.reference, reference_space=args.reference_space, root=args.root,
-        missing=args.missing, orientation=args.orientation, axis_aligned=args.axis_aligned, align=args.align,
-        extra_fields=args.extra_field, spelling=SPELLING_CLI, nonfinite=args.nonfinite,
-        check_data=not args.headers_only, preprocess=args.preprocess,
+        validate, **_manifest_kwargs(args), spelling=SPELLING_CLI, check_data=not args.headers_only,
         progress=args.progress if args.progress is not None else sys.stderr.isatty(),
     )
     reports = [check(source) for source in _sources(args)]

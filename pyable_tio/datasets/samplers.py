@@ -15,16 +15,20 @@ import torchio as tio
 from ..checking.labels import EMPTY_MAP_ERROR, empty_map_message
 
 
-def _named(sampler: tio.WeightedSampler, probability_map: torch.Tensor, subject: tio.Subject, process) -> np.ndarray:
-    try:
-        return process(probability_map, subject)
-    except RuntimeError as error:
-        if EMPTY_MAP_ERROR not in str(error) or 'id' not in subject:
-            raise  # a patch queue's one-image subject: the queue names the subject
-        raise RuntimeError(empty_map_message(subject, sampler)) from None
+class _NamedEmptyMap:
+    """TorchIO's ``process_probability_map``, with an empty map's error naming subject, map and file."""
+
+    def process_probability_map(self, probability_map: torch.Tensor, subject: tio.Subject) -> np.ndarray:
+        """TorchIO's, with an empty map's error naming the subject, the map and its file."""
+        try:
+            return super().process_probability_map(probability_map, subject)
+        except RuntimeError as error:
+            if EMPTY_MAP_ERROR not in str(error) or 'id' not in subject:
+                raise  # a patch queue's one-image subject: the queue names the subject
+            raise RuntimeError(empty_map_message(subject, self)) from None
 
 
-class LabelSampler(tio.LabelSampler):
+class LabelSampler(_NamedEmptyMap, tio.LabelSampler):
     """``tio.LabelSampler`` whose "empty probability map" error names subject, label map and file.
 
     Example:
@@ -32,19 +36,11 @@ class LabelSampler(tio.LabelSampler):
         'roi_0'
     """
 
-    def process_probability_map(self, probability_map: torch.Tensor, subject: tio.Subject) -> np.ndarray:
-        """TorchIO's, with an empty map's error naming the subject, the map and its file."""
-        return _named(self, probability_map, subject, super().process_probability_map)
 
-
-class WeightedSampler(tio.WeightedSampler):
+class WeightedSampler(_NamedEmptyMap, tio.WeightedSampler):
     """``tio.WeightedSampler`` whose "empty probability map" error names subject, map and file.
 
     Example:
         >>> WeightedSampler(16, probability_map='roi_0').probability_map_name
         'roi_0'
     """
-
-    def process_probability_map(self, probability_map: torch.Tensor, subject: tio.Subject) -> np.ndarray:
-        """TorchIO's, with an empty map's error naming the subject, the map and its file."""
-        return _named(self, probability_map, subject, super().process_probability_map)

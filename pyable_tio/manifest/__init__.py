@@ -239,7 +239,6 @@ def _build(
     return Manifest(tuple(records), name, tuple(problems), len(rows)), problems, len(rows)
 
 
-
 def _record(
     subject_id: str, row: Mapping[str, Any], root: Path, problems: list[str], prefix: str = '',
     extra_fields: frozenset[str] = frozenset(), spelling: Mapping[str, str] | None = None,
