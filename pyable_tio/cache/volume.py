@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.identity import stat_identity
 from ..constants import (
     CACHE_ARRAY_SUFFIX,
     CACHE_LOCKS_FOLDER,
@@ -64,8 +65,7 @@ def _file_states(*paths: Path) -> tuple[Any, ...]:
     states = []
     for path in paths:
         try:
-            stat = path.stat()
-            states.append((stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
+            states.append(stat_identity(path.stat()))
         except OSError:
             states.append(None)
     return tuple(states)
