@@ -237,9 +237,11 @@ class VolumeCache(CacheUpkeep, BlobStore):
                 array = np.ascontiguousarray(compute())
             except SourceChanged:
                 continue  # seen by a nested step (preprocessing): nothing was stored
-            if _identity_now(files) == before:
+            after = _identity_now(files)
+            if after == before:
+                # One identity per file, in order: the source's is the first (no second listing).
                 self.put(key, array, key_inputs, source=files[0] if files else None, grid=grid,
-                         source_identity=_identity_now(files[:1]) if files else None)
+                         source_identity=after[:1] if files else None)
                 return array
         raise SourceChanged(
             f'{files[0] if files else "a file"} (or its transforms or masks) changed while it was read,'
