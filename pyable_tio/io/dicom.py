@@ -216,7 +216,7 @@ def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     found = []
     for uid in _series_ids(folder, listing):
         files = _series_files(folder, uid, listing)
-        found.append(SeriesInfo(uid, _description(files[0]) if files else '', files))
+        found.append(SeriesInfo(uid, _description(files[0], listing) if files else '', files))
     return found
 
 
@@ -349,7 +349,10 @@ def _file_header(path: str) -> sitk.ImageFileReader:
     return reader
 
 
-def _description(path: str) -> str:
+@functools.lru_cache(maxsize=256)
+def _description(path: str, listing: tuple) -> str:
+    # Remembered per ``listing`` as the series' files: a folder given without a UID is listed
+    # on every load, and its one series' description is not worth a header read each time.
     reader = _file_header(path)
     return reader.GetMetaData(_DESCRIPTION_TAG).strip() if reader.HasMetaDataKey(_DESCRIPTION_TAG) else ''
 
