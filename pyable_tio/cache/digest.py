@@ -82,6 +82,20 @@ def source_identity(paths: Iterable[str | os.PathLike]) -> tuple[Any, ...]:
     return tuple(found)
 
 
+def identity_now(paths: Iterable[str | os.PathLike]) -> tuple[Any, ...] | None:
+    """:func:`source_identity` of ``paths``, or None when one is missing or unreadable: what the
+    check after a computation compares with the identity taken before it (None never matches).
+
+    Example:
+        >>> identity_now(['/no/such/file.nii.gz']) is None
+        True
+    """
+    try:
+        return source_identity(paths)
+    except OSError:
+        return None
+
+
 def file_signature(path: str | os.PathLike) -> FileSignature:
     """What identifies one version of a file: any rewrite, replacement or ``touch`` of it changes it.
 

@@ -22,7 +22,7 @@ from ..constants import (
     SOURCE_READ_TRIES,
 )
 from .blobs import BlobStore
-from .digest import SourceChanged, digest_of, file_digest, source_identity
+from .digest import SourceChanged, digest_of, file_digest, identity_now, source_identity
 from .entry import (
     STALE_TEMP_SECONDS,
     CacheCorruption,
@@ -52,13 +52,6 @@ _WRITE_FAILURES_REPORTED: set[str] = set()
 # Damaged entries that could not be removed, with the stat of their files then: once either
 # file changes (removed or fixed by someone else), the entry is tried again.
 _UNREMOVABLE: dict[str, tuple[Any, ...]] = {}
-
-
-def _identity_now(files: tuple[str, ...]) -> tuple[Any, ...] | None:
-    try:
-        return source_identity(files)
-    except OSError:
-        return None
 
 
 def _file_states(*paths: Path) -> tuple[Any, ...]:
@@ -237,7 +230,7 @@ class VolumeCache(CacheUpkeep, BlobStore):
                 array = np.ascontiguousarray(compute())
             except SourceChanged:
                 continue  # seen by a nested step (preprocessing): nothing was stored
-            after = _identity_now(files)
+            after = identity_now(files)
             if after == before:
                 # One identity per file, in order: the source's is the first (no second listing).
                 self.put(key, array, key_inputs, source=files[0] if files else None, grid=grid,

@@ -25,7 +25,7 @@ from .registration import entries_digest
 from ..constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER, NONFINITE_ZERO, SOURCE_READ_TRIES
 from ..errors import ManifestError, describe, short_error
 from ..cache import VolumeCache
-from ..cache.digest import digest_of, source_identity
+from ..cache.digest import digest_of, identity_now, source_identity
 from ..manifest.records import FileEntry, SubjectRecord, TransformEntry
 from .reference import Reference
 
@@ -226,7 +226,7 @@ def align_subject(
             except RuntimeError as error:
                 problem = f'{kind} alignment onto {fixed_entry.path.name} failed: {short_error(error)}'
                 raise ManifestError.from_problems([describe(record.id, where, problem)]) from None
-            if _identity_now(files) != before:
+            if identity_now(files) != before:
                 fixed = None
                 continue  # a file was replaced meanwhile: the result may mix two versions
             if key is not None:
@@ -242,13 +242,6 @@ def align_subject(
 
 def _transform_files(entries: Sequence[TransformEntry]) -> list[str]:
     return [str(t.source) for t in entries if isinstance(t.source, (str, Path))]
-
-
-def _identity_now(files: list[str]) -> tuple | None:
-    try:
-        return source_identity(files)
-    except OSError:
-        return None
 
 
 def _finite(image: sitk.Image) -> sitk.Image:
