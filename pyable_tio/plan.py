@@ -50,7 +50,7 @@ from .constants import (
     ROI_PREFIX,
 )
 from .geometry.grid import Grid, grid_from_meta
-from .geometry.registration import entries_digest
+from .geometry.registration import entries_digest, transform_files
 from .io import backend
 from .manifest.records import TransformEntry
 from .preprocess import Preprocessing
@@ -109,7 +109,7 @@ class PlanEntry:
             ('/data/roi.nii.gz',)
         """
         files = [str(self.source)]
-        files += [str(t.source) for t in self.transforms if isinstance(t.source, (str, Path))]
+        files += transform_files(self.transforms)
         if self.preprocessing is not None:
             files += list(self.preprocessing.files(self.source)[1:])
         return tuple(files)
@@ -239,7 +239,7 @@ class SubjectPlan:
             },
         }
         # Per image, in meta['source_paths']['images'] order ([] without steps): keyed by
-        # position, not path, and in every subject, so that subjects with and without collate.
+        # position, not path, and in every subject, so that subjects with and without steps collate.
         meta['preprocessing'] = self._by_field(_step_names)[FIELD_IMAGES]
         return meta
 

@@ -66,3 +66,21 @@ def test_data_check_reports_the_gap_whole(series):
     problems = check_file(series / 'gap').problems
     assert len(problems) == 1 and problems[0].startswith(f'DICOM series {series / "gap"}: slices are not evenly')
     assert check_file(series / 'complete').problems == []
+
+
+def test_reading_checks_the_positions_read_with_the_voxels(series, monkeypatch):
+    # Planning reads each slice's header once (remembered, with the folder's description); a
+    # read takes the positions from the series reader's own pass over the files, never opening
+    # a slice header a second time (on every load).
+    dicom.read_series_header(series / 'complete')  # planning
+    with pytest.raises(dicom.SeriesError):
+        dicom.read_series_header(series / 'gap')
+    opened = []
+    header = dicom._file_header
+    monkeypatch.setattr(dicom, '_file_header', lambda path: opened.append(path) or header(path))
+    image = dicom.read_series(series / 'complete')
+    assert image.GetSize() == (7, 6, 9)
+    assert opened == []
+    with pytest.raises(dicom.SeriesError, match='a gap of 3 mm'):
+        dicom.read_series(series / 'gap')
+    assert opened == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,25 @@ def test_reader_returns_grid_affine_and_float_image_channel(tmp_path):
     moving = sitk.ReadImage(mov_path)
     expected = sitk.Resample(moving, grid.empty_image(), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     np.testing.assert_allclose(array[0], sitk.GetArrayFromImage(expected), atol=1e-5, rtol=0)
+
+
+def test_label_checks_run_on_the_voxels_read_once_and_not_on_cache_hits(tmp_path, monkeypatch):
+    # Many values (a probability map listed as labels): the check warns where the file is read.
+    values = np.linspace(0, 255, 16 * 16 * 16).reshape(16, 16, 16).astype(np.uint8)
+    path = write(sitk.GetImageFromArray(values), tmp_path / 'probability.nii.gz')
+    grid = Grid.from_image(sitk.ReadImage(path))
+    reads = []
+    load = pt.io.backend.load
+    monkeypatch.setattr(pt.io.backend, 'load', lambda *args: reads.append(args) or load(*args))
+    reader = pt.reader.GridReader(grid, 'labelmap', 's', cache=pt.cache.VolumeCache(tmp_path / 'cache'))
+    with pytest.warns(pt.errors.LabelValuesWarning, match='256 distinct values'):
+        first, _ = reader(path)
+    assert len(reads) == 1  # the checks use the image read for the volume, not a second read
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # a hit reads nothing and checks nothing
+        second, _ = reader(path)
+    assert len(reads) == 1
+    np.testing.assert_array_equal(second, first)
 
 
 @pytest.mark.parametrize('pixel_id', [sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkFloat32])

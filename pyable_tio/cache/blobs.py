@@ -21,6 +21,7 @@ class BlobStore:
     """The blob methods of :class:`~pyable_tio.cache.VolumeCache` (needs ``folder`` and ``_write_failed``)."""
 
     folder: Path
+
     def blob_path(self, folder: str, key: str, suffix: str) -> Path:
         """Where the small file (a ``.tfm``...) ``key`` of ``folder`` lives.
 

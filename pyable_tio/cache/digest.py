@@ -26,6 +26,7 @@ from typing import Any
 
 from ..io import dicom, sources
 from ..io.atomic import atomic_write
+from ..io.identity import folder_listing, stat_identity
 from .stats import warn_line
 
 _CHUNK = 1 << 20
@@ -77,13 +78,22 @@ def source_identity(paths: Iterable[str | os.PathLike]) -> tuple[Any, ...]:
         folder = split[0]
         # The folder's own stat changes when a slice is added, removed or renamed; each slice's
         # when it is rewritten in place.
-        slices = []
-        for child in os.scandir(folder):
-            if child.is_file():
-                stat = child.stat()
-                slices.append((child.name, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
-        found.append((file_signature(folder), os.fspath(path), tuple(sorted(slices))))
+        found.append((file_signature(folder), os.fspath(path), folder_listing(folder)))
     return tuple(found)
+
+
+def identity_now(paths: Iterable[str | os.PathLike]) -> tuple[Any, ...] | None:
+    """:func:`source_identity` of ``paths``, or None when one is missing or unreadable: what the
+    check after a computation compares with the identity taken before it (None never matches).
+
+    Example:
+        >>> identity_now(['/no/such/file.nii.gz']) is None
+        True
+    """
+    try:
+        return source_identity(paths)
+    except OSError:
+        return None
 
 
 def file_signature(path: str | os.PathLike) -> FileSignature:
@@ -101,7 +111,7 @@ def file_signature(path: str | os.PathLike) -> FileSignature:
 
 
 def _signature(resolved: str, stat: os.stat_result) -> FileSignature:
-    return (resolved, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
+    return (resolved, *stat_identity(stat), stat.st_dev)
 
 
 def known_digest(signature: FileSignature) -> str | None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..io.atomic import HOST as _HOST
 from ..io.atomic import temporary_path as _temporary
+from ..io.identity import stat_identity
 from ..constants import CACHE_FORMAT_VERSION, CACHE_TEMP_SUFFIX
 from .digest import content_digest, digest_of, source_identity
 
@@ -287,7 +288,7 @@ def verified_count() -> int:
 
 
 def _signature(key: str, stat: os.stat_result) -> ArraySignature:
-    return (key, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    return (key, *stat_identity(stat))
 
 
 def _is_verified(path: Path, signature: ArraySignature) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.identity import stat_identity
 from ..constants import (
     CACHE_ARRAY_SUFFIX,
     CACHE_LOCKS_FOLDER,
@@ -21,7 +22,7 @@ from ..constants import (
     SOURCE_READ_TRIES,
 )
 from .blobs import BlobStore
-from .digest import SourceChanged, digest_of, file_digest, source_identity
+from .digest import SourceChanged, digest_of, file_digest, identity_now, source_identity
 from .entry import (
     STALE_TEMP_SECONDS,
     CacheCorruption,
@@ -53,19 +54,11 @@ _WRITE_FAILURES_REPORTED: set[str] = set()
 _UNREMOVABLE: dict[str, tuple[Any, ...]] = {}
 
 
-def _identity_now(files: tuple[str, ...]) -> tuple[Any, ...] | None:
-    try:
-        return source_identity(files)
-    except OSError:
-        return None
-
-
 def _file_states(*paths: Path) -> tuple[Any, ...]:
     states = []
     for path in paths:
         try:
-            stat = path.stat()
-            states.append((stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
+            states.append(stat_identity(path.stat()))
         except OSError:
             states.append(None)
     return tuple(states)
@@ -237,9 +230,11 @@ class VolumeCache(CacheUpkeep, BlobStore):
                 array = np.ascontiguousarray(compute())
             except SourceChanged:
                 continue  # seen by a nested step (preprocessing): nothing was stored
-            if _identity_now(files) == before:
+            after = identity_now(files)
+            if after == before:
+                # One identity per file, in order: the source's is the first (no second listing).
                 self.put(key, array, key_inputs, source=files[0] if files else None, grid=grid,
-                         source_identity=_identity_now(files[:1]) if files else None)
+                         source_identity=after[:1] if files else None)
                 return array
         raise SourceChanged(
             f'{files[0] if files else "a file"} (or its transforms or masks) changed while it was read,'

@@ -21,11 +21,11 @@ import SimpleITK as sitk
 from ..io import backend
 from ..io import integrity
 from . import registration
-from .registration import entries_digest
+from .registration import entries_digest, transform_files
 from ..constants import ALIGN_AFFINE, ALIGN_MODES, ALIGN_RIGID, ALIGNMENT_FOLDER, NONFINITE_ZERO, SOURCE_READ_TRIES
 from ..errors import ManifestError, describe, short_error
 from ..cache import VolumeCache
-from ..cache.digest import digest_of, source_identity
+from ..cache.digest import digest_of, identity_now, source_identity
 from ..manifest.records import FileEntry, SubjectRecord, TransformEntry
 from .reference import Reference
 
@@ -190,7 +190,7 @@ def align_subject(
     fixed_entry = record.images[index]
     fixed_entries = (*fixed_entry.transforms, *record.transforms)
     results: dict[str, Alignment] = {}
-    fixed_files = [str(fixed_entry.path), *_transform_files(fixed_entries)]
+    fixed_files = [str(fixed_entry.path), *transform_files(fixed_entries)]
     # The fixed image, read once per subject: (identity of fixed_files it was read at, image, F).
     fixed: tuple[tuple, sitk.Image, sitk.Transform | None] | None = None
     for i, entry in enumerate(record.images):
@@ -200,7 +200,7 @@ def align_subject(
         moving_entries = (*entry.transforms, *record.transforms)
         # Both images and every transform file: the .tfm is stored only if none changed from
         # before its key was built to after the registration read them.
-        files = [*fixed_files, str(entry.path), *_transform_files(moving_entries)]
+        files = [*fixed_files, str(entry.path), *transform_files(moving_entries)]
         for _ in range(SOURCE_READ_TRIES):
             try:
                 before = source_identity(files)
@@ -226,7 +226,7 @@ def align_subject(
             except RuntimeError as error:
                 problem = f'{kind} alignment onto {fixed_entry.path.name} failed: {short_error(error)}'
                 raise ManifestError.from_problems([describe(record.id, where, problem)]) from None
-            if _identity_now(files) != before:
+            if identity_now(files) != before:
                 fixed = None
                 continue  # a file was replaced meanwhile: the result may mix two versions
             if key is not None:
@@ -238,17 +238,6 @@ def align_subject(
                        f' {SOURCE_READ_TRIES} times in a row; is a file being written right now?')
             raise ManifestError.from_problems([describe(record.id, where, problem)])
     return results
-
-
-def _transform_files(entries: Sequence[TransformEntry]) -> list[str]:
-    return [str(t.source) for t in entries if isinstance(t.source, (str, Path))]
-
-
-def _identity_now(files: list[str]) -> tuple | None:
-    try:
-        return source_identity(files)
-    except OSError:
-        return None
 
 
 def _finite(image: sitk.Image) -> sitk.Image:

@@ -194,6 +194,16 @@ def transform_digest(transform: sitk.Transform) -> str:
     return hashlib.sha256(json.dumps(_describe_transform(transform)).encode()).hexdigest()
 
 
+def transform_files(entries: Sequence[TransformEntry]) -> list[str]:
+    """The files among ``entries`` (in-memory transforms have none), in order.
+
+    Example:
+        >>> transform_files([TransformEntry(Path('rigid.tfm')), TransformEntry(sitk.Euler3DTransform())])
+        ['rigid.tfm']
+    """
+    return [str(t.source) for t in entries if isinstance(t.source, (str, Path))]
+
+
 def entries_digest(entries: Sequence[TransformEntry], digest: Callable[[Path], str] = file_digest) -> str:
     """SHA-256 of a list of transform entries: their contents, order and invert flags.
 

@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..constants import DICOM_SLICE_GAP_TOLERANCE
+from .identity import folder_listing
 
 #: Separates the folder from the SeriesInstanceUID in a series locator (``folder#UID``).
 SERIES_SEPARATOR = '#'
@@ -215,7 +216,7 @@ def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     found = []
     for uid in _series_ids(folder, listing):
         files = _series_files(folder, uid, listing)
-        found.append(SeriesInfo(uid, _description(files[0]) if files else '', files))
+        found.append(SeriesInfo(uid, _description(files[0], listing) if files else '', files))
     return found
 
 
@@ -348,21 +349,17 @@ def _file_header(path: str) -> sitk.ImageFileReader:
     return reader
 
 
-def _description(path: str) -> str:
+@functools.lru_cache(maxsize=256)
+def _description(path: str, listing: tuple) -> str:
+    # Remembered per ``listing`` as the series' files: a folder given without a UID is listed
+    # on every load, and its one series' description is not worth a header read each time.
     reader = _file_header(path)
     return reader.GetMetaData(_DESCRIPTION_TAG).strip() if reader.HasMetaDataKey(_DESCRIPTION_TAG) else ''
 
 
-def _listing(folder: str) -> tuple[tuple[str, int, int], ...]:
-    """Names and stat signatures of the folder's files: the memo key of its series.
-
-    The ctime and inode too: ``rsync -a`` or ``cp -p`` replaces a slice keeping its size and mtime.
-    """
-    with os.scandir(folder) as entries:
-        return tuple(sorted(
-            (entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-            for entry in entries if entry.is_file() for stat in (entry.stat(),)
-        ))
+def _listing(folder: str) -> tuple[tuple[str, int, int, int, int], ...]:
+    """Names and stat signatures of the folder's files: the memo key of its series."""
+    return folder_listing(folder)
 
 
 def _positions_of(reader: sitk.ImageSeriesReader, image: sitk.Image, count: int) -> list[float] | None:

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from ..io import backend
 from ..constants import CACHE_FORMAT_VERSION, PREPROCESS_IMAGE
 from ..geometry.grid import Grid
-from ..cache.digest import SourceChanged, digest_of, file_digest, source_identity
+from ..cache.digest import SourceChanged, digest_of, file_digest, identity_now, source_identity
 from .base import PreprocessStep, step_key
 
 #: Without a cache, the last outputs computed in this process, so that the image and its brain
@@ -104,10 +104,7 @@ class Preprocessing:
             identity = source_identity(files)
 
         def unchanged() -> bool:
-            try:
-                return source_identity(files) == identity
-            except OSError:
-                return False
+            return identity_now(files) == identity
 
         digest = cache.source_digest if cache is not None else file_digest
         base = {'kind': 'preprocessed', 'format': CACHE_FORMAT_VERSION, 'source': digest(path), **self.describe(digest)}
