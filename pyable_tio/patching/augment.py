@@ -35,7 +35,7 @@ from . import sitk_engine, stats
 from .ops.base import SPATIAL, Drawn, PatchOp
 from .ops.intensity import IntensityOp, StatisticsOp
 from .ops.registry import op_for
-from .ops.spatial import SpatialOp, lps_affine, matrix_of
+from .ops.spatial import SpatialOp, as_crop, lps_affine, matrix_of
 from .split import spatial_run
 from .volume import Box, Volume
 
@@ -77,24 +77,9 @@ def augment_patch(steps: Sequence[tio.Transform | PatchOp], subject: tio.Subject
 
     out_start = np.maximum(start - _margin(post, first.affine), 0)
     out_stop = np.minimum(start + size + _margin(post, first.affine), shape)
-    maps, composed = {}, {}
-    for name, volume in volumes.items():
-        # Images on one grid under the same steps share one composed map.
-        key = (tuple(name in d.names for d in spatial), np.asarray(volume.affine).tobytes())
-        if key not in composed:
-            steps_of = [d for d in spatial if name in d.names]
-            composed[key] = SpatialMap.of(steps_of, volume, start, size, shape, engine)
-        if composed[key] is not None:
-            maps[name] = composed[key]
-    box_start, box_stop = out_start.copy(), out_stop.copy()
-    for name, mapped in maps.items():
-        lo, hi = mapped.preimage(volumes[name].affine, out_start, out_stop)
-        support = interpolation_support(spatial, name, volumes[name])
-        box_start = np.minimum(box_start, np.floor(lo).astype(int) - support)
-        box_stop = np.maximum(box_stop, np.ceil(hi).astype(int) + support + 1)
-    pre_margin = _margin(pre, first.affine)
-    box_start = np.clip(box_start - pre_margin, 0, shape - 1)
-    box_stop = np.maximum(np.clip(box_stop + pre_margin, 0, shape), box_start + 1)
+    maps = spatial_maps(spatial, volumes, start, size, shape, engine)
+    box_start, box_stop = preimage_box(maps, spatial, volumes, out_start, out_stop, shape,
+                                       _margin(pre, first.affine))
 
     context = PatchContext(subject, volumes, shape, generator)
     if pre:
@@ -125,6 +110,47 @@ def augment_patch(steps: Sequence[tio.Transform | PatchOp], subject: tio.Subject
             if axes:
                 patches[name] = torch.flip(patches[name], [1 + a for a in axes])
     return patches, [d.step for d in drawn]
+
+
+def spatial_maps(spatial: list[Drawn], volumes: dict[str, Volume], start: np.ndarray, size: np.ndarray,
+                 shape: np.ndarray, engine: str) -> dict[str, SpatialMap]:
+    """Each moved image's composed map (images the steps leave in place are absent).
+
+    Images on one grid under the same steps share one :class:`SpatialMap` (and its fields).
+    """
+    maps, composed = {}, {}
+    for name, volume in volumes.items():
+        key = (tuple(name in d.names for d in spatial), np.asarray(volume.affine).tobytes())
+        if key not in composed:
+            steps_of = [d for d in spatial if name in d.names]
+            composed[key] = SpatialMap.of(steps_of, volume, start, size, shape, engine)
+        if composed[key] is not None:
+            maps[name] = composed[key]
+    return maps
+
+
+def preimage_box(maps: dict[str, SpatialMap], spatial: list[Drawn], volumes: dict[str, Volume],
+                 out_start: np.ndarray, out_stop: np.ndarray, shape: np.ndarray,
+                 margin: np.ndarray | int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The box (start, stop; D, H, W) the output region reads: the region itself and the
+    preimage under each map, widened by the interpolator's support and ``margin``, clipped to
+    the volume (never empty)."""
+    box_start, box_stop = np.array(out_start, int), np.array(out_stop, int)
+    for name, mapped in maps.items():
+        lo, hi = mapped.preimage(volumes[name].affine, out_start, out_stop)
+        support = interpolation_support(spatial, name, volumes[name])
+        box_start = np.minimum(box_start, np.floor(lo).astype(int) - support)
+        box_stop = np.maximum(box_stop, np.ceil(hi).astype(int) + support + 1)
+    box_start = np.clip(box_start - margin, 0, shape - 1)
+    box_stop = np.maximum(np.clip(box_stop + margin, 0, shape), box_start + 1)
+    return box_start, box_stop
+
+
+def translation(offset: Sequence[float]) -> np.ndarray:
+    """The 4 x 4 map of voxel indices ``i -> i + offset``."""
+    matrix = np.eye(4)
+    matrix[:3, 3] = offset
+    return matrix
 
 
 def _apply(d: Drawn, tensors: dict[str, torch.Tensor], region_start: np.ndarray, context: PatchContext) -> None:
@@ -276,11 +302,8 @@ class SpatialMap:
         out = np.empty((volume.channels, *(out_stop - out_start)), dtype=volume.patch_dtype() if label else np.float32)
         bounds = (box.start - box.origin, box.stop - box.origin)  # in the arrays' index
         if self.matrix is not None:
-            to_arrays, from_out = np.eye(4), np.eye(4)
-            to_arrays[:3, 3] = -box.origin
-            from_out[:3, 3] = out_start
-            mapping = to_arrays @ self.matrix @ from_out
-            crop = kernel.as_crop(mapping)
+            mapping = translation(-box.origin) @ self.matrix @ translation(out_start)
+            crop = as_crop(mapping)
             if crop is not None and kernel.crop(box.arrays, bounds, *crop, out) is not None:
                 return torch.from_numpy(out)  # flips and whole-voxel shifts: no interpolation
         else:  # one coordinate field per region, shared by the images on this map
@@ -296,11 +319,9 @@ class SpatialMap:
         one elastic step, else SimpleITK's displacement field of the composed transform."""
         if self.bspline is not None:
             before, to_grid, coefficients, linear_inverse, after = self.bspline
-            to_arrays, from_out = np.eye(4), np.eye(4)
-            to_arrays[:3, 3] = -np.asarray(origin)
-            from_out[:3, 3] = out_start
-            return _kernels().bspline_coordinates(to_arrays @ before, to_grid, coefficients, linear_inverse,
-                                                  after @ from_out, tuple(int(n) for n in out_stop - out_start))
+            return _kernels().bspline_coordinates(translation(-np.asarray(origin)) @ before, to_grid, coefficients,
+                                                  linear_inverse, after @ translation(out_start),
+                                                  tuple(int(n) for n in out_stop - out_start))
         lps = lps_affine(volume.affine)
         grid = ras_affine_to_grid(sitk_engine.shifted(volume.affine, out_start), out_stop - out_start)
         vectors = sitk.TransformToDisplacementField(self.transform, sitk.sitkVectorFloat64, grid.size, grid.origin,
