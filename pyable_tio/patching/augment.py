@@ -27,7 +27,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torchio as tio
-from torchio.constants import INTENSITY, TYPE
 
 from ..constants import PATCH_ENGINE_DEFAULT, PATCH_ENGINES
 from ..geometry.grid import ras_affine_to_grid
@@ -298,7 +297,7 @@ class SpatialMap:
             return sitk_engine.resample(channels, volume, box.start, out_start, out_stop, self.transform,
                                         interpolation, pads)
         kernel = _kernels()
-        label = volume.image[TYPE] != INTENSITY
+        label = volume.label
         out = np.empty((volume.channels, *(out_stop - out_start)), dtype=volume.patch_dtype() if label else np.float32)
         bounds = (box.start - box.origin, box.stop - box.origin)  # in the arrays' index
         if self.matrix is not None:
@@ -393,14 +392,12 @@ def _norm(transform: sitk.Transform) -> float:
 
 def interpolation_support(spatial: list[Drawn], name: str, volume: Volume) -> int:
     """Voxels an interpolator reads around a point of ``name`` (its box's margin), at least 1."""
-    label = volume.image[TYPE] != INTENSITY
-    return max([d.op.support(label) for d in spatial if name in d.names] or [1])
+    return max([d.op.support(volume.label) for d in spatial if name in d.names] or [1])
 
 
 def pad_values(spatial: list[Drawn], name: str, volume: Volume, context: PatchContext) -> tuple[str, list[float]]:
     """Interpolator name and per-channel pad value, from the first step that resamples ``name``."""
-    label = volume.image[TYPE] != INTENSITY
     for d in spatial:
         if name in d.names and not d.op.reorders_only:
-            return d.op.interpolation(label), d.op.pads(d, name, volume, context)
+            return d.op.interpolation(volume.label), d.op.pads(d, name, volume, context)
     return 'nearest', [0.0] * volume.channels  # flips only: every output voxel maps onto a voxel

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 import torchio as tio
-from torchio.constants import INTENSITY, TYPE
 
 from ..constants import PATCH_ENGINE_DEFAULT
 from .augment import PatchContext, augment_patch, pad_values, preimage_box, spatial_maps, translation
@@ -33,7 +32,7 @@ from .cutting import SubjectPatches, cut_patch
 from .ops.base import SPATIAL, PatchOp
 from .queue import PatchQueue
 from .split import TransformPlan, batch_split, spatial_run
-from .volume import Volume
+from .volume import Volume, is_label  # noqa: F401  (is_label: the batch's import)
 
 
 @dataclass
@@ -136,11 +135,6 @@ def box_sample(ops: Sequence[PatchOp], batch_ops: Sequence[PatchOp], subject: ti
     patch = cut_patch(subject, volumes, tuple(int(v) for v in start), tuple(int(v) for v in size), shape,
                       placeholders, applied)
     return BoxSample(patch, boxes, np.asarray(box_start, dtype=int), matrices, modes, pads, params)
-
-
-def is_label(image: tio.Image) -> bool:
-    """True for label maps and ROIs (sampled nearest, keeping their dtype)."""
-    return image[TYPE] != INTENSITY
 
 
 class SubjectBoxes(SubjectPatches):

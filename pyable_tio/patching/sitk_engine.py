@@ -16,7 +16,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torchio as tio
-from torchio.constants import INTENSITY, TYPE
 
 from ..geometry.grid import ras_affine_to_grid
 
@@ -24,7 +23,7 @@ from ..geometry.grid import ras_affine_to_grid
 def resample(channels: list[np.ndarray], volume: Any, box_start: np.ndarray, out_start: np.ndarray,
               out_stop: np.ndarray, transform: sitk.Transform, interpolation: str, pads: list[float]) -> torch.Tensor:
     """Each channel of the box resampled onto the output region (labels keep their dtype)."""
-    label = volume.image[TYPE] != INTENSITY
+    label = volume.label
     resampler = sitk.ResampleImageFilter()
     if threading.current_thread() is not threading.main_thread():
         resampler.SetNumberOfThreads(1)  # the queue's threads already use every core

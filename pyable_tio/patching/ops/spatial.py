@@ -27,7 +27,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torchio as tio
-from torchio.constants import INTENSITY, TYPE
 from torchio.transforms.augmentation.spatial.random_elastic_deformation import SPLINE_ORDER
 
 from .. import stats
@@ -154,7 +153,7 @@ class AffineOp(SpatialOp):
         return self.step.image_interpolation in ('linear', 'nearest') and self.step.label_interpolation == 'nearest'
 
     def pads(self, drawn: Drawn, name: str, volume: Any, context: Any) -> list[float]:
-        if volume.image[TYPE] != INTENSITY:
+        if volume.label:
             return [float(self.step.default_pad_label)] * volume.channels
         pad = self.step.default_pad_value
         if pad == 'minimum':
