@@ -322,7 +322,7 @@ class SpatialMap:
                                                   linear_inverse, after @ translation(out_start),
                                                   tuple(int(n) for n in out_stop - out_start))
         lps = lps_affine(volume.affine)
-        grid = ras_affine_to_grid(sitk_engine.shifted(volume.affine, out_start), out_stop - out_start)
+        grid = ras_affine_to_grid(volume.affine_at(out_start), out_stop - out_start)
         vectors = sitk.TransformToDisplacementField(self.transform, sitk.sitkVectorFloat64, grid.size, grid.origin,
                                                   grid.spacing, grid.direction)
         displacement = sitk.GetArrayViewFromImage(vectors)  # d x h x w x 3 (LPS x, y, z)

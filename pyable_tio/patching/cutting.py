@@ -227,8 +227,7 @@ def cut_patch(subject: tio.Subject, volumes: dict[str, Volume], start: tuple, si
     for key, value in subject.__dict__.items():
         if key in volumes:
             volume = volumes[key]
-            affine = volume.affine.copy()
-            affine[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=np.float64) + affine[:3, 3]
+            affine = volume.affine_at(start)
             data = volume.crop(start, stop) if tensors is None else tensors[key]
             patch[key] = type(value)(tensor=data, affine=affine, type=value.type, path=value.path)
         else:

@@ -97,6 +97,12 @@ class Volume:
         arrays = self._contiguous
         return Box(arrays, np.zeros(3, dtype=int), np.asarray(start, dtype=int), np.asarray(stop, dtype=int))
 
+    def affine_at(self, start: Sequence[int]) -> np.ndarray:
+        """The affine of the grid whose first voxel is voxel ``start`` (D, H, W) of this one (a patch's, a box's)."""
+        moved = np.array(self.affine, dtype=np.float64)
+        moved[:3, 3] = moved[:3, :3] @ np.asarray(start, dtype=np.float64) + moved[:3, 3]
+        return moved
+
     @property
     def label(self) -> bool:
         """True when the image is a label map or ROI (:func:`is_label`)."""
