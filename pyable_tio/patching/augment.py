@@ -74,8 +74,9 @@ def augment_patch(steps: Sequence[tio.Transform | PatchOp], subject: tio.Subject
     post = [d for d in drawn[hi_index:] if d.kind != SPATIAL]
     flips = [d for d in drawn[hi_index:] if d.kind == SPATIAL]  # only flips (plan_transform): last
 
-    out_start = np.maximum(start - _margin(post, first.affine), 0)
-    out_stop = np.minimum(start + size + _margin(post, first.affine), shape)
+    post_margin = _margin(post, first.affine)
+    out_start = np.maximum(start - post_margin, 0)
+    out_stop = np.minimum(start + size + post_margin, shape)
     maps = spatial_maps(spatial, volumes, start, size, shape, engine)
     box_start, box_stop = preimage_box(maps, spatial, volumes, out_start, out_stop, shape,
                                        _margin(pre, first.affine))
@@ -249,13 +250,15 @@ class SpatialMap:
                 if step_map is not None:  # output-to-input maps compose first step outermost
                     matrix = step_map if matrix is None else matrix @ step_map
             return None if matrix is None else cls(engine, matrix=matrix)
-        maps, bounds, displacement = [], [], 0.0
-        for d in spatial:
+        maps, bounds, displacement, elastic = [], [], 0.0, []
+        for index, d in enumerate(spatial):
             op: SpatialOp = d.op
             transform, largest = op.transform(d, volume, start, size, shape)
             if transform is None:
                 continue
             maps.append(transform)
+            if not op.linear:
+                elastic.append((index, transform))
             if largest:
                 # Maps applied after this one (earlier steps) stretch its displacement at most by their norms.
                 displacement += largest * np.prod([_norm(t) for t in bounds]) if bounds else largest
@@ -267,9 +270,8 @@ class SpatialMap:
         # Linear maps only: one AffineTransform, which ITK resamples on its fast (scan-line) path.
         transform = bound if displacement == 0 else sitk.CompositeTransform(maps)
         mapped = cls(engine, transform=transform, bound=bound, displacement=displacement)
-        elastic = [i for i, d in enumerate(spatial) if not d.op.linear]
         if engine == 'numba' and len(elastic) == 1:
-            mapped.bspline = _bspline_parts(spatial, elastic[0], volume, start, size, shape)
+            mapped.bspline = _bspline_parts(spatial, *elastic[0], volume, start, size, shape)
         return mapped
 
     def preimage(self, affine: np.ndarray, out_start: np.ndarray, out_stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -334,10 +336,10 @@ class SpatialMap:
         return coordinates - np.asarray(origin, np.float64)[:, None, None, None]
 
 
-def _bspline_parts(spatial: list[Drawn], index: int, volume: Volume, start: np.ndarray, size: np.ndarray,
-                   shape: np.ndarray) -> tuple:
-    """The elastic step ``spatial[index]`` as data for the kernel's B-spline, between the index
-    maps of the steps before and after it (4 x 4 each)."""
+def _bspline_parts(spatial: list[Drawn], index: int, bspline: sitk.BSplineTransform, volume: Volume,
+                   start: np.ndarray, size: np.ndarray, shape: np.ndarray) -> tuple:
+    """The elastic step ``spatial[index]`` (its transform ``bspline``, already built) as data for the
+    kernel's B-spline, between the index maps of the steps before and after it (4 x 4 each)."""
     def composed(steps: list[Drawn]) -> np.ndarray:
         matrix = np.eye(4)
         for d in steps:
@@ -346,8 +348,6 @@ def _bspline_parts(spatial: list[Drawn], index: int, volume: Volume, start: np.n
                 matrix = matrix @ step_map
         return matrix
 
-    d = spatial[index]
-    bspline, _ = d.op.transform(d, volume, start, size, shape)
     fixed = np.asarray(bspline.GetFixedParameters(), dtype=np.float64)
     grid_size = fixed[:3].astype(int)
     grid = np.eye(4)
