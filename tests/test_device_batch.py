@@ -305,3 +305,18 @@ def test_random_steps_drawn_alike_give_the_same_batches_with_or_without_a_device
         image, expected = ours['images'][tio.DATA], reference['images'][tio.DATA]
         np.testing.assert_allclose(image.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
         assert torch.equal(ours['labelmap_0'][tio.DATA], reference['labelmap_0'][tio.DATA])
+
+
+
+def test_box_workers_check_that_the_patch_fits(subject):
+    """The batch path's workers refuse a patch larger than the volume, as the per-patch path's do
+    (behind the manifest's own check, for datasets built by hand)."""
+    from pyable_tio.patching.boxes import SubjectBoxes
+    from pyable_tio.patching.cutting import SubjectPatches
+
+    too_large = (PATCH[0], PATCH[1], SIZE_XYZ[0] + 1)  # W is SimpleITK's x
+    plan = pt.plan_transform(tio.RandomGamma(), device='cpu')
+    for kind in (SubjectPatches, SubjectBoxes):
+        patches = kind(tio.SubjectsDataset([subject]), tio.UniformSampler(too_large), 1, plan)
+        with pytest.raises(RuntimeError, match="subject 'sub-0': Patch size .* cannot be larger than image size"):
+            patches.patches(0, torch.Generator().manual_seed(0))

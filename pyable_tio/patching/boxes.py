@@ -161,24 +161,9 @@ class SubjectBoxes(SubjectPatches):
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,)).item()))
         ops = list(steps)
         split = len(ops) - len(self.plan.batch_steps) if tuple(ops) == self.plan.patch_ops else batch_split(ops)
-        volumes = {name: Volume.of(image) for name, image in subject.get_images_dict(intensity_only=False).items()}
-        shape = np.array(next(iter(volumes.values())).shape)
-        patch_size = self.sampler.patch_size.astype(int)
-        self._check_fits(subject, volumes, shape, patch_size)
-        draw = self._location_drawer(subject, volumes, shape, generator)
+        volumes, _, patch_size, draw = self._volumes(subject, generator)
         return [box_sample(ops[:split], ops[split:], subject, volumes, tuple(int(i) for i in draw()),
                            tuple(patch_size), generator, self.engine) for _ in range(num_patches)]
-
-    @staticmethod
-    def _check_fits(subject: tio.Subject, volumes: dict[str, Volume], shape: np.ndarray, patch_size: np.ndarray) -> None:
-        shapes = {v.shape for v in volumes.values()}
-        subject_id = subject.get('id', '')
-        if len(shapes) != 1:
-            raise RuntimeError(f'images of subject {subject_id!r} have different spatial'
-                               f' shapes {sorted(shapes)}; they must share one grid to be cut into patches')
-        if np.any(patch_size > shape):
-            raise RuntimeError(f'subject {subject_id!r}: Patch size {tuple(patch_size)} cannot be larger'
-                               f' than image size {tuple(shape)}')
 
 
 class BoxQueue(PatchQueue):
