@@ -191,15 +191,18 @@ class BlurOp(IntensityOp):
         return {'per_image': {n: list(to_tuple(self.step.std, length=3)) for n in names}}
 
     def margin(self, drawn: Drawn, affine: np.ndarray) -> np.ndarray:
-        spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-        stds = np.max([np.asarray(s, float) for s in drawn.params['per_image'].values()] or [np.zeros(3)], axis=0)
-        return (BLUR_TRUNCATE * stds / spacing + 0.5).astype(int)  # scipy's kernel radius
+        stds = np.max([_voxels(s, affine) for s in drawn.params['per_image'].values()] or [np.zeros(3)], axis=0)
+        return (BLUR_TRUNCATE * stds + 0.5).astype(int)  # scipy's kernel radius
 
     def apply(self, drawn: Drawn, tensor: torch.Tensor, name: str, region_start: np.ndarray,
               context: Any) -> torch.Tensor:
-        spacing = np.linalg.norm(context.volumes[name].affine[:3, :3], axis=0)
-        std = np.asarray(drawn.params['per_image'][name], float) / spacing
+        std = _voxels(drawn.params['per_image'][name], context.volumes[name].affine)
         return torch.stack([torch.as_tensor(ndi.gaussian_filter(c.numpy(), std)) for c in tensor])
+
+
+def _voxels(stds_mm: Sequence[float], affine: np.ndarray) -> np.ndarray:
+    """Blur stds (D, H, W) in voxels of the grid of ``affine`` (Z,Y,X columns)."""
+    return np.asarray(stds_mm, float) / np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
 
 
 @register
