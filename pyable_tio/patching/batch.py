@@ -40,11 +40,12 @@ import torch
 import torch.nn.functional as F
 import torchio as tio
 
-from .boxes import BoxSample, is_label
+from .boxes import BoxSample
 from .ops.base import SPATIAL, PatchOp
 from .ops.intensity import IntensityOp
 from .ops.spatial import as_crop
 from .split import TransformPlan, spatial_run
+from .volume import is_label
 
 
 class BatchAugmenter:

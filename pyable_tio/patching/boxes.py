@@ -32,7 +32,7 @@ from .cutting import SubjectPatches, cut_patch
 from .ops.base import SPATIAL, PatchOp
 from .queue import PatchQueue
 from .split import TransformPlan, batch_split, spatial_run
-from .volume import Volume, is_label  # noqa: F401  (is_label: the batch's import)
+from .volume import Volume
 
 
 @dataclass
