@@ -111,6 +111,8 @@ DETERMINISTIC = {
     'chain': tio.Compose([tio.ZNormalization(), tio.Affine(scales=0.9, degrees=(5, 0, 20), translation=(1, 0, 0),
                                                            default_pad_value='mean'),
                           tio.RescaleIntensity((0, 1)), tio.Clamp(0.1, 0.9), tio.Gamma(1.3), tio.Flip(axes=(1,))]),
+    'channel-normalization-then-affine': tio.Compose([
+        pt.transforms.IntensityNormalization(), tio.Affine(scales=1.0, degrees=(0, 0, 9), translation=0)]),
 }
 
 
@@ -141,6 +143,16 @@ def test_steps_that_stay_per_patch_run_first_in_the_workers(subject):
     assert_same_patches(per_patch, samples, batch)
     blurred = pt.plan_transform(tio.Compose([tio.RandomAffine(), tio.RandomBlur(), tio.RandomGamma()]), device='cpu')
     assert [type(s).__name__ for s in blurred.batch_steps] == ['RandomGamma']
+
+
+def test_intensity_ops_with_a_batch_form_run_on_the_batch():
+    """An intensity op is batchable exactly when it has its own apply_batch (blur has none)."""
+    batchable = {type(step).__name__: op_for(step).batchable() for step in (
+        tio.RandomGamma(), tio.RandomNoise(), tio.Clamp(0, 1), tio.RandomBiasField(), tio.ZNormalization(),
+        pt.transforms.IntensityNormalization(), tio.RescaleIntensity((0, 1)), tio.RandomBlur())}
+    assert batchable == {'RandomGamma': True, 'RandomNoise': True, 'Clamp': True, 'RandomBiasField': True,
+                         'ZNormalization': True, 'IntensityNormalization': True, 'RescaleIntensity': True,
+                         'RandomBlur': False}
 
 
 # ------------------------------------------------------------------------------- parameters
@@ -293,3 +305,18 @@ def test_random_steps_drawn_alike_give_the_same_batches_with_or_without_a_device
         image, expected = ours['images'][tio.DATA], reference['images'][tio.DATA]
         np.testing.assert_allclose(image.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
         assert torch.equal(ours['labelmap_0'][tio.DATA], reference['labelmap_0'][tio.DATA])
+
+
+
+def test_box_workers_check_that_the_patch_fits(subject):
+    """The batch path's workers refuse a patch larger than the volume, as the per-patch path's do
+    (behind the manifest's own check, for datasets built by hand)."""
+    from pyable_tio.patching.boxes import SubjectBoxes
+    from pyable_tio.patching.cutting import SubjectPatches
+
+    too_large = (PATCH[0], PATCH[1], SIZE_XYZ[0] + 1)  # W is SimpleITK's x
+    plan = pt.plan_transform(tio.RandomGamma(), device='cpu')
+    for kind in (SubjectPatches, SubjectBoxes):
+        patches = kind(tio.SubjectsDataset([subject]), tio.UniformSampler(too_large), 1, plan)
+        with pytest.raises(RuntimeError, match="subject 'sub-0': Patch size .* cannot be larger than image size"):
+            patches.patches(0, torch.Generator().manual_seed(0))

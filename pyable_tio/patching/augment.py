@@ -27,7 +27,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torchio as tio
-from torchio.constants import INTENSITY, TYPE
 
 from ..constants import PATCH_ENGINE_DEFAULT, PATCH_ENGINES
 from ..geometry.grid import ras_affine_to_grid
@@ -35,7 +34,7 @@ from . import sitk_engine, stats
 from .ops.base import SPATIAL, Drawn, PatchOp
 from .ops.intensity import IntensityOp, StatisticsOp
 from .ops.registry import op_for
-from .ops.spatial import SpatialOp, lps_affine, matrix_of
+from .ops.spatial import SpatialOp, as_crop, lps_affine, matrix_of
 from .split import spatial_run
 from .volume import Box, Volume
 
@@ -75,26 +74,12 @@ def augment_patch(steps: Sequence[tio.Transform | PatchOp], subject: tio.Subject
     post = [d for d in drawn[hi_index:] if d.kind != SPATIAL]
     flips = [d for d in drawn[hi_index:] if d.kind == SPATIAL]  # only flips (plan_transform): last
 
-    out_start = np.maximum(start - _margin(post, first.affine), 0)
-    out_stop = np.minimum(start + size + _margin(post, first.affine), shape)
-    maps, composed = {}, {}
-    for name, volume in volumes.items():
-        # Images on one grid under the same steps share one composed map.
-        key = (tuple(name in d.names for d in spatial), np.asarray(volume.affine).tobytes())
-        if key not in composed:
-            steps_of = [d for d in spatial if name in d.names]
-            composed[key] = SpatialMap.of(steps_of, volume, start, size, shape, engine)
-        if composed[key] is not None:
-            maps[name] = composed[key]
-    box_start, box_stop = out_start.copy(), out_stop.copy()
-    for name, mapped in maps.items():
-        lo, hi = mapped.preimage(volumes[name].affine, out_start, out_stop)
-        support = interpolation_support(spatial, name, volumes[name])
-        box_start = np.minimum(box_start, np.floor(lo).astype(int) - support)
-        box_stop = np.maximum(box_stop, np.ceil(hi).astype(int) + support + 1)
-    pre_margin = _margin(pre, first.affine)
-    box_start = np.clip(box_start - pre_margin, 0, shape - 1)
-    box_stop = np.maximum(np.clip(box_stop + pre_margin, 0, shape), box_start + 1)
+    post_margin = _margin(post, first.affine)
+    out_start = np.maximum(start - post_margin, 0)
+    out_stop = np.minimum(start + size + post_margin, shape)
+    maps = spatial_maps(spatial, volumes, start, size, shape, engine)
+    box_start, box_stop = preimage_box(maps, spatial, volumes, out_start, out_stop, shape,
+                                       _margin(pre, first.affine))
 
     context = PatchContext(subject, volumes, shape, generator)
     if pre:
@@ -125,6 +110,47 @@ def augment_patch(steps: Sequence[tio.Transform | PatchOp], subject: tio.Subject
             if axes:
                 patches[name] = torch.flip(patches[name], [1 + a for a in axes])
     return patches, [d.step for d in drawn]
+
+
+def spatial_maps(spatial: list[Drawn], volumes: dict[str, Volume], start: np.ndarray, size: np.ndarray,
+                 shape: np.ndarray, engine: str) -> dict[str, SpatialMap]:
+    """Each moved image's composed map (images the steps leave in place are absent).
+
+    Images on one grid under the same steps share one :class:`SpatialMap` (and its fields).
+    """
+    maps, composed = {}, {}
+    for name, volume in volumes.items():
+        key = (tuple(name in d.names for d in spatial), np.asarray(volume.affine).tobytes())
+        if key not in composed:
+            steps_of = [d for d in spatial if name in d.names]
+            composed[key] = SpatialMap.of(steps_of, volume, start, size, shape, engine)
+        if composed[key] is not None:
+            maps[name] = composed[key]
+    return maps
+
+
+def preimage_box(maps: dict[str, SpatialMap], spatial: list[Drawn], volumes: dict[str, Volume],
+                 out_start: np.ndarray, out_stop: np.ndarray, shape: np.ndarray,
+                 margin: np.ndarray | int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The box (start, stop; D, H, W) the output region reads: the region itself and the
+    preimage under each map, widened by the interpolator's support and ``margin``, clipped to
+    the volume (never empty)."""
+    box_start, box_stop = np.array(out_start, int), np.array(out_stop, int)
+    for name, mapped in maps.items():
+        lo, hi = mapped.preimage(volumes[name].affine, out_start, out_stop)
+        support = interpolation_support(spatial, name, volumes[name])
+        box_start = np.minimum(box_start, np.floor(lo).astype(int) - support)
+        box_stop = np.maximum(box_stop, np.ceil(hi).astype(int) + support + 1)
+    box_start = np.clip(box_start - margin, 0, shape - 1)
+    box_stop = np.maximum(np.clip(box_stop + margin, 0, shape), box_start + 1)
+    return box_start, box_stop
+
+
+def translation(offset: Sequence[float]) -> np.ndarray:
+    """The 4 x 4 map of voxel indices ``i -> i + offset``."""
+    matrix = np.eye(4)
+    matrix[:3, 3] = offset
+    return matrix
 
 
 def _apply(d: Drawn, tensors: dict[str, torch.Tensor], region_start: np.ndarray, context: PatchContext) -> None:
@@ -224,13 +250,15 @@ class SpatialMap:
                 if step_map is not None:  # output-to-input maps compose first step outermost
                     matrix = step_map if matrix is None else matrix @ step_map
             return None if matrix is None else cls(engine, matrix=matrix)
-        maps, bounds, displacement = [], [], 0.0
-        for d in spatial:
+        maps, bounds, displacement, elastic = [], [], 0.0, []
+        for index, d in enumerate(spatial):
             op: SpatialOp = d.op
             transform, largest = op.transform(d, volume, start, size, shape)
             if transform is None:
                 continue
             maps.append(transform)
+            if not op.linear:
+                elastic.append((index, transform))
             if largest:
                 # Maps applied after this one (earlier steps) stretch its displacement at most by their norms.
                 displacement += largest * np.prod([_norm(t) for t in bounds]) if bounds else largest
@@ -242,9 +270,8 @@ class SpatialMap:
         # Linear maps only: one AffineTransform, which ITK resamples on its fast (scan-line) path.
         transform = bound if displacement == 0 else sitk.CompositeTransform(maps)
         mapped = cls(engine, transform=transform, bound=bound, displacement=displacement)
-        elastic = [i for i, d in enumerate(spatial) if not d.op.linear]
         if engine == 'numba' and len(elastic) == 1:
-            mapped.bspline = _bspline_parts(spatial, elastic[0], volume, start, size, shape)
+            mapped.bspline = _bspline_parts(spatial, *elastic[0], volume, start, size, shape)
         return mapped
 
     def preimage(self, affine: np.ndarray, out_start: np.ndarray, out_stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -272,15 +299,12 @@ class SpatialMap:
             return sitk_engine.resample(channels, volume, box.start, out_start, out_stop, self.transform,
                                         interpolation, pads)
         kernel = _kernels()
-        label = volume.image[TYPE] != INTENSITY
+        label = volume.label
         out = np.empty((volume.channels, *(out_stop - out_start)), dtype=volume.patch_dtype() if label else np.float32)
         bounds = (box.start - box.origin, box.stop - box.origin)  # in the arrays' index
         if self.matrix is not None:
-            to_arrays, from_out = np.eye(4), np.eye(4)
-            to_arrays[:3, 3] = -box.origin
-            from_out[:3, 3] = out_start
-            mapping = to_arrays @ self.matrix @ from_out
-            crop = kernel.as_crop(mapping)
+            mapping = translation(-box.origin) @ self.matrix @ translation(out_start)
+            crop = as_crop(mapping)
             if crop is not None and kernel.crop(box.arrays, bounds, *crop, out) is not None:
                 return torch.from_numpy(out)  # flips and whole-voxel shifts: no interpolation
         else:  # one coordinate field per region, shared by the images on this map
@@ -296,13 +320,11 @@ class SpatialMap:
         one elastic step, else SimpleITK's displacement field of the composed transform."""
         if self.bspline is not None:
             before, to_grid, coefficients, linear_inverse, after = self.bspline
-            to_arrays, from_out = np.eye(4), np.eye(4)
-            to_arrays[:3, 3] = -np.asarray(origin)
-            from_out[:3, 3] = out_start
-            return _kernels().bspline_coordinates(to_arrays @ before, to_grid, coefficients, linear_inverse,
-                                                  after @ from_out, tuple(int(n) for n in out_stop - out_start))
+            return _kernels().bspline_coordinates(translation(-np.asarray(origin)) @ before, to_grid, coefficients,
+                                                  linear_inverse, after @ translation(out_start),
+                                                  tuple(int(n) for n in out_stop - out_start))
         lps = lps_affine(volume.affine)
-        grid = ras_affine_to_grid(sitk_engine.shifted(volume.affine, out_start), out_stop - out_start)
+        grid = ras_affine_to_grid(volume.affine_at(out_start), out_stop - out_start)
         vectors = sitk.TransformToDisplacementField(self.transform, sitk.sitkVectorFloat64, grid.size, grid.origin,
                                                   grid.spacing, grid.direction)
         displacement = sitk.GetArrayViewFromImage(vectors)  # d x h x w x 3 (LPS x, y, z)
@@ -314,10 +336,10 @@ class SpatialMap:
         return coordinates - np.asarray(origin, np.float64)[:, None, None, None]
 
 
-def _bspline_parts(spatial: list[Drawn], index: int, volume: Volume, start: np.ndarray, size: np.ndarray,
-                   shape: np.ndarray) -> tuple:
-    """The elastic step ``spatial[index]`` as data for the kernel's B-spline, between the index
-    maps of the steps before and after it (4 x 4 each)."""
+def _bspline_parts(spatial: list[Drawn], index: int, bspline: sitk.BSplineTransform, volume: Volume,
+                   start: np.ndarray, size: np.ndarray, shape: np.ndarray) -> tuple:
+    """The elastic step ``spatial[index]`` (its transform ``bspline``, already built) as data for the
+    kernel's B-spline, between the index maps of the steps before and after it (4 x 4 each)."""
     def composed(steps: list[Drawn]) -> np.ndarray:
         matrix = np.eye(4)
         for d in steps:
@@ -326,8 +348,6 @@ def _bspline_parts(spatial: list[Drawn], index: int, volume: Volume, start: np.n
                 matrix = matrix @ step_map
         return matrix
 
-    d = spatial[index]
-    bspline, _ = d.op.transform(d, volume, start, size, shape)
     fixed = np.asarray(bspline.GetFixedParameters(), dtype=np.float64)
     grid_size = fixed[:3].astype(int)
     grid = np.eye(4)
@@ -372,14 +392,12 @@ def _norm(transform: sitk.Transform) -> float:
 
 def interpolation_support(spatial: list[Drawn], name: str, volume: Volume) -> int:
     """Voxels an interpolator reads around a point of ``name`` (its box's margin), at least 1."""
-    label = volume.image[TYPE] != INTENSITY
-    return max([d.op.support(label) for d in spatial if name in d.names] or [1])
+    return max([d.op.support(volume.label) for d in spatial if name in d.names] or [1])
 
 
 def pad_values(spatial: list[Drawn], name: str, volume: Volume, context: PatchContext) -> tuple[str, list[float]]:
     """Interpolator name and per-channel pad value, from the first step that resamples ``name``."""
-    label = volume.image[TYPE] != INTENSITY
     for d in spatial:
         if name in d.names and not d.op.reorders_only:
-            return d.op.interpolation(label), d.op.pads(d, name, volume, context)
+            return d.op.interpolation(volume.label), d.op.pads(d, name, volume, context)
     return 'nearest', [0.0] * volume.channels  # flips only: every output voxel maps onto a voxel

@@ -40,10 +40,12 @@ import torch
 import torch.nn.functional as F
 import torchio as tio
 
-from .boxes import BoxSample, is_label
+from .boxes import BoxSample
 from .ops.base import SPATIAL, PatchOp
 from .ops.intensity import IntensityOp
+from .ops.spatial import as_crop
 from .split import TransformPlan, spatial_run
+from .volume import is_label
 
 
 class BatchAugmenter:
@@ -118,7 +120,7 @@ class BatchAugmenter:
         stack = stack.to(self.device, non_blocking=True)
         matrices = torch.as_tensor(np.stack([s.maps[first] for s in samples]), dtype=torch.float64)
         pads = torch.tensor([[v for name in group for v in s.pads[name]] for s in samples], dtype=torch.float64)
-        crop_only = all(_whole_voxels(s.maps[first]) for s in samples)
+        crop_only = all(as_crop(s.maps[first]) is not None for s in samples)
         nearest = samples[0].modes[first] == 'nearest' or crop_only
         label = is_label(samples[0].patch[first])
         if self.pre and not label:
@@ -189,14 +191,6 @@ def _edge_pad(box: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     out[:, :, h:, :w] = out[:, :, h - 1:h, :w]
     out[:, :, :, w:] = out[:, :, :, w - 1:w]
     return out
-
-
-def _whole_voxels(matrix: np.ndarray) -> bool:
-    """True when the map only flips axes and shifts by whole voxels (sampling is then a crop)."""
-    linear, offset = matrix[:3, :3], matrix[:3, 3]
-    signs = np.rint(np.diag(linear))
-    return bool(np.all(np.abs(signs) == 1) and np.allclose(linear, np.diag(signs), atol=1e-9)
-                and np.allclose(offset, np.rint(offset), atol=1e-9))
 
 
 def _trilinear(stack: torch.Tensor, coordinates: list[torch.Tensor], common: tuple[int, int, int]) -> torch.Tensor:

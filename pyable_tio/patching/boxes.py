@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 import torchio as tio
-from torchio.constants import INTENSITY, TYPE
 
 from ..constants import PATCH_ENGINE_DEFAULT
-from .augment import PatchContext, pad_values, SpatialMap, interpolation_support, augment_patch
+from .augment import PatchContext, augment_patch, pad_values, preimage_box, spatial_maps, translation
 from .cutting import SubjectPatches, cut_patch
 from .ops.base import SPATIAL, PatchOp
 from .queue import PatchQueue
@@ -108,25 +107,16 @@ def box_sample(ops: Sequence[PatchOp], batch_ops: Sequence[PatchOp], subject: ti
     late = [d for d in drawn[hi:] if d is not None and d.kind == SPATIAL]  # flips (plan_transform)
     context = PatchContext(subject, volumes, shape, generator)
 
-    maps: dict[str, SpatialMap | None] = {}
-    box_start, box_stop = start.copy(), start + size
-    for name, volume in volumes.items():
-        maps[name] = SpatialMap.of([d for d in spatial if name in d.names], volume, start, size, shape, 'numba')
-        if maps[name] is not None:
-            low, high = maps[name].preimage(volume.affine, start, start + size)
-            support = interpolation_support(spatial, name, volume)
-            box_start = np.minimum(box_start, np.floor(low).astype(int) - support)
-            box_stop = np.maximum(box_stop, np.ceil(high).astype(int) + support + 1)
+    maps = spatial_maps(spatial, volumes, start, size, shape, 'numba')
     if tensors is None:
-        box_start = np.clip(box_start, 0, shape - 1)
-        box_stop = np.maximum(np.clip(box_stop, 0, shape), box_start + 1)
+        box_start, box_stop = preimage_box(maps, spatial, volumes, start, start + size, shape)
         boxes = {name: volume.crop(tuple(box_start), tuple(box_stop)) for name, volume in volumes.items()}
     else:  # the finished patch: its spatial batch steps are only flips (batch_split)
         boxes, box_start = tensors, start
-    from_patch = _shift(start)
+    from_patch = translation(start)
     matrices, modes, pads = {}, {}, {}
     for name, volume in volumes.items():
-        matrix = maps[name].matrix if maps[name] is not None else np.eye(4)
+        matrix = maps[name].matrix if name in maps else np.eye(4)
         for d in late:  # flips after intensity steps reverse the finished patch: the map's last factor
             if name in d.names:
                 flip = d.op.index_map(d, volume, start, size, shape)
@@ -145,17 +135,6 @@ def box_sample(ops: Sequence[PatchOp], batch_ops: Sequence[PatchOp], subject: ti
     patch = cut_patch(subject, volumes, tuple(int(v) for v in start), tuple(int(v) for v in size), shape,
                       placeholders, applied)
     return BoxSample(patch, boxes, np.asarray(box_start, dtype=int), matrices, modes, pads, params)
-
-
-def _shift(offset: np.ndarray) -> np.ndarray:
-    matrix = np.eye(4)
-    matrix[:3, 3] = offset
-    return matrix
-
-
-def is_label(image: tio.Image) -> bool:
-    """True for label maps and ROIs (sampled nearest, keeping their dtype)."""
-    return image[TYPE] != INTENSITY
 
 
 class SubjectBoxes(SubjectPatches):
@@ -182,24 +161,9 @@ class SubjectBoxes(SubjectPatches):
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,)).item()))
         ops = list(steps)
         split = len(ops) - len(self.plan.batch_steps) if tuple(ops) == self.plan.patch_ops else batch_split(ops)
-        volumes = {name: Volume.of(image) for name, image in subject.get_images_dict(intensity_only=False).items()}
-        shape = np.array(next(iter(volumes.values())).shape)
-        patch_size = self.sampler.patch_size.astype(int)
-        self._check_fits(subject, volumes, shape, patch_size)
-        draw = self._location_drawer(subject, volumes, shape, generator)
+        volumes, _, patch_size, draw = self._volumes(subject, generator)
         return [box_sample(ops[:split], ops[split:], subject, volumes, tuple(int(i) for i in draw()),
                            tuple(patch_size), generator, self.engine) for _ in range(num_patches)]
-
-    @staticmethod
-    def _check_fits(subject: tio.Subject, volumes: dict[str, Volume], shape: np.ndarray, patch_size: np.ndarray) -> None:
-        shapes = {v.shape for v in volumes.values()}
-        subject_id = subject.get('id', '')
-        if len(shapes) != 1:
-            raise RuntimeError(f'images of subject {subject_id!r} have different spatial'
-                               f' shapes {sorted(shapes)}; they must share one grid to be cut into patches')
-        if np.any(patch_size > shape):
-            raise RuntimeError(f'subject {subject_id!r}: Patch size {tuple(patch_size)} cannot be larger'
-                               f' than image size {tuple(shape)}')
 
 
 class BoxQueue(PatchQueue):

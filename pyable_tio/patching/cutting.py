@@ -125,18 +125,7 @@ class SubjectPatches(Dataset):
 
     def _lazy_patches(self, subject: tio.Subject, num_patches: int, generator: torch.Generator | None,
                       steps: Sequence[tio.Transform] = ()) -> list[tio.Subject]:
-        volumes = {name: Volume.of(image) for name, image in subject.get_images_dict(intensity_only=False).items()}
-        shapes = {v.shape for v in volumes.values()}
-        subject_id = subject.get(ID, '')
-        if len(shapes) != 1:
-            raise RuntimeError(f'images of subject {subject_id!r} have different spatial'
-                               f' shapes {sorted(shapes)}; they must share one grid to be cut into patches')
-        shape = np.array(shapes.pop())
-        patch_size = self.sampler.patch_size.astype(int)
-        if np.any(patch_size > shape):
-            raise RuntimeError(f'subject {subject_id!r}: Patch size {tuple(patch_size)} cannot be larger'
-                               f' than image size {tuple(shape)}')
-        draw = self._location_drawer(subject, volumes, shape, generator)
+        volumes, shape, patch_size, draw = self._volumes(subject, generator)
         patches = []
         for _ in range(num_patches):
             start = tuple(int(i) for i in draw())
@@ -150,6 +139,23 @@ class SubjectPatches(Dataset):
                 torch.rand(1)
             patches.append(cut_patch(subject, volumes, start, tuple(patch_size), shape, tensors, applied))
         return patches
+
+    def _volumes(self, subject: tio.Subject, generator: torch.Generator | None) -> tuple[dict[str, Volume], np.ndarray,
+                                                                                         np.ndarray, Any]:
+        """The subject's volumes (checked: one grid, the patch fits), their shape (D, H, W), the
+        patch size and the location drawer."""
+        volumes = {name: Volume.of(image) for name, image in subject.get_images_dict(intensity_only=False).items()}
+        shapes = {v.shape for v in volumes.values()}
+        subject_id = subject.get(ID, '')
+        if len(shapes) != 1:
+            raise RuntimeError(f'images of subject {subject_id!r} have different spatial'
+                               f' shapes {sorted(shapes)}; they must share one grid to be cut into patches')
+        shape = np.array(shapes.pop())
+        patch_size = self.sampler.patch_size.astype(int)
+        if np.any(patch_size > shape):
+            raise RuntimeError(f'subject {subject_id!r}: Patch size {tuple(patch_size)} cannot be larger'
+                               f' than image size {tuple(shape)}')
+        return volumes, shape, patch_size, self._location_drawer(subject, volumes, shape, generator)
 
     def _location_drawer(self, subject: tio.Subject, volumes: dict, shape: np.ndarray,
                          generator: torch.Generator | None):
@@ -227,8 +233,7 @@ def cut_patch(subject: tio.Subject, volumes: dict[str, Volume], start: tuple, si
     for key, value in subject.__dict__.items():
         if key in volumes:
             volume = volumes[key]
-            affine = volume.affine.copy()
-            affine[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=np.float64) + affine[:3, 3]
+            affine = volume.affine_at(start)
             data = volume.crop(start, stop) if tensors is None else tensors[key]
             patch[key] = type(value)(tensor=data, affine=affine, type=value.type, path=value.path)
         else:

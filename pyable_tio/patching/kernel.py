@@ -54,6 +54,8 @@ cache_folder()
 import numba  # noqa: E402  (after NUMBA_CACHE_DIR is settled)
 from numba import literal_unroll  # noqa: E402
 
+from .ops.spatial import as_crop  # noqa: E402,F401  (the crop path's test; numba-free for the batch)
+
 _jit = numba.njit(cache=True, nogil=True, error_model='numpy')
 
 
@@ -376,24 +378,6 @@ def _native(source: np.ndarray) -> np.ndarray:
     if source.dtype.kind == 'f' and source.dtype.itemsize == 2:
         return source.astype(np.float32)
     return source if source.dtype.isnative else source.astype(source.dtype.newbyteorder('='))
-
-
-def as_crop(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(signs, offsets) when ``matrix`` only flips axes and shifts by whole voxels, else None.
-
-    Such a map needs no interpolation: the patch is a crop of the source, reversed on the
-    axes whose sign is -1 (source index = sign * output index + offset).
-
-    Example:
-        >>> as_crop(np.array([[-1., 0, 0, 9], [0, 1, 0, 2], [0, 0, 1, 0], [0, 0, 0, 1]]))
-        (array([-1,  1,  1]), array([9, 2, 0]))
-    """
-    linear, offset = matrix[:3, :3], matrix[:3, 3]
-    signs = np.rint(np.diag(linear))
-    if not (np.all(np.abs(signs) == 1) and np.allclose(linear, np.diag(signs), atol=1e-9)
-            and np.allclose(offset, np.rint(offset), atol=1e-9)):
-        return None
-    return signs.astype(int), np.rint(offset).astype(int)
 
 
 def crop(sources: list[np.ndarray], box: tuple[np.ndarray, np.ndarray], signs: np.ndarray, offsets: np.ndarray,

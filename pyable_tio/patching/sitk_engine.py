@@ -16,7 +16,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torchio as tio
-from torchio.constants import INTENSITY, TYPE
 
 from ..geometry.grid import ras_affine_to_grid
 
@@ -24,18 +23,18 @@ from ..geometry.grid import ras_affine_to_grid
 def resample(channels: list[np.ndarray], volume: Any, box_start: np.ndarray, out_start: np.ndarray,
               out_stop: np.ndarray, transform: sitk.Transform, interpolation: str, pads: list[float]) -> torch.Tensor:
     """Each channel of the box resampled onto the output region (labels keep their dtype)."""
-    label = volume.image[TYPE] != INTENSITY
+    label = volume.label
     resampler = sitk.ResampleImageFilter()
     if threading.current_thread() is not threading.main_thread():
         resampler.SetNumberOfThreads(1)  # the queue's threads already use every core
-    output = ras_affine_to_grid(shifted(volume.affine, out_start), out_stop - out_start)
+    output = ras_affine_to_grid(volume.affine_at(out_start), out_stop - out_start)
     resampler.SetSize(output.size)
     resampler.SetOutputOrigin(output.origin)
     resampler.SetOutputSpacing(output.spacing)
     resampler.SetOutputDirection(output.direction)
     resampler.SetTransform(transform)
     resampler.SetInterpolator(tio.Transform.get_sitk_interpolator(interpolation))
-    box = ras_affine_to_grid(shifted(volume.affine, box_start), channels[0].shape)
+    box = ras_affine_to_grid(volume.affine_at(box_start), channels[0].shape)
     out = None
     for index, (channel, pad) in enumerate(zip(channels, pads)):
         # SimpleITK's index order is the array's reversed (W, H, D): a plain (strided) copy, no transpose.
@@ -54,9 +53,3 @@ def resample(channels: list[np.ndarray], volume: Any, box_start: np.ndarray, out
         del view, resampled
     return out
 
-
-def shifted(affine: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """``affine`` of the grid whose first voxel is voxel ``start`` of ``affine``'s grid."""
-    moved = np.array(affine, dtype=np.float64)
-    moved[:3, 3] = moved[:3, :3] @ np.asarray(start, dtype=np.float64) + moved[:3, 3]
-    return moved

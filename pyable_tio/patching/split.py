@@ -176,6 +176,7 @@ def spatial_run(kinds: Sequence[str]) -> tuple[int, int]:
     Per patch this run is resampled once; only flips may follow it (they reverse the finished patch).
 
     Example:
+        >>> from pyable_tio.patching.ops.base import POINTWISE, SPATIAL
         >>> spatial_run([POINTWISE, SPATIAL, SPATIAL, POINTWISE, SPATIAL])
         (1, 3)
     """

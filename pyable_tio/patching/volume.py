@@ -15,7 +15,13 @@ import numpy as np
 import torch
 import torchio as tio
 from torch.utils.data import get_worker_info
+from torchio.constants import INTENSITY, TYPE
 from torchio.data.io import check_uint_to_int
+
+
+def is_label(image: tio.Image) -> bool:
+    """True for label maps and ROIs (sampled nearest, keeping their dtype)."""
+    return image[TYPE] != INTENSITY
 
 
 @dataclass
@@ -90,6 +96,17 @@ class Volume:
                                 for a in self.arrays]
         arrays = self._contiguous
         return Box(arrays, np.zeros(3, dtype=int), np.asarray(start, dtype=int), np.asarray(stop, dtype=int))
+
+    def affine_at(self, start: Sequence[int]) -> np.ndarray:
+        """The affine of the grid whose first voxel is voxel ``start`` (D, H, W) of this one (a patch's, a box's)."""
+        moved = np.array(self.affine, dtype=np.float64)
+        moved[:3, 3] = moved[:3, :3] @ np.asarray(start, dtype=np.float64) + moved[:3, 3]
+        return moved
+
+    @property
+    def label(self) -> bool:
+        """True when the image is a label map or ROI (:func:`is_label`)."""
+        return is_label(self.image)
 
     def patch_dtype(self) -> np.dtype:
         """The dtype of :meth:`crop`'s tensors (unsigned types torch lacks widened, as TorchIO reads them)."""

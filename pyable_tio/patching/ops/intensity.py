@@ -43,6 +43,10 @@ class IntensityOp(PatchOp):
         """
         raise NotImplementedError
 
+    def batchable(self) -> bool:
+        """True when the op has an :meth:`apply_batch` (its own, not this base's)."""
+        return type(self).apply_batch is not IntensityOp.apply_batch
+
     def batch_params(self, drawn: Drawn, name: str, context: Any) -> dict[str, Any]:
         """What :meth:`apply_batch` needs for image ``name`` beyond ``drawn.params``, found in the
         loader's worker (kept whole-volume statistics, a noise seed); nothing by default."""
@@ -91,9 +95,6 @@ class GammaOp(IntensityOp):
             power(channel, gamma)
         return tensor
 
-    def batchable(self) -> bool:
-        return True
-
     def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
         if not _fired(params):
             return tensor
@@ -139,9 +140,6 @@ class NoiseOp(IntensityOp):
         noise = torch.randn(tensor.shape, generator=context.generator)
         return tensor.add_(noise.mul_(std)).add_(mean)  # TorchIO's order of operations
 
-    def batchable(self) -> bool:
-        return True
-
     def batch_params(self, drawn: Drawn, name: str, context: Any) -> dict[str, Any]:
         # The noise itself is drawn on the device, from this seed (drawn here, from the subject's
         # generator, so the same seed gives the same batches whatever num_workers is).
@@ -170,9 +168,6 @@ class ClampOp(IntensityOp):
               context: Any) -> torch.Tensor:
         return tensor.clamp_(self.step.out_min, self.step.out_max)
 
-    def batchable(self) -> bool:
-        return True
-
     def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
         fired = _fired(params)
         if len(fired) == len(params):
@@ -196,15 +191,18 @@ class BlurOp(IntensityOp):
         return {'per_image': {n: list(to_tuple(self.step.std, length=3)) for n in names}}
 
     def margin(self, drawn: Drawn, affine: np.ndarray) -> np.ndarray:
-        spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-        stds = np.max([np.asarray(s, float) for s in drawn.params['per_image'].values()] or [np.zeros(3)], axis=0)
-        return (BLUR_TRUNCATE * stds / spacing + 0.5).astype(int)  # scipy's kernel radius
+        stds = np.max([_voxels(s, affine) for s in drawn.params['per_image'].values()] or [np.zeros(3)], axis=0)
+        return (BLUR_TRUNCATE * stds + 0.5).astype(int)  # scipy's kernel radius
 
     def apply(self, drawn: Drawn, tensor: torch.Tensor, name: str, region_start: np.ndarray,
               context: Any) -> torch.Tensor:
-        spacing = np.linalg.norm(context.volumes[name].affine[:3, :3], axis=0)
-        std = np.asarray(drawn.params['per_image'][name], float) / spacing
+        std = _voxels(drawn.params['per_image'][name], context.volumes[name].affine)
         return torch.stack([torch.as_tensor(ndi.gaussian_filter(c.numpy(), std)) for c in tensor])
+
+
+def _voxels(stds_mm: Sequence[float], affine: np.ndarray) -> np.ndarray:
+    """Blur stds (D, H, W) in voxels of the grid of ``affine`` (Z,Y,X columns)."""
+    return np.asarray(stds_mm, float) / np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
 
 
 @register
@@ -218,8 +216,7 @@ class BiasFieldOp(IntensityOp):
         step = self.step
         if isinstance(step, tio.RandomBiasField):
             draw = uniform(generator)
-            count = sum(1 for x in range(step.order + 1) for y in range(step.order + 1 - x)
-                        for _ in range(step.order + 1 - x - y))  # as RandomBiasField.get_params
+            count = math.comb(step.order + 3, 3)  # the polynomial's terms, as RandomBiasField.get_params
             return {'per_image': {n: [draw(*step.coefficients_range) for _ in range(count)] for n in names},
                     'order': step.order, 'invert': False}
         return {'per_image': {n: list(step.coefficients) for n in names}, 'order': step.order,
@@ -230,9 +227,6 @@ class BiasFieldOp(IntensityOp):
         field = bias_field(context.shape, region_start, tensor.shape[1:], drawn.params['order'],
                            drawn.params['per_image'][name])
         return tensor * torch.as_tensor(1 / field if drawn.params['invert'] else field)
-
-    def batchable(self) -> bool:
-        return True
 
     def batch_params(self, drawn: Drawn, name: str, context: Any) -> dict[str, Any]:
         return {'shape': [int(n) for n in context.shape]}
@@ -249,13 +243,7 @@ class BiasFieldOp(IntensityOp):
                 axes.append(full / top if top > 0 else full)
             x, y, z = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
             field = torch.zeros(tensor.shape[2:], dtype=torch.float64, device=tensor.device)
-            coefficients, i = p['per_image'][name], 0
-            for x_order in range(p['order'] + 1):
-                for y_order in range(p['order'] + 1 - x_order):
-                    for z_order in range(p['order'] + 1 - (x_order + y_order)):
-                        field += coefficients[i] * x**x_order * y**y_order * z**z_order
-                        i += 1
-            field = field.exp_().float()
+            field = _polynomial(field, x, y, z, p['order'], p['per_image'][name]).exp_().float()
             tensor[b] *= 1 / field if p['invert'] else field
         return tensor
 
@@ -268,14 +256,20 @@ def bias_field(shape: np.ndarray, start: np.ndarray, size: Sequence[int], order:
         full = np.arange(-n / 2, n / 2) + 0.5
         axes.append((full / full.max() if full.max() > 0 else full)[a:a + m])
     x, y, z = np.meshgrid(*axes, indexing='ij')
-    field = np.zeros(tuple(int(m) for m in size))
+    field = _polynomial(np.zeros(tuple(int(m) for m in size)), x, y, z, order, coefficients)
+    return np.exp(field).astype(np.float32)
+
+
+def _polynomial(field: Any, x: Any, y: Any, z: Any, order: int, coefficients: Sequence[float]) -> Any:
+    """``field`` plus TorchIO's bias polynomial (terms in ``BiasField.generate_bias_field``'s order),
+    in place; numpy arrays or tensors."""
     i = 0
     for x_order in range(order + 1):
         for y_order in range(order + 1 - x_order):
             for z_order in range(order + 1 - (x_order + y_order)):
                 field += coefficients[i] * x**x_order * y**y_order * z**z_order
                 i += 1
-    return np.exp(field).astype(np.float32)
+    return field
 
 
 class StatisticsOp(IntensityOp):
@@ -302,9 +296,6 @@ class StatisticsOp(IntensityOp):
         """The region normalised with the kept statistics."""
         raise NotImplementedError
 
-    def batchable(self) -> bool:
-        return True
-
     def batch_params(self, drawn: Drawn, name: str, context: Any) -> dict[str, Any]:
         stats = context.normalization(self, name)
         # Checked here, where the subject is known (a batch mixes subjects): e.g. a zero std.
@@ -328,9 +319,7 @@ class ZNormalizationOp(StatisticsOp):
         return (tensor - stats['mean']) / stats['std']
 
     def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
-        mean = _per_sample(params, lambda p: p['stats']['mean'], 0.0, tensor)
-        std = _per_sample(params, lambda p: p['stats']['std'], 1.0, tensor)
-        return tensor.sub_(mean).div_(std)
+        return _standardize(params, tensor, lambda stats: (stats['mean'], stats['std']))
 
 
 @register
@@ -346,9 +335,7 @@ class IntensityNormalizationOp(StatisticsOp):
         return torch.stack([(channel - mean) / std for channel, (mean, std) in zip(tensor, stats['channels'])])
 
     def apply_batch(self, params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, name: str) -> torch.Tensor:
-        mean = _per_sample(params, lambda p: [m for m, _ in p['stats']['channels']], 0.0, tensor)
-        std = _per_sample(params, lambda p: [s for _, s in p['stats']['channels']], 1.0, tensor)
-        return tensor.sub_(mean).div_(std)
+        return _standardize(params, tensor, lambda stats: tuple(zip(*stats['channels'])))
 
 
 @register
@@ -409,3 +396,11 @@ def _per_sample(params: Sequence[dict[str, Any] | None], value: Any, default: fl
     for b in _fired(params):
         table[b] = torch.as_tensor(value(params[b]), dtype=torch.float64)
     return table.to(device=tensor.device, dtype=tensor.dtype)[:, :, None, None, None]
+
+
+def _standardize(params: Sequence[dict[str, Any] | None], tensor: torch.Tensor, mean_std: Any) -> torch.Tensor:
+    """``(tensor - mean) / std`` per sample, ``mean_std(stats)`` giving (mean, std): numbers or
+    one per channel; samples whose step did not fire are left unchanged."""
+    mean = _per_sample(params, lambda p: mean_std(p['stats'])[0], 0.0, tensor)
+    std = _per_sample(params, lambda p: mean_std(p['stats'])[1], 1.0, tensor)
+    return tensor.sub_(mean).div_(std)

@@ -27,7 +27,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torchio as tio
-from torchio.constants import INTENSITY, TYPE
 from torchio.transforms.augmentation.spatial.random_elastic_deformation import SPLINE_ORDER
 
 from .. import stats
@@ -57,6 +56,24 @@ def to_index(matrix_lps: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """An LPS point map as a voxel index map of the grid of ``affine``: ``A^-1 @ T @ A``."""
     lps = lps_affine(affine)
     return np.linalg.inv(lps) @ matrix_lps @ lps
+
+
+def as_crop(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(signs, offsets) when ``matrix`` only flips axes and shifts by whole voxels, else None.
+
+    Such a map needs no interpolation: the patch is a crop of the source, reversed on the
+    axes whose sign is -1 (source index = sign * output index + offset).
+
+    Example:
+        >>> as_crop(np.array([[-1., 0, 0, 9], [0, 1, 0, 2], [0, 0, 1, 0], [0, 0, 0, 1]]))
+        (array([-1,  1,  1]), array([9, 2, 0]))
+    """
+    linear, offset = matrix[:3, :3], matrix[:3, 3]
+    signs = np.rint(np.diag(linear))
+    if not (np.all(np.abs(signs) == 1) and np.allclose(linear, np.diag(signs), atol=1e-9)
+            and np.allclose(offset, np.rint(offset), atol=1e-9)):
+        return None
+    return signs.astype(int), np.rint(offset).astype(int)
 
 
 class SpatialOp(PatchOp):
@@ -136,7 +153,7 @@ class AffineOp(SpatialOp):
         return self.step.image_interpolation in ('linear', 'nearest') and self.step.label_interpolation == 'nearest'
 
     def pads(self, drawn: Drawn, name: str, volume: Any, context: Any) -> list[float]:
-        if volume.image[TYPE] != INTENSITY:
+        if volume.label:
             return [float(self.step.default_pad_label)] * volume.channels
         pad = self.step.default_pad_value
         if pad == 'minimum':
