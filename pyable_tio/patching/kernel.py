@@ -54,7 +54,6 @@ cache_folder()
 import numba  # noqa: E402  (after NUMBA_CACHE_DIR is settled)
 from numba import literal_unroll  # noqa: E402
 
-from .ops.spatial import as_crop  # noqa: E402,F401  (the crop path's test; numba-free for the batch)
 
 _jit = numba.njit(cache=True, nogil=True, error_model='numpy')
 
